@@ -1,0 +1,1 @@
+"""The driver: config, loop, stages, run state, selection math, reports."""

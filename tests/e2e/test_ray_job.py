@@ -1,0 +1,76 @@
+"""`ray job submit` against a real `ray start --head` cluster on loopback, then resubmit to resume."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import CONFIG, ROOT, SMALL, check_run_dir
+
+pytestmark = pytest.mark.e2e
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head of our own (loopback only), stopped by PID group at teardown."""
+    temp = tempfile.mkdtemp(prefix="/tmp/srray-")  # Ray's socket paths must stay short
+    gcs, dash = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 180
+    while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
+        assert head.poll() is None, "ray start --head exited"
+        assert time.monotonic() < deadline, "Ray dashboard did not come up"
+        time.sleep(2)
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _submit(address: str, env: dict, run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+         "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
+         "python", "-m", "jobs.self_reward", str(CONFIG.relative_to(ROOT)), "--run-dir", str(run_dir),
+         *SMALL, "iterations=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
+    )
+
+
+def test_submit_runs_and_resubmit_resumes(ray_head, tmp_path):
+    address, env = ray_head
+    run_dir = tmp_path / "run"
+    first = _submit(address, env, run_dir)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert "succeeded" in first.stdout and "iter 1:" in first.stdout
+    check_run_dir(run_dir, iterations=1, prompts=4, samples=3, judge_samples=2)
+
+    again = _submit(address, env, run_dir)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert again.stdout.count("committed earlier") == 6

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError, RunConfig, changed_fields, config_hash, load_config, safe_fields
+
+CONFIGS = sorted((Path(__file__).parents[2] / "jobs" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path):
+    assert isinstance(load_config(path), RunConfig)
+
+
+def test_shipped_configs_exist():
+    assert any(p.name == "tiny-cpu.yaml" for p in CONFIGS)
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("dpo:\n  beta: 0.2\n")
+    cfg = load_config(f, ["dpo.beta=0.05", "generation.samples_per_prompt=8", "lora.target_modules=[q_proj]"])
+    assert cfg.dpo.beta == 0.05 and cfg.generation.samples_per_prompt == 8
+    assert cfg.lora.target_modules == ("q_proj",)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("dpo.beta=0", "dpo.beta"),
+        ("dpo.beta=-1", "dpo.beta"),
+        ("generation.samples_per_prompt=1", "generation.samples_per_prompt"),
+        ("judge.judge_samples=0", "judge.judge_samples"),
+        ("generation.top_p=1.5", "generation.top_p"),
+        ("data.prompts_per_iteration=abc", "data.prompts_per_iteration"),
+        ("dpo.betta=0.1", "dpo.betta"),  # unknown key
+        ("resources.engines=0", "resources.engines"),
+    ],
+)
+def test_errors_name_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert f"`{field}`" in str(e.value)
+
+
+def test_cross_field_check_names_both_fields():
+    with pytest.raises(ConfigError, match="generation.max_tokens.*model.max_model_len"):
+        load_config(None, ["model.max_model_len=64", "generation.max_tokens=64"])
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dpo: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("dpo:\n  beta: high\n")
+    with pytest.raises(ConfigError, match=r"wrong.yaml[\s\S]*`dpo.beta`"):
+        load_config(wrong)
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        load_config(None, ["dpo.beta"])
+
+
+def test_safe_fields_do_not_change_the_hash():
+    base = load_config(None)
+    assert {"iterations", "resources.ray_address", "resources.shard_size"} <= safe_fields()
+    assert config_hash(base) == config_hash(load_config(None, ["iterations=7"]))
+    assert config_hash(base) != config_hash(load_config(None, ["dpo.beta=0.3"]))
+    assert changed_fields(base, load_config(None, ["dpo.beta=0.3"])) == [("dpo.beta", 0.1, 0.3)]

@@ -1,0 +1,1 @@
+"""Ray actors and the plain objects inside them: engines, judge, DPO trainer, losses."""

@@ -1,0 +1,110 @@
+"""vLLM inference engine: one base model, LoRA adapters served by name.
+
+``VLLMEngine`` is a plain object (tests and benchmarks use it without Ray);
+``workers.pool`` runs it inside Ray actors. The same engine samples
+responses, samples judge verdicts and scores log-probs, so the base weights
+load once per actor.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from workers.tokens import prompt_token_ids, response_token_ids
+from workers.types import AdapterRef, Completion, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest, ScoreResult
+
+
+class VLLMEngine:
+    """A vLLM ``LLM`` with multi-LoRA and prefix caching on.
+
+    Assumes ``spec.model_path`` is a local Hugging Face folder with a chat
+    template. On CPU (``tensor_parallel_size`` with no GPU) the KV cache is
+    bounded by ``spec.kv_cache_gib``, since vLLM's CPU build otherwise
+    reserves most of the machine's memory.
+    """
+
+    def __init__(self, spec: EngineSpec) -> None:
+        # The config is the one knob for the CPU KV cache (whole GiB).
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(spec.kv_cache_gib))))
+        from vllm import LLM
+
+        self.spec = spec
+        self.llm = LLM(
+            model=spec.model_path,
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            enable_lora=True,
+            max_lora_rank=spec.max_lora_rank,
+            max_loras=spec.max_loras,
+            seed=spec.seed,
+            enable_prefix_caching=True,
+            # Seeded sampling with chunked prefill rewinds the sampler's RNG
+            # offset, which torch's CPU generator does not support; whole
+            # prompts per step avoid it (and cost nothing at these lengths).
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(spec.max_model_len, 8192),
+            tensor_parallel_size=spec.tensor_parallel_size,
+            trust_remote_code=spec.trust_remote_code,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self._lora_ids: dict[str, int] = {}
+
+    def ready(self) -> str:
+        """Returns the node id once the engine is loaded (used to wait for actors)."""
+        import socket
+
+        return socket.gethostname()
+
+    def _lora(self, adapter: AdapterRef | None) -> Any:
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(adapter.name, len(self._lora_ids) + 1)
+        return LoRARequest(adapter.name, lora_id, adapter.path)
+
+    def complete(
+        self, requests: list[CompletionRequest], sampling: SamplingSpec, adapter: AdapterRef | None
+    ) -> list[Completion]:
+        """Sample one completion per request (chat template applied, per-request seed)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
+
+        prompts = [TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, r.user_message)) for r in requests]
+        structured = StructuredOutputsParams(regex=sampling.regex) if sampling.regex else None
+        params = [
+            SamplingParams(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=r.seed,
+                structured_outputs=structured,
+            )
+            for r in requests
+        ]
+        outs = self.llm.generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
+        return [
+            Completion(text=o.outputs[0].text, num_tokens=len(o.outputs[0].token_ids), finish_reason=str(o.outputs[0].finish_reason))
+            for o in outs
+        ]
+
+    def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None) -> list[ScoreResult]:
+        """Summed log-prob of each response given its prompt, under ``adapter`` (None = base)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        encoded = [
+            (prompt_token_ids(self.tokenizer, r.user_message), response_token_ids(self.tokenizer, r.response, r.finish_reason))
+            for r in requests
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=p + y) for p, y in encoded]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        outs = self.llm.generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
+        results = []
+        for (p, y), o in zip(encoded, outs):
+            plp = o.prompt_logprobs
+            total = sum(plp[len(p) + i][tok].logprob for i, tok in enumerate(y))
+            results.append(ScoreResult(logp=float(total), num_tokens=len(y)))
+        return results

@@ -1,0 +1,68 @@
+"""Typed values that cross Ray boundaries between the driver and the actors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter folder served by name (vLLM multi-LoRA); None means the base model."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    temperature: float
+    top_p: float
+    max_tokens: int
+    # When set, decoding is constrained to this regular expression (vLLM
+    # structured outputs); the text is still sampled from the model.
+    regex: str | None = None
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One chat user message to complete once, with its own seed."""
+
+    user_message: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    num_tokens: int
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A (user message, response) whose response log-probability is wanted."""
+
+    user_message: str
+    response: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    logp: float
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine needs to load the base model and serve adapters."""
+
+    model_path: str
+    dtype: str
+    max_model_len: int
+    max_lora_rank: int
+    seed: int
+    kv_cache_gib: float
+    tensor_parallel_size: int = 1
+    max_loras: int = 2
+    trust_remote_code: bool = False
