@@ -79,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.rundir import RunDirError
     from workers.tokens import TokenizerError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after --run-dir.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [x for x in extra if x.startswith("-") or args.command != "run"]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "run":
+        args.overrides = [*args.overrides, *extra]
     try:
         return cmd_run(args) if args.command == "run" else cmd_status(args)
     except (ConfigError, DataError, ModelError, RunDirError, TokenizerError) as e:

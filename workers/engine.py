@@ -27,6 +27,10 @@ class VLLMEngine:
     def __init__(self, spec: EngineSpec) -> None:
         # The config is the one knob for the CPU KV cache (whole GiB).
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(spec.kv_cache_gib))))
+        # An engine lives on one node (tensor parallel inside one bundle), so
+        # its internal message queues stay on loopback.
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
         self.spec = spec
@@ -49,6 +53,13 @@ class VLLMEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
+        from vllm.platforms import current_platform
+
+        # vLLM's CPU LoRA kernels mis-shape the LoRA logits step of
+        # prompt_logprobs when several requests share a scheduler step
+        # (einsum over request count vs prompt tokens), so on CPU each
+        # scoring request runs alone. CUDA batches them.
+        self._score_batch = 1 if current_platform.is_cpu() else None
 
     def ready(self) -> str:
         """Returns the node id once the engine is loaded (used to wait for actors)."""
@@ -101,7 +112,13 @@ class VLLMEngine:
         ]
         prompts = [TokensPrompt(prompt_token_ids=p + y) for p, y in encoded]
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outs = self.llm.generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
+        step = self._score_batch or max(1, len(prompts))
+        lora = self._lora(adapter)
+        outs = [
+            o
+            for i in range(0, len(prompts), step)
+            for o in self.llm.generate(prompts[i : i + step], params, lora_request=lora, use_tqdm=False)
+        ]
         results = []
         for (p, y), o in zip(encoded, outs):
             plp = o.prompt_logprobs
