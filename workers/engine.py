@@ -67,6 +67,10 @@ class VLLMEngine:
 
         return socket.gethostname()
 
+    def close(self) -> None:
+        """Stop the engine's background processes (they busy-poll a core while alive)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def _lora(self, adapter: AdapterRef | None) -> Any:
         if adapter is None:
             return None

@@ -25,7 +25,9 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_path):
-    return VLLMEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0))
+    eng = VLLMEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0))
+    yield eng
+    eng.close()
 
 
 @pytest.fixture(scope="module")
