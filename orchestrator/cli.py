@@ -53,7 +53,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rd = RunDir(args.run_dir)
     state = rd.load_state()
     print(f"run dir {rd.root}  created {state['created_at']}  config {state['config_hash'][:12]}")
-    for key, rec in sorted(state["stages"].items()):
+    for key, rec in sorted(state["stages"].items(), key=lambda kv: rd.stage_sort_key(kv[0])):
         try:
             rd.record(key)
             ok = "ok"

@@ -313,7 +313,8 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
             # run does not compute it, so it is reported as absent, not guessed.
             "mean_consistency": None,
             "dpo_loss": s["train"]["dpo_loss"],
-            "dpo_loss_first": s["train"].get("dpo_loss_first"),
+            "dpo_loss_first": s["train"]["dpo_loss_first"],
+            "epochs": s["train"]["epochs"],
             "reward_accuracy": s["train"]["reward_accuracy"],
             "reward_margin": s["train"]["reward_margin"],
             "optimizer_steps": s["train"]["optimizer_steps"],

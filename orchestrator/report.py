@@ -18,13 +18,13 @@ def format_iteration(m: dict[str, Any]) -> str:
     parse = None if fail is None else 100 * (1 - fail)
     drops = ", ".join(f"{k} {v}" for k, v in m["drops"].items()) or "none dropped"
     loss = _fmt(m["dpo_loss"], ".4f")
-    if m.get("dpo_loss_first") is not None:
-        loss = f"{m['dpo_loss_first']:.4f} -> {loss}"
+    if m.get("epochs", 0) > 1:
+        loss = f"{m['dpo_loss_first']:.4f} (epoch 1) -> {loss} (epoch {m['epochs']})"
     return (
         f"iter {m['iteration']}: {m['responses']} responses ({m['tokens_generated']} tokens, "
         f"{_fmt(m['generation_tokens_per_s'], '.0f')} tok/s) | judge parse {_fmt(parse, '.1f')}% "
         f"({_fmt(m['judge_tokens_per_s'], '.0f')} tok/s) | pairs {m['pairs_built']} built, {m['pairs_kept']} kept "
-        f"({drops}) | DPO loss {loss} over {m['optimizer_steps']} steps | {m['iteration_seconds']:.0f}s"
+        f"({drops}) | DPO loss {loss}, {m['optimizer_steps']} steps | {m['iteration_seconds']:.0f}s"
     )
 
 

@@ -26,6 +26,8 @@ import yaml
 from orchestrator.config import RunConfig, changed_fields, config_from_dict, config_hash, safe_fields, to_plain
 
 STATE_VERSION = 1
+# Pipeline order of the stages of one iteration (for listing state.json).
+STAGE_ORDER = ("generate", "judge", "score", "select", "train", "metrics")
 # Fault injection for the kill/resume tests: SIGKILL this process right after
 # the named stage (e.g. "iter_001/judge") is recorded in state.json.
 KILL_AFTER_ENV = "SELFREWARD_KILL_AFTER_STAGE"
@@ -102,6 +104,11 @@ class RunDir:
     @staticmethod
     def stage_key(iteration: int, stage: str) -> str:
         return f"iter_{iteration:03d}/{stage}"
+
+    @staticmethod
+    def stage_sort_key(key: str) -> tuple[str, int]:
+        it, _, stage = key.partition("/")
+        return it, STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
 
     # --- opening ----------------------------------------------------------
     def open(self, cfg: RunConfig, versions: dict[str, str]) -> bool:

@@ -68,17 +68,24 @@ class TrainResult:
     pairs: int = 0
 
     def summary(self) -> dict[str, Any]:
+        """Loss, reward accuracy and margin averaged over the last epoch (and the first epoch's loss)."""
         if not self.steps:
-            return {"train_pairs": self.pairs, "optimizer_steps": 0, "dpo_loss": None,
-                    "reward_accuracy": None, "reward_margin": None}
-        first, last = self.steps[0], self.steps[-1]
+            return {"train_pairs": self.pairs, "optimizer_steps": 0, "epochs": 0, "dpo_loss": None,
+                    "dpo_loss_first": None, "reward_accuracy": None, "reward_margin": None}
+
+        def epoch_mean(epoch: int, key: str) -> float:
+            rows = [s for s in self.steps if s["epoch"] == epoch]
+            return sum(s[key] * s["pairs"] for s in rows) / sum(s["pairs"] for s in rows)
+
+        last = self.steps[-1]["epoch"]
         return {
             "train_pairs": self.pairs,
             "optimizer_steps": len(self.steps),
-            "dpo_loss": last["loss"],
-            "dpo_loss_first": first["loss"],
-            "reward_accuracy": last["reward_accuracy"],
-            "reward_margin": last["reward_margin"],
+            "epochs": last + 1,
+            "dpo_loss": epoch_mean(last, "loss"),
+            "dpo_loss_first": epoch_mean(0, "loss"),
+            "reward_accuracy": epoch_mean(last, "reward_accuracy"),
+            "reward_margin": epoch_mean(last, "reward_margin"),
         }
 
 
