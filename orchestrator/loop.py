@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import time
 from collections import Counter
 from collections.abc import Callable

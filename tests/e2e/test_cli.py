@@ -42,9 +42,10 @@ def test_two_iterations_through_the_cli(tmp_path):
     assert json.loads((run_dir / "state.json").read_text())["stages"] == state["stages"]
 
 
-def test_killed_after_judge_then_resumed(tmp_path):
+def test_killed_after_judge_then_resumed(tmp_path, tiny_model_path):
     run_dir = tmp_path / "run"
-    args = ("run", str(CONFIG), "--run-dir", str(run_dir), *SMALL, "iterations=1")
+    # model.path as a plain local Hugging Face folder (not the 'default' alias).
+    args = ("run", str(CONFIG), "--run-dir", str(run_dir), *SMALL, "iterations=1", f"model.path={tiny_model_path}")
     killed = selfreward(*args, env={KILL_AFTER_ENV: "iter_001/judge"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     before = json.loads((run_dir / "state.json").read_text())["stages"]

@@ -15,15 +15,15 @@ def test_dpo_loss_by_hand():
 
 
 def test_weights_give_weighted_mean():
-    pc = torch.tensor([0.0, 0.0]); pr = torch.tensor([0.0, 0.0])
-    rc = torch.tensor([0.0, -20.0]); rr = torch.tensor([0.0, 0.0])  # h = 0 and h = 2
+    pc, pr = torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0])
+    rc, rr = torch.tensor([0.0, -20.0]), torch.tensor([0.0, 0.0])  # h = 0 and h = 2
     out = SigmoidDPO(beta=0.1)(pc, pr, rc, rr, torch.tensor([1.0, 3.0]))
     l0, l1 = math.log(2), math.log(1 + math.exp(-2.0))
     assert out.loss.item() == pytest.approx((l0 + 3 * l1) / 4, rel=1e-6)
 
 
 def test_gradient_pushes_chosen_up_and_rejected_down():
-    pc = torch.tensor([-5.0], requires_grad=True); pr = torch.tensor([-5.0], requires_grad=True)
+    pc, pr = torch.tensor([-5.0], requires_grad=True), torch.tensor([-5.0], requires_grad=True)
     out = SigmoidDPO(beta=0.5)(pc, pr, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.ones(1))
     out.loss.backward()
     # d/dpc of -log sigmoid(beta*(pc-pr)) = -beta * sigmoid(-h) = -0.25 at h = 0

@@ -1,10 +1,9 @@
 """Integration on the real tiny model: vLLM engine and DPO trainer, no mocks."""
 
-import pyarrow as pa
 import pytest
 import torch
 
-from orchestrator import artifacts
+from tests.workers.pairs_table import pairs_table
 from workers.engine import VLLMEngine
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.trainer import DPOTrainerCore, TrainSpec
@@ -34,12 +33,7 @@ def engine(tiny_model_path):
 def trained(tiny_model_path, tmp_path_factory):
     """A trainer after one DPO step on PAIRS, its loss before/after, and the LoRA weights before."""
     out = tmp_path_factory.mktemp("adapter")
-    table = pa.Table.from_pylist(
-        [{"prompt_id": str(i), "prompt": p, "chosen": c, "rejected": r, "chosen_idx": 0, "rejected_idx": 1,
-          "margin": 1.0, "consistency": None, "p_correct": None, "weight": 1.0, "kept": True, "drop_reason": None,
-          "chosen_finish_reason": "stop", "rejected_finish_reason": "stop"} for i, (p, c, r) in enumerate(PAIRS)],
-        schema=artifacts.PAIRS,
-    )
+    table = pairs_table(PAIRS)
     spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir=str(out),
                      learning_rate=5e-3, micro_batch_pairs=len(PAIRS), epochs=1, beta=0.1)
     core = DPOTrainerCore(spec)

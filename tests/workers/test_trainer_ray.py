@@ -1,13 +1,12 @@
 """The DPO trainer on Ray Train: DDP over 2 CPU workers (gloo) equals 1 worker with accumulation."""
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
 from safetensors.torch import load_file
 
-from orchestrator import artifacts
+from tests.workers.pairs_table import pairs_table
 from workers.trainer import TrainSpec, run_training
 
 pytestmark = pytest.mark.integration
@@ -28,11 +27,7 @@ def local_ray():
 
 
 def _pairs(path):
-    rows = [{"prompt_id": str(i), "prompt": p, "chosen": c, "rejected": r, "chosen_idx": 0, "rejected_idx": 1,
-             "margin": 1.0, "consistency": None, "p_correct": None, "weight": w, "kept": True, "drop_reason": None,
-             "chosen_finish_reason": "stop", "rejected_finish_reason": "stop"}
-            for i, ((p, c, r), w) in enumerate(zip(PAIRS, [1.0, 2.0, 0.5, 1.0]))]
-    pq.write_table(pa.Table.from_pylist(rows, schema=artifacts.PAIRS), path)
+    pq.write_table(pairs_table(PAIRS, [1.0, 2.0, 0.5, 1.0]), path)
     return path
 
 

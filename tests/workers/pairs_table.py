@@ -1,0 +1,15 @@
+"""A hand-made pairs.parquet table for trainer tests."""
+
+import pyarrow as pa
+
+from orchestrator import artifacts
+
+
+def pairs_table(triples: list[tuple[str, str, str]], weights: list[float] | None = None) -> pa.Table:
+    """Kept pairs from (prompt, chosen, rejected) triples, both responses stopped naturally."""
+    weights = weights or [1.0] * len(triples)
+    rows = [{"prompt_id": str(i), "prompt": p, "chosen": c, "rejected": r, "chosen_idx": 0, "rejected_idx": 1,
+             "margin": 1.0, "consistency": None, "p_correct": None, "weight": w, "kept": True, "drop_reason": None,
+             "chosen_finish_reason": "stop", "rejected_finish_reason": "stop"}
+            for i, ((p, c, r), w) in enumerate(zip(triples, weights))]
+    return pa.Table.from_pylist(rows, schema=artifacts.PAIRS)
