@@ -19,9 +19,8 @@ class VLLMEngine:
     """A vLLM ``LLM`` with multi-LoRA and prefix caching on.
 
     Assumes ``spec.model_path`` is a local Hugging Face folder with a chat
-    template. On CPU (``tensor_parallel_size`` with no GPU) the KV cache is
-    bounded by ``spec.kv_cache_gib``, since vLLM's CPU build otherwise
-    reserves most of the machine's memory.
+    template. On CPU the KV cache is bounded by ``spec.kv_cache_gib``, since
+    vLLM's CPU build otherwise reserves most of the machine's memory.
     """
 
     def __init__(self, spec: EngineSpec) -> None:
@@ -32,7 +31,13 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        on_cpu = current_platform.is_cpu()
+        # On CPU, seeded sampling with chunked prefill rewinds the sampler's
+        # RNG offset, which torch's CPU generator does not support: schedule
+        # whole prompts instead (cheap at these prompt lengths).
+        cpu_scheduling = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(spec.max_model_len, 8192)}
         self.spec = spec
         self.llm = LLM(
             model=spec.model_path,
@@ -43,26 +48,20 @@ class VLLMEngine:
             max_loras=spec.max_loras,
             seed=spec.seed,
             enable_prefix_caching=True,
-            # Seeded sampling with chunked prefill rewinds the sampler's RNG
-            # offset, which torch's CPU generator does not support; whole
-            # prompts per step avoid it (and cost nothing at these lengths).
-            enable_chunked_prefill=False,
-            max_num_batched_tokens=max(spec.max_model_len, 8192),
             tensor_parallel_size=spec.tensor_parallel_size,
             trust_remote_code=spec.trust_remote_code,
+            **(cpu_scheduling if on_cpu else {}),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
-        from vllm.platforms import current_platform
-
         # vLLM's CPU LoRA kernels mis-shape the LoRA logits step of
         # prompt_logprobs when several requests share a scheduler step
         # (einsum over request count vs prompt tokens), so on CPU each
         # scoring request runs alone. CUDA batches them.
-        self._score_batch = 1 if current_platform.is_cpu() else None
+        self._score_batch = 1 if on_cpu else None
 
     def ready(self) -> str:
-        """Returns the node id once the engine is loaded (used to wait for actors)."""
+        """The engine's host name, once it is loaded (the pool waits on this)."""
         import socket
 
         return socket.gethostname()
