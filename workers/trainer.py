@@ -215,6 +215,8 @@ class DPOTrainerCore:
             for start in range(0, len(order), per_step):
                 global_idx = order[start : start + per_step]
                 weight_total = float(sum(examples[i].weight for i in global_idx))
+                if weight_total <= 0:
+                    continue  # nothing to learn from; every rank sees the same global batch
                 mine = list(global_idx[rank::world])
                 stats = torch.zeros(5, device=self.device, dtype=torch.float64)  # wloss, w, correct, margin, n
                 for k in range(spec.grad_accum_steps):
