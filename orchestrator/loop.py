@@ -33,7 +33,7 @@ from orchestrator.pairs import build_pairs
 from orchestrator.report import format_iteration, write_metrics_jsonl
 from orchestrator.rundir import RunDir
 from workers.judge import aggregate, constrained_regex, judge_message, parse_score
-from workers.pool import EnginePool, PoolResources, shard
+from workers.pool import EnginePool, PoolResources
 from workers.trainer import TrainSpec, run_training
 from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
 
@@ -86,6 +86,10 @@ class Context:
             self.log(f"  engine pool: {r.engines} engine(s) ready in {time.monotonic() - t0:.1f}s")
         return self._pool
 
+    def engines(self, method: str, items: list[Any], *args: Any) -> list[Any]:
+        """One result per item from the engine pool (sharded by ``resources.shard_size``)."""
+        return self.pool().map_items(method, items, self.cfg.resources.shard_size, *args)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
@@ -102,8 +106,7 @@ def generate(ctx: Context, t: int, prompts: pa.Table, policy: AdapterRef | None)
     seeds = [derive_seed(ctx.cfg.seed, "generate", t, pid, k) for pid, _, k in keys]
     requests = [CompletionRequest(text, s) for (_, text, _), s in zip(keys, seeds)]
     sampling = SamplingSpec(g.temperature, g.top_p, g.max_tokens)
-    done = ctx.pool().map_shards("complete", shard(requests, ctx.cfg.resources.shard_size), sampling, policy)
-    outs = [c for part in done for c in part]
+    outs = ctx.engines("complete", requests, sampling, policy)
     return pa.Table.from_pydict(
         {
             "iteration": [t] * len(keys),
@@ -127,8 +130,7 @@ def judge(ctx: Context, t: int, generations: pa.Table, judge_adapter: AdapterRef
     seeds = [derive_seed(ctx.cfg.seed, "judge", t, r["prompt_id"], r["sample_idx"], k) for r, k in keys]
     requests = [CompletionRequest(judge_message(r["prompt"], r["response"]), s) for (r, _), s in zip(keys, seeds)]
     sampling = SamplingSpec(j.temperature, j.top_p, j.max_tokens, constrained_regex(j.max_tokens) if j.constrained else None)
-    done = ctx.pool().map_shards("complete", shard(requests, ctx.cfg.resources.shard_size), sampling, judge_adapter)
-    outs = [c for part in done for c in part]
+    outs = ctx.engines("complete", requests, sampling, judge_adapter)
     return pa.Table.from_pydict(
         {
             "prompt_id": [r["prompt_id"] for r, _ in keys],
@@ -151,10 +153,9 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, poli
     for jr in judgments.filter(pa.compute.equal(judgments["judge_model"], "current")).to_pylist():
         per_response.setdefault((jr["prompt_id"], jr["sample_idx"]), []).append(jr["score"])
     requests = [ScoreRequest(g["prompt"], g["response"], g["finish_reason"]) for g in gens]
-    shards = shard(requests, ctx.cfg.resources.shard_size)
-    ref = [s for part in ctx.pool().map_shards("score", shards, None) for s in part]
+    ref = ctx.engines("score", requests, None)
     # M0 is the base model, so at t=1 the policy's log-probs are the reference's.
-    pol = ref if policy is None else [s for part in ctx.pool().map_shards("score", shards, policy) for s in part]
+    pol = ref if policy is None else ctx.engines("score", requests, policy)
     aggs = [aggregate(per_response.get((g["prompt_id"], g["sample_idx"]), [])) for g in gens]
     return pa.Table.from_pydict(
         {

@@ -77,6 +77,13 @@ class EnginePool:
                     on_done(sid, results[sid])
         return results
 
+    def map_items(self, method: str, items: Sequence[Any], shard_size: int, *args: Any) -> list[Any]:
+        """Shard ``items``, run ``actor.method(shard, *args)`` on each, return the results in item order.
+
+        Assumes ``method`` returns one result per item of its shard.
+        """
+        return [r for part in self.map_shards(method, shard(items, shard_size), *args) for r in part]
+
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
