@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from orchestrator import artifacts
 from orchestrator.config import RunConfig
@@ -150,7 +151,7 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, poli
     """Per response: judge mean/std/valid count, and summed log-probs under policy and reference."""
     gens = generations.select(["prompt_id", "prompt", "sample_idx", "response", "finish_reason"]).to_pylist()
     per_response: dict[tuple[str, int], list[float | None]] = {}
-    for jr in judgments.filter(pa.compute.equal(judgments["judge_model"], "current")).to_pylist():
+    for jr in judgments.filter(pc.equal(judgments["judge_model"], "current")).to_pylist():
         per_response.setdefault((jr["prompt_id"], jr["sample_idx"]), []).append(jr["score"])
     requests = [ScoreRequest(g["prompt"], g["response"], g["finish_reason"]) for g in gens]
     ref = ctx.engines("score", requests, None)
@@ -211,7 +212,7 @@ def _table_stage(ctx: Context, t: int, name: str, kind: str, path: Path, compute
 
 
 def _tokens(table: pa.Table) -> int:
-    return int(pa.compute.sum(table["num_tokens"]).as_py() or 0)
+    return int(pc.sum(table["num_tokens"]).as_py() or 0)
 
 
 def _generation_summary(table: pa.Table) -> dict[str, Any]:
@@ -227,7 +228,7 @@ def _judge_summary(table: pa.Table) -> dict[str, Any]:
 
 def _pairs_summary(table: pa.Table) -> dict[str, Any]:
     drops = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
-    return {"pairs_built": table.num_rows, "pairs_kept": int(pa.compute.sum(table["kept"]).as_py() or 0),
+    return {"pairs_built": table.num_rows, "pairs_kept": int(pc.sum(table["kept"]).as_py() or 0),
             "drops": dict(sorted(drops.items()))}
 
 

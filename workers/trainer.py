@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -136,7 +137,7 @@ class DPOTrainerCore:
     # --- data ---------------------------------------------------------------
     def encode(self, pairs: pa.Table) -> list[PairExample]:
         """Token ids of the kept pairs of a pairs table (same encoding as the engines)."""
-        kept = pairs.filter(pa.compute.equal(pairs["kept"], True))
+        kept = pairs.filter(pc.equal(pairs["kept"], True))
         rows = kept.select(["prompt", "chosen", "rejected", "chosen_finish_reason", "rejected_finish_reason", "weight"]).to_pylist()
         return [
             PairExample(
@@ -226,8 +227,8 @@ class DPOTrainerCore:
                         idx = [int(global_idx[0])]  # zero-weight filler keeps DDP in step
                     batch = [examples[i] for i in idx]
                     w = torch.tensor([e.weight for e in batch], device=self.device) * (1.0 if real else 0.0)
-                    pc, pr = self.pair_logprobs(model, batch)
-                    out = self.loss_fn(pc, pr, ref[idx, 0], ref[idx, 1], torch.ones_like(w))
+                    lp_c, lp_r = self.pair_logprobs(model, batch)
+                    out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w))
                     loss = (out.per_pair * w).sum() * (world / weight_total)
                     loss.backward()
                     if real:
