@@ -28,11 +28,14 @@ def _init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    # Actors' own output (vLLM, Ray Train) stays in Ray's log files
+    # (session_latest/logs); the driver prints the run's progress.
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=False)
     else:
-        # A private local Ray on loopback, no dashboard.
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+        # A private local Ray, everything on loopback (dashboard included:
+        # Ray Train queries its state API).
+        ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", log_to_driver=False)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
