@@ -18,12 +18,24 @@ JUDGMENTS = pa.schema([
     ("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("judge_model", pa.string()),
     ("judge_idx", pa.int32()), ("judge_text", pa.string()), ("score", pa.float64()),
     ("seed", pa.int64()), ("num_tokens", pa.int32()),
+    # judge.expected_score: E[score] and P(score = 0..5) from the judge's
+    # next-token distribution after "Score:" in this verdict (null when off).
+    ("score_expected", pa.float64()), ("score_probs", pa.list_(pa.float64())),
 ])
 
 REWARDS = pa.schema([
     ("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("judge_mean", pa.float64()),
     ("judge_std", pa.float64()), ("judge_valid", pa.int32()), ("judge_mean_prev", pa.float64()),
     ("logp_policy", pa.float64()), ("logp_ref", pa.float64()), ("num_tokens", pa.int32()),
+    # logp_prev: under M(t-2), the policy before the current one (null at t=1).
+    ("logp_prev", pa.float64()),
+    ("logp_policy_norm", pa.float64()), ("logp_ref_norm", pa.float64()), ("logp_prev_norm", pa.float64()),
+    # Mean expected score over the verdicts, and the std of their mixture (null unless judge.expected_score).
+    ("judge_expected", pa.float64()), ("judge_expected_std", pa.float64()),
+    # Whether the response matches the prompt's reference answer (null when the prompt has none).
+    ("correct", pa.bool_()),
+    # Summed log-probs of T MC-dropout passes of the policy (null when off).
+    ("logp_mc", pa.list_(pa.float64())),
 ])
 
 PAIRS = pa.schema([
@@ -32,6 +44,13 @@ PAIRS = pa.schema([
     ("margin", pa.float64()), ("consistency", pa.float64()), ("p_correct", pa.float64()),
     ("weight", pa.float64()), ("kept", pa.bool_()), ("drop_reason", pa.string()),
     ("chosen_finish_reason", pa.string()), ("rejected_finish_reason", pa.string()),
+    # beta * (implicit reward of chosen - of rejected); null while the policy is the reference.
+    ("implicit_margin", pa.float64()),
+    # MC-dropout uncertainty of the pair (BALD or variance; null when off).
+    ("uncertainty", pa.float64()),
+    ("chosen_correct", pa.bool_()), ("rejected_correct", pa.bool_()),
+    # Target probability that chosen wins, as the loss uses it (1 = hard label).
+    ("label_p", pa.float64()),
 ])
 
 CONTRACT = {"generations": GENERATIONS, "judgments": JUDGMENTS, "rewards": REWARDS, "pairs": PAIRS}

@@ -72,6 +72,21 @@ class JudgeConfig(_Strict):
         "structured decoding. For small judges that do not keep the format on their own "
         "(SmolLM2-135M writes the score line in under 3% of free replies).",
     )
+    previous_judge: bool = Field(
+        False,
+        description="From iteration 2 on, the previous model M(t-2) re-judges the same responses "
+        "(judge_model='previous' rows, judge_mean_prev in rewards); needed by judge-based consistency.",
+    )
+    expected_score: bool = Field(
+        False,
+        description="Also read the judge's next-token probabilities over the digits 0-5 after 'Score:' in "
+        "each verdict (one extra single-token pass): expected score and its variance per verdict.",
+    )
+    score_source: Literal["sampled", "expected"] = Field(
+        "sampled",
+        description="Which judge number ranks responses: the mean of the K parsed verdicts, or the mean of "
+        "their expected scores (with judge_samples=1: one verdict instead of K samples).",
+    )
 
 
 class LoraConfig(_Strict):
@@ -85,7 +100,89 @@ class LoraConfig(_Strict):
     )
 
 
+class ScoringConfig(_Strict):
+    reference: Literal["base", "previous"] = Field(
+        "base",
+        description="Reference model of the implicit reward and of the DPO loss: the base model M0, or the "
+        "previous iterate (M(t-2) when scoring at iteration t, M(t-1) when training it).",
+    )
+
+
+class ConsistencyConfig(_Strict):
+    mode: Literal["off", "dyn", "avg", "filter"] = Field(
+        "off",
+        description="CREAM consistency C = (Kendall tau-b + 1) / 2 of current vs previous rankings per prompt: "
+        "'dyn' feeds each pair's C to the CREAM loss, 'avg' the dataset mean C, 'filter' drops pairs of "
+        "prompts with C below `threshold`. Undefined (null) at iteration 1.",
+    )
+    source: Literal["judge", "implicit"] = Field(
+        "judge",
+        description="Rewards that rank the responses: judge means (current vs previous judge) or implicit "
+        "rewards (log pi/pi_ref of M(t-1) vs of M(t-2)).",
+    )
+    threshold: float = Field(0.5, ge=0, le=1, description="Minimum C of a kept pair in mode 'filter'.")
+
+
+class AgreementConfig(_Strict):
+    enabled: bool = Field(
+        False,
+        description="SCIR-style: keep a pair only if the implicit reward prefers its chosen response too "
+        "(not applied while the implicit reward is undefined, i.e. policy = reference).",
+    )
+    require_confident: bool = Field(
+        False, description="Also require P(chosen wins) >= `confidence` under both the judge and the implicit reward."
+    )
+    confidence: float = Field(0.6, ge=0.5, le=1, description="Confidence level of require_confident.")
+
+
+class JudgeUncertaintyConfig(_Strict):
+    p_min: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Drop pairs whose judge-sample estimate of P(chosen beats rejected) is below p_min; "
+        "None = off.",
+    )
+
+
+class MCDropoutConfig(_Strict):
+    passes: int = Field(0, ge=0, description="MC-dropout passes T of the policy per response; 0 = off.")
+    p: float = Field(0.1, gt=0, lt=1, description="Dropout rate on the last hidden state during the passes.")
+    measure: Literal["bald", "variance"] = Field(
+        "bald", description="Pair uncertainty: BALD mutual information or variance of the T implicit margins."
+    )
+    fraction: float = Field(0.25, ge=0, lt=1, description="Most uncertain fraction of candidate pairs acted on.")
+    action: Literal["drop", "downweight"] = Field("drop", description="Drop those pairs, or multiply their weight.")
+    downweight: float = Field(0.5, ge=0, le=1, description="Weight factor of down-weighted pairs.")
+
+
+class SelectionConfig(_Strict):
+    strategy: Literal["best_vs_worst", "margin"] = Field(
+        "best_vs_worst",
+        description="Candidate pairs: highest vs lowest judge score per prompt, or every pair whose score "
+        "margin is at least `min_margin`, the largest margins first, up to `max_pairs_per_prompt`.",
+    )
+    min_margin: float = Field(1.0, gt=0, description="Smallest judge-score margin of a 'margin' pair.")
+    max_pairs_per_prompt: int = Field(2, gt=0, description="Cap of kept 'margin' pairs per prompt.")
+    length_normalized: bool = Field(
+        False, description="Implicit rewards per response token (log-ratio / tokens) instead of summed."
+    )
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    agreement: AgreementConfig = AgreementConfig()
+    judge_uncertainty: JudgeUncertaintyConfig = JudgeUncertaintyConfig()
+    mc_dropout: MCDropoutConfig = MCDropoutConfig()
+
+
 class DPOConfig(_Strict):
+    loss: Literal["dpo", "cdpo", "cream", "rdpo", "ipo", "soft"] = Field(
+        "dpo",
+        description="Preference loss: DPO, cDPO (label smoothing epsilon), CREAM (consistency as soft "
+        "label), rDPO (flip rate epsilon), IPO, or soft preference (target from the judge-score margin).",
+    )
+    epsilon: float = Field(0.1, ge=0, lt=0.5, description="cDPO label smoothing / rDPO flip rate.")
+    soft_temperature: float = Field(
+        1.0, gt=0, description="Soft preference target p = sigmoid(judge-score margin / soft_temperature)."
+    )
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature beta.")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -120,6 +217,8 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     generation: GenerationConfig = GenerationConfig()
     judge: JudgeConfig = JudgeConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    selection: SelectionConfig = SelectionConfig()
     lora: LoraConfig = LoraConfig()
     dpo: DPOConfig = DPOConfig()
     resources: ResourcesConfig = ResourcesConfig()
@@ -131,6 +230,24 @@ class RunConfig(_Strict):
                 f"generation.max_tokens ({self.generation.max_tokens}) must be below "
                 f"model.max_model_len ({self.model.max_model_len})"
             )
+        c = self.selection.consistency
+        if (c.mode in ("dyn", "avg")) != (self.dpo.loss == "cream"):
+            raise ValueError(
+                f"selection.consistency.mode={c.mode!r} and dpo.loss={self.dpo.loss!r} conflict: consistency "
+                "modes 'dyn'/'avg' feed the CREAM loss, and dpo.loss='cream' needs one of them"
+            )
+        if c.mode != "off" and c.source == "judge" and not self.judge.previous_judge:
+            raise ValueError(
+                "selection.consistency.source='judge' compares against the previous model's verdicts: "
+                "set judge.previous_judge=true"
+            )
+        if c.mode != "off" and c.source == "implicit" and self.scoring.reference != "base":
+            raise ValueError(
+                "selection.consistency.source='implicit' ranks by the previous model's reward against the "
+                "base model: set scoring.reference=base"
+            )
+        if self.judge.score_source == "expected" and not self.judge.expected_score:
+            raise ValueError("judge.score_source='expected' needs judge.expected_score=true")
         return self
 
 

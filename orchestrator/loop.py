@@ -3,9 +3,12 @@
     for t in 1..T:
       generate : M(t-1) samples N responses per prompt        -> generations.parquet
       judge    : M(t-1) grades every response K times          -> judgments.parquet
-      score    : judge aggregates + log-probs (policy, ref)    -> rewards.parquet
-      select   : best-vs-worst pairs, kept or dropped          -> pairs.parquet
-      train    : DPO on kept pairs; M(t) = new LoRA adapter    -> adapter/
+                 (and M(t-2) re-grades them, for consistency)
+      score    : judge aggregates, log-probs under policy,
+                 reference and previous model, correctness     -> rewards.parquet
+      select   : candidate pairs; consistency, agreement and
+                 uncertainty filters; weights and soft labels  -> pairs.parquet
+      train    : DPO-family loss on kept pairs; M(t) = adapter -> adapter/
       metrics  : per-iteration numbers                         -> metrics.json
 
 Each stage commits its artifact and then its record in state.json; a rerun
@@ -27,15 +30,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator import artifacts
+from orchestrator.answers import is_correct
 from orchestrator.config import RunConfig
 from orchestrator.data import load_prompts, prompts_for_iteration
+from orchestrator.metrics import agreement_rate, consistency_summary, judge_agreement, label_quality
 from orchestrator.models import resolve_model_path
-from orchestrator.pairs import build_pairs
 from orchestrator.report import format_iteration, write_metrics_jsonl
 from orchestrator.rundir import RunDir
+from orchestrator.selection import (
+    AgreementFilter,
+    BestVsWorst,
+    ConsistencyFilter,
+    Filter,
+    JudgeUncertaintyFilter,
+    MarginPairs,
+    MCDropoutFilter,
+    Selection,
+    SoftLabel,
+    select,
+)
 from workers.judge import aggregate, constrained_regex, judge_message, parse_score
+from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, PreferenceLoss, SoftPreference
 from workers.pool import EnginePool, PoolResources
-from workers.trainer import TrainSpec, run_training
+from workers.trainer import TrainSpec, mc_dropout_logprobs, run_training
 from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
 
 Log = Callable[[str], None]
@@ -56,6 +73,75 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+# --- strategy objects from the config ---------------------------------------------
+
+
+def make_loss(cfg: RunConfig) -> PreferenceLoss:
+    """The configured member of the DPO loss family."""
+    d = cfg.dpo
+    losses: dict[str, PreferenceLoss] = {
+        "dpo": DPO(d.beta), "cdpo": CDPO(d.beta, d.epsilon), "rdpo": RDPO(d.beta, d.epsilon),
+        "ipo": IPO(d.beta), "soft": SoftPreference(d.beta), "cream": CREAM(d.beta),
+    }
+    return losses[d.loss]
+
+
+def make_selection(cfg: RunConfig) -> Selection:
+    """The configured pair strategy, filters (in the order they are checked) and soft label."""
+    s = cfg.selection
+    filters: list[Filter] = []
+    if s.consistency.mode == "filter":
+        filters.append(ConsistencyFilter(s.consistency.threshold))
+    if s.agreement.enabled:
+        filters.append(AgreementFilter(s.agreement.confidence if s.agreement.require_confident else None))
+    if s.judge_uncertainty.p_min is not None:
+        filters.append(JudgeUncertaintyFilter(s.judge_uncertainty.p_min))
+    downweighted: tuple[str, ...] = ()
+    if s.mc_dropout.passes > 0 and s.mc_dropout.fraction > 0:
+        mc = MCDropoutFilter(s.mc_dropout.fraction)
+        filters.append(mc)
+        if s.mc_dropout.action == "downweight":
+            downweighted = (mc.name,)
+    label = {"dyn": SoftLabel("consistency"), "avg": SoftLabel("mean_consistency")}.get(
+        s.consistency.mode, SoftLabel("score_margin", cfg.dpo.soft_temperature) if cfg.dpo.loss == "soft" else SoftLabel()
+    )
+    return Selection(
+        strategy=BestVsWorst() if s.strategy == "best_vs_worst" else MarginPairs(s.min_margin, s.max_pairs_per_prompt),
+        filters=tuple(filters), label=label, beta=cfg.dpo.beta,
+        score_column="judge_expected" if cfg.judge.score_source == "expected" else "judge_mean",
+        length_normalized=s.length_normalized, consistency_source=s.consistency.source,
+        mc_measure=s.mc_dropout.measure, downweight_filters=downweighted, downweight=s.mc_dropout.downweight,
+    )
+
+
+def adapter_of(rd: RunDir, t: int) -> AdapterRef | None:
+    """M(t): the adapter trained at iteration t; None for M0, the base model."""
+    return None if t <= 0 else AdapterRef(name=f"iter_{t:03d}", path=str(rd.iter_dir(t) / "adapter"))
+
+
+def _name(adapter: AdapterRef | None) -> str:
+    return "base" if adapter is None else adapter.name
+
+
+@dataclass(frozen=True)
+class Models:
+    """Which model plays which part at iteration t (None = the base model M0)."""
+
+    policy: AdapterRef | None  # M(t-1): generates, judges, is trained from
+    previous: AdapterRef | None  # M(t-2); meaningful only when has_previous
+    has_previous: bool  # t >= 2
+    reference: AdapterRef | None  # base, or the previous iterate
+
+    @staticmethod
+    def at(rd: RunDir, t: int, reference: str) -> "Models":
+        prev = adapter_of(rd, t - 2)
+        return Models(adapter_of(rd, t - 1), prev, t >= 2, None if reference == "base" else prev)
+
+    def describe(self) -> dict[str, str | None]:
+        return {"policy": _name(self.policy), "previous": _name(self.previous) if self.has_previous else None,
+                "reference": _name(self.reference)}
 
 
 @dataclass
@@ -123,69 +209,142 @@ def generate(ctx: Context, t: int, prompts: pa.Table, policy: AdapterRef | None)
     )
 
 
-def judge(ctx: Context, t: int, generations: pa.Table, judge_adapter: AdapterRef | None) -> pa.Table:
-    """K rubric verdicts per response from M(t-1) as judge; scores parsed from the verdicts only."""
+def judge(ctx: Context, t: int, generations: pa.Table, models: Models) -> pa.Table:
+    """K rubric verdicts per response from M(t-1) ("current"), and from M(t-2) ("previous") when configured.
+
+    Scores are parsed from the verdicts only. With ``judge.expected_score``
+    each verdict also gets its score distribution from one extra
+    single-token pass of the same judge.
+    """
     j = ctx.cfg.judge
     rows = generations.select(["prompt_id", "prompt", "sample_idx", "response"]).to_pylist()
-    keys = [(r, k) for r in rows for k in range(j.judge_samples)]
-    seeds = [derive_seed(ctx.cfg.seed, "judge", t, r["prompt_id"], r["sample_idx"], k) for r, k in keys]
-    requests = [CompletionRequest(judge_message(r["prompt"], r["response"]), s) for (r, _), s in zip(keys, seeds)]
+    judges = [("current", models.policy)]
+    if j.previous_judge and models.has_previous:
+        judges.append(("previous", models.previous))
     sampling = SamplingSpec(j.temperature, j.top_p, j.max_tokens, constrained_regex(j.max_tokens) if j.constrained else None)
-    outs = ctx.engines("complete", requests, sampling, judge_adapter)
-    return pa.Table.from_pydict(
-        {
-            "prompt_id": [r["prompt_id"] for r, _ in keys],
-            "sample_idx": [r["sample_idx"] for r, _ in keys],
-            "judge_model": ["current"] * len(keys),
-            "judge_idx": [k for _, k in keys],
-            "judge_text": [o.text for o in outs],
-            "score": [parse_score(o.text) for o in outs],
-            "seed": seeds,
-            "num_tokens": [o.num_tokens for o in outs],
-        },
-        schema=artifacts.JUDGMENTS,
-    )
+    parts = []
+    for role, adapter in judges:
+        keys = [(r, k) for r in rows for k in range(j.judge_samples)]
+        seeds = [derive_seed(ctx.cfg.seed, "judge", role, t, r["prompt_id"], r["sample_idx"], k) for r, k in keys]
+        requests = [CompletionRequest(judge_message(r["prompt"], r["response"]), s) for (r, _), s in zip(keys, seeds)]
+        outs = ctx.engines("complete", requests, sampling, adapter)
+        probs: list[list[float] | None] = [None] * len(keys)
+        if j.expected_score:
+            verdicts = [CompletionRequest(q.user_message, q.seed, o.text) for q, o in zip(requests, outs)]
+            probs = ctx.engines("score_distribution", verdicts, adapter)
+        parts.append(pa.Table.from_pydict(
+            {
+                "prompt_id": [r["prompt_id"] for r, _ in keys],
+                "sample_idx": [r["sample_idx"] for r, _ in keys],
+                "judge_model": [role] * len(keys),
+                "judge_idx": [k for _, k in keys],
+                "judge_text": [o.text for o in outs],
+                "score": [parse_score(o.text) for o in outs],
+                "seed": seeds,
+                "num_tokens": [o.num_tokens for o in outs],
+                "score_expected": [None if q is None else sum(i * v for i, v in enumerate(q)) for q in probs],
+                "score_probs": probs,
+            },
+            schema=artifacts.JUDGMENTS,
+        ))
+    return pa.concat_tables(parts)
 
 
-def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, policy: AdapterRef | None) -> pa.Table:
-    """Per response: judge mean/std/valid count, and summed log-probs under policy and reference."""
+def _mixture(dists: list[list[float]]) -> tuple[float | None, float | None]:
+    """Mean and std of the equal mixture of score distributions over 0..5."""
+    if not dists:
+        return None, None
+    mix = [sum(d[i] for d in dists) / len(dists) for i in range(len(dists[0]))]
+    mean = sum(i * p for i, p in enumerate(mix))
+    return mean, sum(p * (i - mean) ** 2 for i, p in enumerate(mix)) ** 0.5
+
+
+def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answers: dict[str, str | None],
+          models: Models) -> pa.Table:
+    """Per response: judge aggregates, summed log-probs under policy / reference / previous model, correctness.
+
+    Each distinct model is scored once (at t=1 policy, reference and base
+    coincide). ``logp_prev`` is null at t=1. With MC-dropout on, T stochastic
+    passes of the policy run in a Ray task beside the engines.
+    """
     gens = generations.select(["prompt_id", "prompt", "sample_idx", "response", "finish_reason"]).to_pylist()
-    per_response: dict[tuple[str, int], list[float | None]] = {}
-    for jr in judgments.filter(pc.equal(judgments["judge_model"], "current")).to_pylist():
-        per_response.setdefault((jr["prompt_id"], jr["sample_idx"]), []).append(jr["score"])
+    by_role: dict[str, dict[tuple[str, int], list[dict[str, Any]]]] = {"current": {}, "previous": {}}
+    for jr in judgments.to_pylist():
+        by_role[jr["judge_model"]].setdefault((jr["prompt_id"], jr["sample_idx"]), []).append(jr)
     requests = [ScoreRequest(g["prompt"], g["response"], g["finish_reason"]) for g in gens]
-    ref = ctx.engines("score", requests, None)
-    # M0 is the base model, so at t=1 the policy's log-probs are the reference's.
-    pol = ref if policy is None else ctx.engines("score", requests, policy)
-    aggs = [aggregate(per_response.get((g["prompt_id"], g["sample_idx"]), [])) for g in gens]
+    logps: dict[str, list[Any]] = {}
+    wanted = [models.policy, models.reference] + ([models.previous] if models.has_previous else [])
+    for adapter in wanted:
+        if _name(adapter) not in logps:
+            logps[_name(adapter)] = ctx.engines("score", requests, adapter)
+    pol, ref = logps[_name(models.policy)], logps[_name(models.reference)]
+    prev = logps[_name(models.previous)] if models.has_previous else [None] * len(gens)
+    mc = _mc_dropout(ctx, t, requests, models.policy)
+    keys = [(g["prompt_id"], g["sample_idx"]) for g in gens]
+    cur = [aggregate([jr["score"] for jr in by_role["current"].get(k, [])]) for k in keys]
+    prev_judge = [aggregate([jr["score"] for jr in by_role["previous"].get(k, [])]) for k in keys]
+    expected = [_mixture([jr["score_probs"] for jr in by_role["current"].get(k, []) if jr["score_probs"] is not None])
+                for k in keys]
+    ntok = [s.num_tokens for s in ref]
+
+    def norm(values: list[Any]) -> list[float | None]:
+        return [None if v is None else v.logp / max(n, 1) for v, n in zip(values, ntok)]
+
     return pa.Table.from_pydict(
         {
-            "prompt_id": [g["prompt_id"] for g in gens],
-            "sample_idx": [g["sample_idx"] for g in gens],
-            "judge_mean": [a.mean for a in aggs],
-            "judge_std": [a.std for a in aggs],
-            "judge_valid": [a.valid for a in aggs],
-            "judge_mean_prev": [None] * len(gens),
+            "prompt_id": [k[0] for k in keys],
+            "sample_idx": [k[1] for k in keys],
+            "judge_mean": [a.mean for a in cur],
+            "judge_std": [a.std for a in cur],
+            "judge_valid": [a.valid for a in cur],
+            "judge_mean_prev": [a.mean for a in prev_judge],
             "logp_policy": [s.logp for s in pol],
             "logp_ref": [s.logp for s in ref],
-            "num_tokens": [s.num_tokens for s in ref],
+            "num_tokens": ntok,
+            "logp_prev": [None if s is None else s.logp for s in prev],
+            "logp_policy_norm": norm(pol),
+            "logp_ref_norm": norm(ref),
+            "logp_prev_norm": norm(prev),
+            "judge_expected": [e[0] for e in expected],
+            "judge_expected_std": [e[1] for e in expected],
+            "correct": [None if answers.get(g["prompt_id"]) is None else is_correct(g["response"], answers[g["prompt_id"]])
+                        for g in gens],
+            "logp_mc": mc,
         },
         schema=artifacts.REWARDS,
     )
 
 
-def train(ctx: Context, t: int, pairs_path: Path, policy: AdapterRef | None, staged: Path) -> dict[str, Any]:
-    """DPO on the kept pairs, continuing from M(t-1)'s adapter; writes M(t)'s adapter into ``staged``."""
+def _train_spec(ctx: Context, t: int, policy: AdapterRef | None, pairs_path: str = "", output_dir: str = "") -> TrainSpec:
     cfg, r = ctx.cfg, ctx.cfg.resources
-    spec = TrainSpec(
-        model_path=str(ctx.model_path), dtype=cfg.model.dtype, pairs_path=str(pairs_path),
-        output_dir=str(staged), init_adapter=policy.path if policy else None,
+    return TrainSpec(
+        model_path=str(ctx.model_path), dtype=cfg.model.dtype, pairs_path=pairs_path,
+        output_dir=output_dir, init_adapter=policy.path if policy else None,
         trust_remote_code=cfg.model.trust_remote_code, lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules, beta=cfg.dpo.beta,
-        learning_rate=cfg.dpo.learning_rate, weight_decay=cfg.dpo.weight_decay, epochs=cfg.dpo.epochs,
-        micro_batch_pairs=cfg.dpo.micro_batch_pairs, grad_accum_steps=cfg.dpo.grad_accum_steps,
+        lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules, loss=make_loss(cfg),
+        reference=cfg.scoring.reference, learning_rate=cfg.dpo.learning_rate, weight_decay=cfg.dpo.weight_decay,
+        epochs=cfg.dpo.epochs, micro_batch_pairs=cfg.dpo.micro_batch_pairs, grad_accum_steps=cfg.dpo.grad_accum_steps,
         max_grad_norm=cfg.dpo.max_grad_norm, seed=derive_seed(cfg.seed, "train", t), torch_threads=r.torch_threads,
     )
+
+
+def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest], policy: AdapterRef | None) -> list[list[float] | None]:
+    mc = ctx.cfg.selection.mc_dropout
+    if mc.passes == 0:
+        return [None] * len(requests)
+    import ray
+
+    r = ctx.cfg.resources
+    spec = _train_spec(ctx, t, policy)
+    spec = TrainSpec(**{**spec.__dict__, "seed": derive_seed(ctx.cfg.seed, "mc_dropout", t)})
+    task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
+    return ray.get(task.remote(spec, requests, mc.passes, mc.p))
+
+
+def train(ctx: Context, t: int, pairs_path: Path, policy: AdapterRef | None, staged: Path) -> dict[str, Any]:
+    """The configured loss on the kept pairs, continuing from M(t-1)'s adapter; writes M(t)'s adapter into ``staged``."""
+    r = ctx.cfg.resources
+    spec = _train_spec(ctx, t, policy, str(pairs_path), str(staged))
     result = run_training(spec, r.train_workers, r.cpus_per_train_worker, r.gpus_per_train_worker, str(ctx.rd.iter_dir(t) / "train"))
     return {**result.summary(), "steps": result.steps}
 
@@ -222,14 +381,17 @@ def _generation_summary(table: pa.Table) -> dict[str, Any]:
 def _judge_summary(table: pa.Table) -> dict[str, Any]:
     n = table.num_rows
     failures = table["score"].null_count
-    return {"tokens": _tokens(table), "judge_samples": n, "parse_failures": failures,
-            "parse_failure_rate": failures / n if n else None}
+    previous = table.filter(pc.equal(table["judge_model"], "previous")).num_rows
+    return {"tokens": _tokens(table), "judge_samples": n, "previous_judge_samples": previous,
+            "parse_failures": failures, "parse_failure_rate": failures / n if n else None,
+            "expected_vs_sampled": judge_agreement(table)}
 
 
 def _pairs_summary(table: pa.Table) -> dict[str, Any]:
     drops = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
     return {"pairs_built": table.num_rows, "pairs_kept": int(pc.sum(table["kept"]).as_py() or 0),
-            "drops": dict(sorted(drops.items()))}
+            "drops": dict(sorted(drops.items())), **consistency_summary(table), **agreement_rate(table),
+            "label_quality": label_quality(table)}
 
 
 def run(cfg: RunConfig, run_dir: str | Path, log: Log = print) -> list[dict[str, Any]]:
@@ -244,25 +406,28 @@ def run(cfg: RunConfig, run_dir: str | Path, log: Log = print) -> list[dict[str,
     resumed = rd.open(cfg, library_versions())
     log(f"run dir {rd.root} ({'resuming' if resumed else 'new run'}), model {model_path}")
     ctx = Context(cfg, rd, model_path, log)
+    selection = make_selection(cfg)
+    answers = dict(zip(prompts["prompt_id"].to_pylist(), prompts["answer"].to_pylist()))
     all_metrics = []
-    policy: AdapterRef | None = None  # M0 = base model, no adapter
     try:
         for t in range(1, cfg.iterations + 1):
             log(f"iteration {t}/{cfg.iterations}")
             d = rd.iter_dir(t)
             t_iter = time.monotonic()
             batch = prompts_for_iteration(prompts, t, cfg.data.prompts_per_iteration, cfg.seed)
+            models = Models.at(rd, t, cfg.scoring.reference)
 
             gens, s_gen = _table_stage(ctx, t, "generate", "generations", d / "generations.parquet",
-                                       lambda: generate(ctx, t, batch, policy), _generation_summary)
+                                       lambda: generate(ctx, t, batch, models.policy), _generation_summary)
             judg, s_judge = _table_stage(ctx, t, "judge", "judgments", d / "judgments.parquet",
-                                         lambda: judge(ctx, t, gens, policy), _judge_summary)
+                                         lambda: judge(ctx, t, gens, models), _judge_summary)
             rewards, s_score = _table_stage(ctx, t, "score", "rewards", d / "rewards.parquet",
-                                            lambda: score(ctx, t, gens, judg, policy), lambda _: {})
+                                            lambda: score(ctx, t, gens, judg, answers, models),
+                                            lambda _: {"models": models.describe()})
             pairs, s_select = _table_stage(ctx, t, "select", "pairs", d / "pairs.parquet",
-                                           lambda: build_pairs(gens, rewards, judg), _pairs_summary)
-            s_train = _train_stage(ctx, t, d, policy)
-            policy = AdapterRef(name=f"iter_{t:03d}", path=str(d / "adapter"))
+                                           lambda: select(gens, rewards, judg, selection, models.policy == models.reference),
+                                           _pairs_summary)
+            s_train = _train_stage(ctx, t, d, models.policy)
 
             metrics = _metrics_stage(ctx, t, {"generate": s_gen, "judge": s_judge, "score": s_score,
                                                "select": s_select, "train": s_train}, time.monotonic() - t_iter)
@@ -310,9 +475,15 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
             "pairs_built": s["select"]["pairs_built"],
             "pairs_kept": s["select"]["pairs_kept"],
             "drops": s["select"]["drops"],
-            # Cross-iteration consistency needs M(t-2) as a second judge; this
-            # run does not compute it, so it is reported as absent, not guessed.
-            "mean_consistency": None,
+            # None at iteration 1 (no previous model) and wherever C is undefined: not guessed.
+            "mean_consistency": s["select"]["mean_consistency"],
+            "consistency_prompts": s["select"]["consistency_prompts"],
+            "agreement_rate": s["select"]["agreement_rate"],
+            "label_quality": s["select"]["label_quality"],
+            "kept_label_precision": s["select"]["label_quality"]["kept"]["precision"],
+            "dropped_label_precision": s["select"]["label_quality"]["dropped"]["precision"],
+            "judge_expected_vs_sampled": s["judge"]["expected_vs_sampled"],
+            "models": s["score"]["models"],
             "dpo_loss": s["train"]["dpo_loss"],
             "dpo_loss_first": s["train"]["dpo_loss_first"],
             "epochs": s["train"]["epochs"],

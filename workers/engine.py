@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from workers.judge import expected_score, score_prefix, score_token_ids
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.types import AdapterRef, Completion, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest, ScoreResult
 
@@ -103,6 +104,26 @@ class VLLMEngine:
             Completion(text=o.outputs[0].text, num_tokens=len(o.outputs[0].token_ids), finish_reason=str(o.outputs[0].finish_reason))
             for o in outs
         ]
+
+    def score_distribution(self, requests: list[CompletionRequest], adapter: AdapterRef | None) -> list[list[float]]:
+        """P(score = 0..5) of each judge verdict, from one forward pass: the next-token log-probs of the digits.
+
+        ``user_message`` is the judge prompt and the request's verdict text is
+        cut at its score line (``score_prefix``); the seed is unused.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        line, digits = score_token_ids(self.tokenizer)
+        prompts = [
+            TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, r.user_message)
+                         + list(self.tokenizer(score_prefix(r.assistant_prefix), add_special_tokens=False).input_ids)
+                         + line)
+            for r in requests
+        ]
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(digits), logprob_token_ids=digits)
+        outs = self.llm.generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
+        return [expected_score([o.outputs[0].logprobs[0][d].logprob for d in digits])[1] for o in outs]
 
     def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None) -> list[ScoreResult]:
         """Summed log-prob of each response given its prompt, under ``adapter`` (None = base)."""

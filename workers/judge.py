@@ -100,3 +100,48 @@ def aggregate(scores: list[float | None]) -> ScoreSummary:
     mean = sum(vals) / len(vals)
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
     return ScoreSummary(mean, std, len(vals))
+
+
+# --- expected score ------------------------------------------------------------
+
+_SCORE_CUE_RE = re.compile(r"\**score\s*\**\s*:", re.IGNORECASE)
+SCORE_VALUES = tuple(range(int(MIN_SCORE), int(MAX_SCORE) + 1))
+
+
+def score_prefix(judge_completion: str) -> str:
+    """The verdict up to where its score goes: the text before its last 'Score:' cue (or all of it), then a newline.
+
+    Appending the tokens of ``SCORE_LINE`` gives the position whose
+    next-token distribution over the digits is the judge's score distribution.
+    """
+    cues = list(_SCORE_CUE_RE.finditer(judge_completion))
+    head = judge_completion[: cues[-1].start()] if cues else judge_completion
+    return head.rstrip() + "\n"
+
+
+SCORE_LINE = "Score:"
+
+
+def score_token_ids(tokenizer: object) -> tuple[list[int], list[int]]:
+    """(ids of the score line before the digit, one id per score 0..5) for ``tokenizer``.
+
+    Found by encoding "Score: 0" .. "Score: 5": their common prefix is the
+    line, and each must then end in exactly one token, the digit's. Raises
+    ValueError for a tokenizer where a digit is not one token there.
+    """
+    encoded = [list(tokenizer(f"{SCORE_LINE} {d}", add_special_tokens=False).input_ids) for d in SCORE_VALUES]
+    n = 0
+    while all(len(e) > n for e in encoded) and len({e[n] for e in encoded}) == 1:
+        n += 1
+    if any(len(e) != n + 1 for e in encoded):
+        raise ValueError(f"tokenizer splits the score digits into several tokens after {SCORE_LINE!r}: {encoded}")
+    return encoded[0][:n], [e[n] for e in encoded]
+
+
+def expected_score(logprobs: list[float]) -> tuple[float, list[float]]:
+    """(E[score], P(score = 0..5)) from the log-probs of the six digit tokens, renormalised over them."""
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    probs = [w / total for w in weights]
+    return sum(p * v for p, v in zip(probs, SCORE_VALUES)), probs

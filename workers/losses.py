@@ -1,9 +1,22 @@
-"""Preference losses over summed sequence log-probs.
+"""Preference losses over summed sequence log-probs: the DPO family.
 
-All losses take the policy's and the reference's log-probs of the chosen and
-rejected responses and per-pair weights, and return the weighted mean loss
-with the statistics a run logs. The implicit reward margin is
-``h = beta * [(log pi - log pi_ref)(y+) - (log pi - log pi_ref)(y-)]``.
+Every loss sees, per pair, the policy's and the reference's log-probs of the
+chosen and rejected responses, a weight, and a label probability ``p`` (how
+likely the chosen response truly is the better one; 1 = a hard label). With
+the implicit reward margin
+``h = beta * [(log pi - log pi_ref)(y+) - (log pi - log pi_ref)(y-)]``
+and ``l(h) = -log sigmoid(h)``:
+
+| loss | per pair | uses p |
+|---|---|---|
+| DPO | l(h) | no |
+| cDPO (label smoothing e) | (1 - e) l(h) + e l(-h) | no |
+| rDPO (flip rate e) | [(1 - e) l(h) - e l(-h)] / (1 - 2e) | no |
+| IPO | (h / beta - 1 / (2 beta))^2 | no |
+| soft preference | p l(h) + (1 - p) l(-h) | yes |
+| CREAM | C l(h) + (1 - C) l(-h), p = consistency C | yes |
+
+The batch loss is the weighted mean of the per-pair losses.
 """
 
 from __future__ import annotations
@@ -32,15 +45,23 @@ def implicit_margin(
     return beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
 
 
+def _l(h: torch.Tensor) -> torch.Tensor:
+    """l(h) = -log sigmoid(h), computed stably."""
+    return -F.logsigmoid(h)
+
+
 @dataclass(frozen=True)
-class SigmoidDPO:
-    """DPO (Rafailov et al.): l(h) = -log sigmoid(h)."""
+class PreferenceLoss:
+    """Base of the family: subclasses define ``pair_loss(h, p)``; all take per-pair weights."""
 
     beta: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+
+    def pair_loss(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -49,9 +70,90 @@ class SigmoidDPO:
         ref_chosen: torch.Tensor,
         ref_rejected: torch.Tensor,
         weights: torch.Tensor,
+        label_p: torch.Tensor | None = None,
     ) -> LossOutput:
-        """Weighted mean of -log sigmoid(h); ``weights`` must not all be zero."""
+        """Weighted mean of the per-pair loss; ``weights`` must not all be zero.
+
+        ``label_p`` defaults to 1 (hard labels); losses that do not use it ignore it.
+        """
         h = implicit_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
-        per_pair = -F.logsigmoid(h)
+        p = torch.ones_like(h) if label_p is None else label_p.to(h.dtype)
+        per_pair = self.pair_loss(h, p)
         loss = (per_pair * weights).sum() / weights.sum()
         return LossOutput(loss=loss, per_pair=per_pair, margin=h.detach())
+
+
+@dataclass(frozen=True)
+class DPO(PreferenceLoss):
+    """DPO (Rafailov et al. 2023): l(h)."""
+
+    def pair_loss(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return _l(h)
+
+
+def _check_epsilon(epsilon: float, upper: float, name: str) -> None:
+    if not 0 <= epsilon < upper:
+        raise ValueError(f"{name} epsilon must be in [0, {upper}), got {epsilon}")
+
+
+@dataclass(frozen=True)
+class CDPO(PreferenceLoss):
+    """Conservative DPO: labels smoothed by ``epsilon``, (1 - e) l(h) + e l(-h)."""
+
+    epsilon: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_epsilon(self.epsilon, 0.5, "cDPO")
+
+    def pair_loss(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return (1 - self.epsilon) * _l(h) + self.epsilon * _l(-h)
+
+
+@dataclass(frozen=True)
+class RDPO(PreferenceLoss):
+    """Robust DPO (Chowdhury et al. 2024) for labels flipped at rate ``epsilon``.
+
+    [(1 - e) l(h) - e l(-h)] / (1 - 2e) is an unbiased estimate of the clean
+    DPO loss under random flips; it can be negative for a single pair.
+    """
+
+    epsilon: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_epsilon(self.epsilon, 0.5, "rDPO")
+
+    def pair_loss(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        e = self.epsilon
+        return ((1 - e) * _l(h) - e * _l(-h)) / (1 - 2 * e)
+
+
+@dataclass(frozen=True)
+class IPO(PreferenceLoss):
+    """IPO (Azar et al. 2023): (delta - 1/(2 beta))^2 with delta = h / beta, the plain log-ratio margin."""
+
+    def pair_loss(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return (h / self.beta - 1 / (2 * self.beta)) ** 2
+
+
+@dataclass(frozen=True)
+class SoftPreference(PreferenceLoss):
+    """Cross-entropy against a soft label: p l(h) + (1 - p) l(-h).
+
+    With ``p`` the preference strength, the target probability that the
+    chosen response wins (Online Self-Preferring LMs); the select stage
+    derives it from the judge scores.
+    """
+
+    def pair_loss(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return p * _l(h) + (1 - p) * _l(-h)
+
+
+@dataclass(frozen=True)
+class CREAM(SoftPreference):
+    """CREAM (Wang et al. 2024): C l(h) + (1 - C) l(-h), C the consistency passed as ``label_p``.
+
+    The select stage sets C per pair (mode ``dyn``) or to the dataset mean
+    (mode ``avg``); with C = 1 this is DPO.
+    """

@@ -3,12 +3,16 @@
 ``DPOTrainerCore`` holds the model and does the math (tests use it
 directly). ``run_training`` runs it on Ray Train's ``TorchTrainer``: one
 process per worker, DDP over gloo (CPU) or NCCL (GPU). The reference model is
-the base model: the same weights with the adapter disabled, so it costs no
-extra memory; reference log-probs are computed once before the first step.
+either the base model (the same weights with the adapter disabled) or the
+previous iterate (the adapter training starts from, before its first step);
+neither costs extra memory, and reference log-probs are computed once before
+the first step. ``mc_dropout_logprobs`` is the MC-dropout scorer of the
+uncertainty filter: the policy with dropout on its last hidden state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,8 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from workers.losses import SigmoidDPO
+from workers.losses import DPO, PreferenceLoss
 from workers.tokens import prompt_token_ids, response_token_ids
+from workers.types import ScoreRequest
 
 TRAIN_LOG = "train_log.json"
 
@@ -42,7 +47,10 @@ class TrainSpec:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    beta: float = 0.1
+    loss: PreferenceLoss = DPO()
+    # "base": reference = base model (adapter disabled); "previous": the
+    # adapter as loaded from init_adapter, i.e. M(t-1) (the base at t=1).
+    reference: str = "base"
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     epochs: int = 1
@@ -59,6 +67,7 @@ class PairExample:
     chosen_ids: list[int]
     rejected_ids: list[int]
     weight: float
+    label_p: float = 1.0
 
 
 @dataclass
@@ -127,7 +136,7 @@ class DPOTrainerCore:
                 ),
             )
         self.model = model.to(self.device)
-        self.loss_fn = SigmoidDPO(beta=spec.beta)
+        self.loss_fn = spec.loss
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=spec.learning_rate,
@@ -138,13 +147,15 @@ class DPOTrainerCore:
     def encode(self, pairs: pa.Table) -> list[PairExample]:
         """Token ids of the kept pairs of a pairs table (same encoding as the engines)."""
         kept = pairs.filter(pc.equal(pairs["kept"], True))
-        rows = kept.select(["prompt", "chosen", "rejected", "chosen_finish_reason", "rejected_finish_reason", "weight"]).to_pylist()
+        cols = ["prompt", "chosen", "rejected", "chosen_finish_reason", "rejected_finish_reason", "weight", "label_p"]
+        rows = kept.select(cols).to_pylist()
         return [
             PairExample(
                 prompt_ids=prompt_token_ids(self.tokenizer, r["prompt"]),
                 chosen_ids=response_token_ids(self.tokenizer, r["chosen"], r["chosen_finish_reason"]),
                 rejected_ids=response_token_ids(self.tokenizer, r["rejected"], r["rejected_finish_reason"]),
                 weight=float(r["weight"]),
+                label_p=1.0 if r["label_p"] is None else float(r["label_p"]),
             )
             for r in rows
         ]
@@ -180,11 +191,11 @@ class DPOTrainerCore:
 
     @torch.no_grad()
     def reference_logprobs(self, examples: list[PairExample]) -> torch.Tensor:
-        """(n, 2) reference log-probs with the adapter disabled (= base model), eval mode."""
+        """(n, 2) reference log-probs in eval mode: base model (adapter disabled) or the adapter as loaded."""
         out = []
         was_training = self.model.training
         self.model.eval()
-        with self.model.disable_adapter():
+        with self.model.disable_adapter() if self.spec.reference == "base" else contextlib.nullcontext():
             for i in range(0, len(examples), self.spec.micro_batch_pairs):
                 c, r = self.pair_logprobs(self.model, examples[i : i + self.spec.micro_batch_pairs])
                 out.append(torch.stack([c, r], dim=1))
@@ -227,8 +238,9 @@ class DPOTrainerCore:
                         idx = [int(global_idx[0])]  # zero-weight filler keeps DDP in step
                     batch = [examples[i] for i in idx]
                     w = torch.tensor([e.weight for e in batch], device=self.device) * (1.0 if real else 0.0)
+                    label_p = torch.tensor([e.label_p for e in batch], device=self.device)
                     lp_c, lp_r = self.pair_logprobs(model, batch)
-                    out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w))
+                    out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w), label_p)
                     loss = (out.per_pair * w).sum() * (world / weight_total)
                     loss.backward()
                     if real:
@@ -259,6 +271,38 @@ class DPOTrainerCore:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out, safe_serialization=True)
         (out / TRAIN_LOG).write_text(json.dumps(asdict(result), indent=1))
+
+
+def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float) -> list[list[float]]:
+    """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy.
+
+    The policy is the base model with ``spec.init_adapter`` (the base alone
+    when None). Llama-family models have no dropout layers of their own, so
+    dropout with rate ``p`` is applied to the last hidden state (the LM
+    head's input); pass t is seeded with ``spec.seed + t``, so results are
+    reproducible. Everything else runs in eval mode.
+    """
+    torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
+    core = DPOTrainerCore(spec)
+    core.model.eval()
+    head = core.model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda _m, args: (torch.nn.functional.dropout(args[0], p, training=True),))
+    seqs = [
+        (prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
+        for r in requests
+    ]
+    out: list[list[float]] = [[] for _ in seqs]
+    chunk = max(1, 2 * spec.micro_batch_pairs)
+    try:
+        with torch.no_grad():
+            for t in range(passes):
+                torch.manual_seed(spec.seed + t)
+                for i in range(0, len(seqs), chunk):
+                    for k, v in enumerate(core.sequence_logprobs(core.model, seqs[i : i + chunk]).tolist()):
+                        out[i + k].append(float(v))
+    finally:
+        hook.remove()
+    return out
 
 
 def _train_loop(config: dict[str, Any]) -> None:

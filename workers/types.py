@@ -25,10 +25,15 @@ class SamplingSpec:
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """One chat user message to complete once, with its own seed."""
+    """One chat user message to complete once, with its own seed.
+
+    ``assistant_prefix``: text the assistant's reply already holds (used by
+    the judge's score-distribution pass).
+    """
 
     user_message: str
     seed: int
+    assistant_prefix: str = ""
 
 
 @dataclass(frozen=True)

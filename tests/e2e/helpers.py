@@ -35,7 +35,8 @@ def selfreward(*args: str, env: dict | None = None, timeout: int = 1500) -> subp
     )
 
 
-def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, judge_samples: int) -> dict:
+def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, judge_samples: int,
+                  judges: int = 1, one_pair_per_prompt: bool = True) -> dict:
     """Assert the artifact contract and row accounting of a finished run; returns state.json."""
     state = json.loads((run_dir / "state.json").read_text())
     for t in range(1, iterations + 1):
@@ -51,9 +52,12 @@ def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, ju
         keys = list(zip(gens["prompt_id"].to_pylist(), gens["sample_idx"].to_pylist()))
         assert len(keys) == len(set(keys)) == prompts * samples
         assert set(gens["iteration"].to_pylist()) == {t}
-        assert judg.num_rows == prompts * samples * judge_samples
+        # judges = 2: from iteration 2 on, the previous model judges too.
+        assert judg.num_rows == prompts * samples * judge_samples * (judges if t >= 2 else 1)
         assert rewards.num_rows == prompts * samples
-        assert pairs.num_rows == prompts
+        if one_pair_per_prompt:
+            assert pairs.num_rows == prompts
+        assert set(pairs["prompt_id"].to_pylist()) == set(gens["prompt_id"].to_pylist())
         assert all((r["drop_reason"] is None) == r["kept"] for r in pairs.to_pylist())
         assert (d / "adapter" / "adapter_model.safetensors").is_file()
         assert (d / "adapter" / "adapter_config.json").is_file()

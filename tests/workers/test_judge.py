@@ -1,6 +1,6 @@
 import pytest
 
-from workers.judge import CLOSE_R, OPEN_R, aggregate, judge_message, parse_score
+from workers.judge import CLOSE_R, OPEN_R, aggregate, expected_score, judge_message, parse_score, score_prefix, score_token_ids
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,25 @@ def test_aggregate():
     assert (s.mean, s.std, s.valid) == (3.0, 1.0, 2)
     assert aggregate([None, None]) == aggregate([])
     assert aggregate([]).valid == 0 and aggregate([]).mean is None
+
+
+def test_score_prefix_cuts_at_the_last_score_cue():
+    assert score_prefix("Good answer.\nScore: 4") == "Good answer.\n"
+    assert score_prefix("Score: 1 was my first idea. Better:\n**Score:** 3") == "Score: 1 was my first idea. Better:\n"
+    assert score_prefix("no score line at all") == "no score line at all\n"
+
+
+def test_expected_score_renormalises_over_the_digits():
+    import math
+
+    mean, probs = expected_score([math.log(0.1), math.log(0.1), -50.0, -50.0, math.log(0.2), -50.0])
+    assert probs == pytest.approx([0.25, 0.25, 0.0, 0.0, 0.5, 0.0], abs=1e-12)
+    assert mean == pytest.approx(0.25 * 1 + 0.5 * 4)
+
+
+def test_score_token_ids_on_the_tiny_tokenizer(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    line, digits = score_token_ids(tok)
+    assert tok.decode(line).strip() == "Score:" and [tok.decode([d]).strip() for d in digits] == list("012345")

@@ -5,8 +5,10 @@ import torch
 
 from tests.workers.pairs_table import pairs_table
 from workers.engine import VLLMEngine
+from workers.judge import score_prefix, score_token_ids
+from workers.losses import DPO, RDPO
 from workers.tokens import prompt_token_ids, response_token_ids
-from workers.trainer import DPOTrainerCore, TrainSpec
+from workers.trainer import DPOTrainerCore, TrainSpec, mc_dropout_logprobs
 from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,7 @@ def trained(tiny_model_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter")
     table = pairs_table(PAIRS)
     spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir=str(out),
-                     learning_rate=5e-3, micro_batch_pairs=len(PAIRS), epochs=1, beta=0.1)
+                     learning_rate=5e-3, micro_batch_pairs=len(PAIRS), epochs=1, loss=DPO(0.1))
     core = DPOTrainerCore(spec)
     examples = core.encode(table)
     before = {n: p.detach().clone() for n, p in core.model.named_parameters() if "lora_" in n}
@@ -94,3 +96,48 @@ def test_engine_logprobs_match_trainer(engine, trained):
     assert v_base == pytest.approx(hf_base, abs=LOGP_ATOL)
     assert v_lora == pytest.approx(hf_lora, abs=LOGP_ATOL)
     assert max(abs(a - b) for a, b in zip(v_lora, v_base)) > 20 * LOGP_ATOL  # the adapter is really applied
+
+
+def test_reference_previous_is_the_adapter_training_starts_from(tiny_model_path, trained):
+    *_, adapter_dir = trained
+    common = dict(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
+                  init_adapter=str(adapter_dir), micro_batch_pairs=len(PAIRS), epochs=1, learning_rate=1e-3)
+    prev = DPOTrainerCore(TrainSpec(**common, reference="previous", loss=RDPO(0.1, 0.2)))
+    examples = prev.encode(pairs_table(PAIRS))
+    # Reference = M(t-1) itself: every implicit margin starts at 0, so the first
+    # step's loss is l(0) for any loss of the family: rDPO gives log 2 too.
+    assert prev.fit(examples).steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    base = DPOTrainerCore(TrainSpec(**common, reference="base", loss=DPO(0.1)))
+    # Against the base model, M(1) already prefers the chosen responses it was trained on.
+    first = base.fit(base.encode(pairs_table(PAIRS))).steps[0]
+    assert first["loss"] < 0.6931 - 1e-3 and first["reward_accuracy"] == 1.0
+
+
+def test_score_distribution_reads_the_judges_digit_probabilities(engine, trained):
+    """The engine's one-pass score distribution equals the trainer-side model's next-token softmax over 0..5."""
+    core, *_ = trained
+    verdicts = [("Rate this.", "Clear and correct.\nScore: 4"), ("Rate that.", "Off topic, nothing useful")]
+    probs = engine.score_distribution([CompletionRequest(q, 0, v) for q, v in verdicts], None)
+    line, digits = score_token_ids(core.tokenizer)
+    for (q, v), got in zip(verdicts, probs):
+        ids = prompt_token_ids(core.tokenizer, q) + list(core.tokenizer(score_prefix(v), add_special_tokens=False).input_ids) + line
+        with torch.no_grad(), core.model.disable_adapter():
+            core.model.eval()
+            logits = core.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        expected = torch.softmax(logits[digits].double(), dim=0).tolist()
+        assert sum(got) == pytest.approx(1.0) and got == pytest.approx(expected, abs=2e-3)
+
+
+def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path):
+    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="", seed=3)
+    reqs = [ScoreRequest(p, c, "stop") for p, c, _ in PAIRS]
+    a = mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)
+    assert a == mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)  # same seed, same passes
+    assert all(len(row) == 3 and len(set(row)) == 3 for row in a)  # each pass drops different units
+    nearly_off = mc_dropout_logprobs(spec, reqs, passes=2, p=1e-9)
+    core = DPOTrainerCore(spec)
+    core.model.eval()
+    seqs = [(prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, "stop")) for r in reqs]
+    with torch.no_grad():
+        exact = core.sequence_logprobs(core.model, seqs).tolist()
+    assert [row[0] for row in nearly_off] == pytest.approx(exact, abs=1e-4)
