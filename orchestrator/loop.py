@@ -22,7 +22,7 @@ import importlib.metadata
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -335,8 +335,7 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest], policy: Adap
     import ray
 
     r = ctx.cfg.resources
-    spec = _train_spec(ctx, t, policy)
-    spec = TrainSpec(**{**spec.__dict__, "seed": derive_seed(ctx.cfg.seed, "mc_dropout", t)})
+    spec = replace(_train_spec(ctx, t, policy), seed=derive_seed(ctx.cfg.seed, "mc_dropout", t))
     task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
     return ray.get(task.remote(spec, requests, mc.passes, mc.p))
 

@@ -13,18 +13,21 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def format_iteration(m: dict[str, Any]) -> str:
-    """One summary line: responses, judge parse rate, pairs built/kept, DPO loss, timings."""
+    """One summary line: responses, judge parse rate, pairs, label trust numbers, loss, timings."""
     fail = m["judge_parse_failure_rate"]
     parse = None if fail is None else 100 * (1 - fail)
     drops = ", ".join(f"{k} {v}" for k, v in m["drops"].items()) or "none dropped"
     loss = _fmt(m["dpo_loss"], ".4f")
     if m.get("epochs", 0) > 1:
         loss = f"{m['dpo_loss_first']:.4f} (epoch 1) -> {loss} (epoch {m['epochs']})"
+    kept = m["label_quality"]["kept"]
+    precision = "n/a" if kept["precision"] is None else f"{kept['precision']:.2f} ({kept['right']}/{kept['decided']})"
     return (
         f"iter {m['iteration']}: {m['responses']} responses ({m['tokens_generated']} tokens, "
         f"{_fmt(m['generation_tokens_per_s'], '.0f')} tok/s) | judge parse {_fmt(parse, '.1f')}% "
         f"({_fmt(m['judge_tokens_per_s'], '.0f')} tok/s) | pairs {m['pairs_built']} built, {m['pairs_kept']} kept "
-        f"({drops}) | DPO loss {loss}, {m['optimizer_steps']} steps | {m['iteration_seconds']:.0f}s"
+        f"({drops}) | consistency {_fmt(m['mean_consistency'], '.2f')}, agreement {_fmt(m['agreement_rate'], '.2f')}, "
+        f"kept-label precision {precision} | loss {loss}, {m['optimizer_steps']} steps | {m['iteration_seconds']:.0f}s"
     )
 
 

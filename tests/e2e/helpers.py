@@ -63,7 +63,7 @@ def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, ju
         assert (d / "adapter" / "adapter_config.json").is_file()
         m = json.loads((d / "metrics.json").read_text())
         assert m["iteration"] == t and m["responses"] == prompts * samples
-        assert m["pairs_built"] == prompts and m["pairs_kept"] == sum(pairs["kept"].to_pylist())
+        assert m["pairs_built"] == pairs.num_rows and m["pairs_kept"] == sum(pairs["kept"].to_pylist())
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines if x["kind"] == "iteration"] == list(range(1, iterations + 1))
     assert not list(run_dir.rglob(".*.tmp-*")), "temporary files left in the run dir"

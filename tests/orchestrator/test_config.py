@@ -13,7 +13,8 @@ def test_every_shipped_config_validates(path):
 
 
 def test_shipped_configs_exist():
-    assert any(p.name == "tiny-cpu.yaml" for p in CONFIGS)
+    names = {p.name for p in CONFIGS}
+    assert {"tiny-cpu.yaml", "srlm.yaml", "cream.yaml", "scir.yaml", "upo.yaml", "trusted.yaml"} <= names
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
@@ -35,6 +36,13 @@ def test_overrides_are_typed_and_nested(tmp_path):
         ("data.prompts_per_iteration=abc", "data.prompts_per_iteration"),
         ("dpo.betta=0.1", "dpo.betta"),  # unknown key
         ("resources.engines=0", "resources.engines"),
+        ("dpo.loss=kto", "dpo.loss"),
+        ("dpo.epsilon=0.5", "dpo.epsilon"),
+        ("selection.consistency.threshold=1.5", "selection.consistency.threshold"),
+        ("selection.judge_uncertainty.p_min=-0.1", "selection.judge_uncertainty.p_min"),
+        ("selection.mc_dropout.fraction=1", "selection.mc_dropout.fraction"),
+        ("selection.strategy=random", "selection.strategy"),
+        ("scoring.reference=sft", "scoring.reference"),
     ],
 )
 def test_errors_name_the_field(override, field):
@@ -46,6 +54,22 @@ def test_errors_name_the_field(override, field):
 def test_cross_field_check_names_both_fields():
     with pytest.raises(ConfigError, match="generation.max_tokens.*model.max_model_len"):
         load_config(None, ["model.max_model_len=64", "generation.max_tokens=64"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["dpo.loss=cream"], "selection.consistency.mode='off' and dpo.loss='cream' conflict"),
+        (["selection.consistency.mode=dyn", "judge.previous_judge=true"], "conflict"),
+        (["selection.consistency.mode=filter"], "judge.previous_judge=true"),
+        (["selection.consistency.mode=filter", "selection.consistency.source=implicit", "scoring.reference=previous"],
+         "scoring.reference=base"),
+        (["judge.score_source=expected"], "judge.expected_score=true"),
+    ],
+)
+def test_conflicting_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, overrides)
 
 
 def test_file_errors_name_the_file(tmp_path):
