@@ -14,7 +14,6 @@ be audited pair by pair.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import pyarrow as pa
 
 from orchestrator.artifacts import PAIRS
 from orchestrator.consistency import consistency
-from orchestrator.uncertainty import bald, p_chosen_beats_rejected, variance
+from orchestrator.uncertainty import bald, p_chosen_beats_rejected, sigmoid, variance
 
 DROP_FEW_VALID = "fewer_than_2_valid_scores"
 DROP_TIE = "tie"
@@ -112,10 +111,6 @@ class SoftLabel:
     temperature: float = 1.0
 
 
-def _sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
-
-
 # --- filters -------------------------------------------------------------------
 
 
@@ -160,7 +155,7 @@ class AgreementFilter:
             ok = h > 0
             if self.confidence is not None:
                 ok = ok and r["p_correct"] is not None and r["p_correct"] >= self.confidence
-                ok = ok and _sigmoid(h) >= self.confidence
+                ok = ok and sigmoid(h) >= self.confidence
             out.append(ok)
         return out
 
@@ -246,8 +241,10 @@ def select(
     gen = {(r["prompt_id"], r["sample_idx"]): r for r in generations.to_pylist()}
     rew = {(r["prompt_id"], r["sample_idx"]): r for r in rewards.to_pylist()}
     prompts: dict[str, str] = {}
-    for (pid, _), r in gen.items():
-        prompts.setdefault(pid, r["prompt"])
+    keys_of: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for key, r in gen.items():
+        prompts.setdefault(key[0], r["prompt"])
+        keys_of[key[0]].append(key)
     samples: dict[tuple[str, int], list[float]] = defaultdict(list)
     dists: dict[tuple[str, int], list[list[float]]] = defaultdict(list)
     for j in judgments.to_pylist():
@@ -272,7 +269,7 @@ def select(
 
     rows: list[Row] = []
     for pid in sorted(prompts):
-        keys = sorted(k for k in gen if k[0] == pid)
+        keys = sorted(keys_of[pid])
         cur, prev = zip(*(reward_pair(k) for k in keys)) if keys else ((), ())
         c_prompt = consistency(list(cur), list(prev))
         scored = [Scored(k[1], rew[k][sel.score_column]) for k in keys if rew.get(k, {}).get(sel.score_column) is not None]
@@ -359,5 +356,5 @@ def _label(r: Row, label: SoftLabel, mean_c: float | None) -> float:
     if label.kind == "mean_consistency":
         return 1.0 if mean_c is None else mean_c
     if label.kind == "score_margin":
-        return _sigmoid(r["margin"] / label.temperature)
+        return sigmoid(r["margin"] / label.temperature)
     return 1.0

@@ -23,7 +23,8 @@ def p_chosen_beats_rejected(chosen: Sequence[float], rejected: Sequence[float]) 
     return wins / (len(chosen) * len(rejected))
 
 
-def _sigmoid(h: float) -> float:
+def sigmoid(h: float) -> float:
+    """1 / (1 + exp(-h)) without overflow for large |h|."""
     return 1 / (1 + math.exp(-h)) if h >= 0 else math.exp(h) / (1 + math.exp(h))
 
 
@@ -40,7 +41,7 @@ def bald(margins: Sequence[float]) -> float:
     """
     if not margins:
         raise ValueError("bald needs at least one margin")
-    ps = [_sigmoid(h) for h in margins]
+    ps = [sigmoid(h) for h in margins]
     return max(0.0, _entropy(sum(ps) / len(ps)) - sum(_entropy(p) for p in ps) / len(ps))
 
 
