@@ -45,13 +45,47 @@ class ModelConfig(_Strict):
     )
 
 
-class DataConfig(_Strict):
-    prompts: str = Field(
-        "jobs/data/tiny.jsonl",
-        description="JSONL file of prompts, one object per line with 'prompt' "
-        "(and optional 'id', 'answer'). Relative paths are resolved against the working directory.",
+class ColumnsConfig(_Strict):
+    prompt: str = Field("prompt", min_length=1, description="Column (or JSON field) holding the prompt text.")
+    answer: str | None = Field(
+        "answer",
+        description="Column of the exact reference answer, read when the file has it (null: never read). "
+        "A name other than the default must exist in the file.",
     )
+    id: str | None = Field(
+        "id",
+        description="Column of the prompt's own id, read when the file has it (null: never read); without "
+        "one, the id is a hash of the prompt text. A name other than the default must exist in the file.",
+    )
+
+
+_PROMPT_FILES = (
+    "JSONL (.jsonl), Parquet (.parquet), CSV (.csv) or a directory written by datasets' save_to_disk. "
+    "Relative paths are resolved against the working directory."
+)
+
+
+class DataConfig(_Strict):
+    prompts: str = Field("jobs/data/tiny.jsonl", min_length=1, description="Training prompts: " + _PROMPT_FILES)
+    columns: ColumnsConfig = Field(ColumnsConfig(), description="Column mapping of the prompt file.")
     prompts_per_iteration: int = Field(16, gt=0, description="Prompts drawn for each iteration.")
+
+
+class EvalConfig(_Strict):
+    verifiable: str | None = Field(
+        "jobs/data/verifiable_heldout.jsonl",
+        description="Held-out prompts with exact answers; greedy answers give the accuracy (null: skip). "
+        + _PROMPT_FILES,
+    )
+    verifiable_prompts: int = Field(48, gt=0, description="How many of them are used (the first N of the file).")
+    instructions: str | None = Field(
+        "jobs/data/instructions_heldout.jsonl",
+        description="Held-out instruction prompts; greedy responses are judged by the fixed judge M0 and by the "
+        "evaluated model, and compared with M0's in position-swapped pairwise judging (null: skip). " + _PROMPT_FILES,
+    )
+    instruction_prompts: int = Field(16, gt=0, description="How many of them are used (the first N of the file).")
+    columns: ColumnsConfig = Field(ColumnsConfig(), description="Column mapping of both evaluation files.")
+    max_tokens: int = Field(128, gt=0, description="Maximum new tokens of an evaluation answer.")
 
 
 class GenerationConfig(_Strict):
@@ -221,15 +255,14 @@ class RunConfig(_Strict):
     selection: SelectionConfig = SelectionConfig()
     lora: LoraConfig = LoraConfig()
     dpo: DPOConfig = DPOConfig()
+    eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "RunConfig":
-        if self.generation.max_tokens >= self.model.max_model_len:
-            raise ValueError(
-                f"generation.max_tokens ({self.generation.max_tokens}) must be below "
-                f"model.max_model_len ({self.model.max_model_len})"
-            )
+        for name, value in (("generation.max_tokens", self.generation.max_tokens), ("eval.max_tokens", self.eval.max_tokens)):
+            if value >= self.model.max_model_len:
+                raise ValueError(f"{name} ({value}) must be below model.max_model_len ({self.model.max_model_len})")
         c = self.selection.consistency
         if (c.mode in ("dyn", "avg")) != (self.dpo.loss == "cream"):
             raise ValueError(

@@ -1,20 +1,37 @@
-"""Prompt sets: loading, validation, and the prompts each iteration draws."""
+"""Prompt sets: loading and validation in every supported format, and the prompts each iteration draws.
+
+Formats: JSONL (one JSON object per line), Parquet, CSV (with a header row)
+and a directory written by ``datasets``' ``save_to_disk`` (read with pyarrow
+from its Arrow files; the ``datasets`` package is not needed). A column
+mapping (``ColumnsConfig``) says which column holds the prompt, the optional
+reference answer and the optional id. Whatever the format, a bad file stops
+the run before any work with a ``DataError`` that names the file, the row
+(and line, for text formats) and the column.
+"""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.config import ColumnsConfig
 
 
 class DataError(ValueError):
-    """A prompt file is unusable; the message names the file, the line and the field."""
+    """A prompt file is unusable; the message names the file, the row and the column."""
 
 
 PROMPT_SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("answer", pa.string())])
+FORMATS = "a .jsonl, .parquet or .csv file, or a directory written by datasets' save_to_disk"
+_DEFAULTS = ColumnsConfig()
 
 
 def prompt_id(text: str) -> str:
@@ -22,42 +39,162 @@ def prompt_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def load_prompts(path: str | Path) -> pa.Table:
-    """Read a JSONL prompt file: one object per line with 'prompt', optional 'id' and 'answer'.
+# --- readers: (where, row) pairs, where = "FILE:LINE" or "FILE: row N" ----------------
 
-    Raises DataError for a missing or empty file, invalid JSON, a missing or
-    empty prompt, or duplicate ids.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"prompt file not found: {p}")
-    rows: list[dict[str, str | None]] = []
-    seen: dict[str, int] = {}
+
+def _jsonl(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | None]:
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not valid UTF-8 ({e})") from e
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from e
+            if not isinstance(obj, dict):
+                raise DataError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
+            yield f"{p}:{n}", obj
+
+    return rows(), None  # JSON objects may each have other fields
+
+
+def _csv(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | None]:
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    header = set(reader.fieldnames or [])
+
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
-        text = obj.get("prompt")
+            for n, row in enumerate(reader, start=1):
+                if None in row:
+                    raise DataError(f"{p}: row {n} (line {reader.line_num}): more fields than the header has")
+                # CSV has no null: an empty answer or id cell means none.
+                yield f"{p}: row {n} (line {reader.line_num})", {k: (v if v != "" else None) for k, v in row.items()}
+        except csv.Error as e:
+            raise DataError(f"{p}: line {reader.line_num}: not valid CSV ({e})") from e
+
+    return rows(), header
+
+
+def _table_rows(p: Path, table: pa.Table) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str]]:
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+        for n, row in enumerate(table.to_pylist(), start=1):
+            yield f"{p}: row {n}", row
+
+    return rows(), set(table.schema.names)
+
+
+def _parquet(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str]]:
+    try:
+        table = pq.read_table(p)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p}: not a readable Parquet file ({e})") from e
+    return _table_rows(p, table)
+
+
+def _saved_dataset(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str]]:
+    if (p / "dataset_dict.json").is_file():
+        splits = sorted(q.name for q in p.iterdir() if q.is_dir())
+        raise DataError(f"{p}: a DatasetDict with splits {splits}; point the path at one split, e.g. {p / splits[0]}"
+                        if splits else f"{p}: an empty DatasetDict")
+    state = p / "state.json"
+    if not state.is_file():
+        raise DataError(f"{p}: a directory without state.json: not written by datasets' save_to_disk ({FORMATS} expected)")
+    try:
+        files = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
+        parts = []
+        for name in files:
+            with pa.OSFile(str(p / name), "rb") as f:
+                parts.append(pa.ipc.open_stream(f).read_all())
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"{state}: not a datasets state file ({e})") from e
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p}: an Arrow file of the dataset is unreadable ({e})") from e
+    if not parts:
+        raise DataError(f"{p}: the dataset has no data files")
+    return _table_rows(p, pa.concat_tables(parts))
+
+
+_READERS = {".jsonl": _jsonl, ".ndjson": _jsonl, ".csv": _csv, ".parquet": _parquet}
+
+
+# --- validation --------------------------------------------------------------------
+
+
+def _optional_column(name: str | None, default: str | None, present: set[str] | None, p: Path, field: str) -> str | None:
+    if name is None:
+        return None
+    if present is not None and name not in present:
+        if name != default:
+            raise DataError(f"{p}: no column {name!r} (set as {field}); the file has {sorted(present)}")
+        return None
+    return name
+
+
+def _text(value: Any, where: str, column: str, kinds: tuple[type, ...]) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise DataError(f"{where}: column {column!r} must be {' or '.join(k.__name__ for k in kinds)}, "
+                        f"got {type(value).__name__} {value!r}")
+    return str(value)
+
+
+def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_answers: bool = False,
+                 field: str = "data") -> pa.Table:
+    """Read and validate a prompt set; a table with the PROMPT_SCHEMA columns, in file order.
+
+    ``field``: the config section the columns come from (named in errors).
+    Raises DataError for a missing or empty file, an unknown format, a
+    missing column, a null, empty or non-text prompt, a missing answer
+    (with ``require_answers``), duplicate ids or duplicate prompts.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"prompt file not found: {p}")
+    if p.is_dir():
+        rows, present = _saved_dataset(p)
+    else:
+        reader = _READERS.get(p.suffix.lower())
+        if reader is None:
+            raise DataError(f"{p}: unknown prompt file format {p.suffix or '(no suffix)'!r}; expected {FORMATS}")
+        rows, present = reader(p)
+    if present is not None and columns.prompt not in present:
+        raise DataError(f"{p}: no column {columns.prompt!r} (set as {field}.columns.prompt); the file has {sorted(present)}")
+    answer_col = _optional_column(columns.answer, _DEFAULTS.answer, present, p, f"{field}.columns.answer")
+    id_col = _optional_column(columns.id, _DEFAULTS.id, present, p, f"{field}.columns.id")
+    out: list[dict[str, str | None]] = []
+    seen_ids: dict[str, str] = {}
+    seen_text: dict[str, str] = {}
+    for where, row in rows:
+        text = row.get(columns.prompt)
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{p}:{n}: field 'prompt' must be a non-empty string, got {text!r}")
-        pid = str(obj["id"]) if obj.get("id") is not None else prompt_id(text)
-        if pid in seen:
-            raise DataError(f"{p}:{n}: duplicate prompt id {pid!r} (first on line {seen[pid]})")
-        seen[pid] = n
-        answer = obj.get("answer")
-        rows.append({"prompt_id": pid, "prompt": text, "answer": None if answer is None else str(answer)})
-    if not rows:
+            raise DataError(f"{where}: column {columns.prompt!r} must be a non-empty string, got {text!r}")
+        answer = _text(row.get(answer_col), where, answer_col, (str, int, float)) if answer_col else None
+        if require_answers and (answer is None or not answer.strip()):
+            raise DataError(f"{where}: column {answer_col or columns.answer!r} must hold the reference answer "
+                            f"(this set is scored by exact match), got {answer!r}")
+        given = _text(row.get(id_col), where, id_col, (str, int)) if id_col else None
+        pid = given if given is not None else prompt_id(text)
+        if pid in seen_ids:
+            raise DataError(f"{where}: duplicate prompt id {pid!r} (first at {seen_ids[pid]})")
+        if text in seen_text:
+            raise DataError(f"{where}: duplicate prompt (first at {seen_text[text]}): {text[:80]!r}")
+        seen_ids[pid] = seen_text[text] = where
+        out.append({"prompt_id": pid, "prompt": text, "answer": answer})
+    if not out:
         raise DataError(f"{p}: no prompts in file")
-    return pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA)
+    return pa.Table.from_pylist(out, schema=PROMPT_SCHEMA)
 
 
 def prompts_for_iteration(prompts: pa.Table, iteration: int, per_iteration: int, seed: int) -> pa.Table:
