@@ -1,5 +1,5 @@
 # Two commands on a fresh CPU machine:
-#   make run    set up, then run the main job (tiny CPU config, 2 iterations)
+#   make run    set up, then run the main job (tiny CPU config, 2 iterations) and write its report
 #   make test   set up, then run the test suite (what .ci/run calls)
 PY      ?= python3
 VENV    ?= .venv
@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(BIN)/selfreward run jobs/configs/tiny-cpu.yaml --run-dir $(RUN_DIR)
+	$(BIN)/selfreward report $(RUN_DIR)
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -v -rs --durations=15 tests

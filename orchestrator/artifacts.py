@@ -53,7 +53,26 @@ PAIRS = pa.schema([
     ("label_p", pa.float64()),
 ])
 
-CONTRACT = {"generations": GENERATIONS, "judgments": JUDGMENTS, "rewards": REWARDS, "pairs": PAIRS}
+EVAL = pa.schema([
+    # The model evaluated (M(t); 0 = the base model) and which held-out set the row is from.
+    ("iteration", pa.int32()), ("split", pa.string()),  # "verifiable" or "instruction"
+    ("prompt_id", pa.string()), ("prompt", pa.string()), ("answer", pa.string()),
+    # Its greedy response.
+    ("response", pa.string()), ("num_tokens", pa.int32()), ("finish_reason", pa.string()),
+    # verifiable: the extracted final answer and whether it matches.
+    ("extracted", pa.string()), ("correct", pa.bool_()),
+    # instruction: rubric verdicts of the fixed judge M0 and of the evaluated model itself.
+    ("fixed_judge_text", pa.string()), ("fixed_judge_score", pa.float64()),
+    ("self_judge_text", pa.string()), ("self_judge_score", pa.float64()),
+    # instruction, t >= 1: M0's response, and M0's pairwise verdicts with M(t) shown first ("A") and second.
+    ("baseline_response", pa.string()),
+    ("pairwise_first_text", pa.string()), ("pairwise_first", pa.string()),
+    ("pairwise_second_text", pa.string()), ("pairwise_second", pa.string()),
+    # From M(t)'s side: "win", "loss", "tie" or "invalid" (a verdict could not be parsed).
+    ("outcome", pa.string()),
+])
+
+CONTRACT = {"generations": GENERATIONS, "judgments": JUDGMENTS, "rewards": REWARDS, "pairs": PAIRS, "eval": EVAL}
 
 
 class ContractError(ValueError):

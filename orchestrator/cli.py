@@ -1,4 +1,4 @@
-"""`selfreward` command line: run (or resume) a loop, show a run's status."""
+"""`selfreward` command line: run (or resume) a loop, show its status, report on it, compare runs."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
     s = sub.add_parser("status", help="show the stages a run directory has committed")
     s.add_argument("run_dir")
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")
+    rep.add_argument("run_dir")
+    c = sub.add_parser("compare", help="put runs side by side (printed, and written as Markdown + JSON)")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", default="compare.md", help="Markdown file to write; a .json beside it (default: compare.md)")
     return p
 
 
@@ -66,12 +71,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {key:<22} {rows:>10} {rec['seconds']:>9.1f}s  {rec['artifact']}  {ok}")
     metrics = rd.root / "metrics.jsonl"
     if metrics.is_file():
-        from orchestrator.report import format_iteration
+        from orchestrator.runlog import format_iteration, format_table
 
-        for line in metrics.read_text().splitlines():
-            m = json.loads(line)
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        for m in rows:
             if m.get("kind") == "iteration":
                 print(format_iteration(m))
+        print(format_table([m for m in rows if m.get("kind") in ("baseline", "iteration")]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestrator.report import write_compare
+
+    print(write_compare(args.run_dirs, args.out))
+    print(f"wrote {Path(args.out).absolute()} and {Path(args.out).with_suffix('.json').absolute()}")
     return 0
 
 
@@ -91,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         args.overrides = [*args.overrides, *extra]
     try:
-        return cmd_run(args) if args.command == "run" else cmd_status(args)
+        commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "compare": cmd_compare}
+        return commands[args.command](args)
     except (ConfigError, DataError, ModelError, RunDirError, TokenizerError) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

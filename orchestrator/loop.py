@@ -9,7 +9,11 @@
       select   : candidate pairs; consistency, agreement and
                  uncertainty filters; weights and soft labels  -> pairs.parquet
       train    : DPO-family loss on kept pairs; M(t) = adapter -> adapter/
+      eval     : M(t) on held-out sets: accuracy, fixed-judge
+                 and self-judge scores, win rate vs M0        -> eval.parquet
       metrics  : per-iteration numbers                         -> metrics.json
+
+M0 is evaluated once before iteration 1 (iter_000/eval.parquet).
 
 Each stage commits its artifact and then its record in state.json; a rerun
 with the same run dir verifies committed stages and skips them.
@@ -33,10 +37,11 @@ from orchestrator import artifacts
 from orchestrator.answers import is_correct
 from orchestrator.config import RunConfig
 from orchestrator.data import load_prompts, prompts_for_iteration
+from orchestrator.evaluation import EvalSets, eval_summary, evaluate, load_eval_sets
 from orchestrator.metrics import agreement_rate, consistency_summary, judge_agreement, label_quality
 from orchestrator.models import resolve_model_path
-from orchestrator.report import format_iteration, write_metrics_jsonl
 from orchestrator.rundir import RunDir
+from orchestrator.runlog import Progress, RemoteProgress, format_iteration, format_table, write_metrics_jsonl, write_tensorboard
 from orchestrator.selection import (
     AgreementFilter,
     BestVsWorst,
@@ -52,6 +57,7 @@ from orchestrator.selection import (
 from workers.judge import aggregate, constrained_regex, judge_message, parse_score
 from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, PreferenceLoss, SoftPreference
 from workers.pool import EnginePool, PoolResources
+from workers.progress import run_with_progress
 from workers.trainer import TrainSpec, mc_dropout_logprobs, run_training
 from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
 
@@ -173,9 +179,17 @@ class Context:
             self.log(f"  engine pool: {r.engines} engine(s) ready in {time.monotonic() - t0:.1f}s")
         return self._pool
 
-    def engines(self, method: str, items: list[Any], *args: Any) -> list[Any]:
-        """One result per item from the engine pool (sharded by ``resources.shard_size``)."""
-        return self.pool().map_items(method, items, self.cfg.resources.shard_size, *args)
+    def engines(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
+        """One result per item from the engine pool (sharded by ``resources.shard_size``), with a progress bar."""
+        if not items:
+            return []
+        pool = self.pool()
+        bar = Progress(desc, len(items))
+        try:
+            return pool.map_items(method, items, self.cfg.resources.shard_size, *args,
+                                  on_shard=lambda part: bar.advance(len(part), sum(getattr(r, "num_tokens", 0) for r in part)))
+        finally:
+            bar.close()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -193,7 +207,7 @@ def generate(ctx: Context, t: int, prompts: pa.Table, policy: AdapterRef | None)
     seeds = [derive_seed(ctx.cfg.seed, "generate", t, pid, k) for pid, _, k in keys]
     requests = [CompletionRequest(text, s) for (_, text, _), s in zip(keys, seeds)]
     sampling = SamplingSpec(g.temperature, g.top_p, g.max_tokens)
-    outs = ctx.engines("complete", requests, sampling, policy)
+    outs = ctx.engines("complete", requests, sampling, policy, desc="generate")
     return pa.Table.from_pydict(
         {
             "iteration": [t] * len(keys),
@@ -227,11 +241,11 @@ def judge(ctx: Context, t: int, generations: pa.Table, models: Models) -> pa.Tab
         keys = [(r, k) for r in rows for k in range(j.judge_samples)]
         seeds = [derive_seed(ctx.cfg.seed, "judge", role, t, r["prompt_id"], r["sample_idx"], k) for r, k in keys]
         requests = [CompletionRequest(judge_message(r["prompt"], r["response"]), s) for (r, _), s in zip(keys, seeds)]
-        outs = ctx.engines("complete", requests, sampling, adapter)
+        outs = ctx.engines("complete", requests, sampling, adapter, desc=f"judge ({role})")
         probs: list[list[float] | None] = [None] * len(keys)
         if j.expected_score:
             verdicts = [CompletionRequest(q.user_message, q.seed, o.text) for q, o in zip(requests, outs)]
-            probs = ctx.engines("score_distribution", verdicts, adapter)
+            probs = ctx.engines("score_distribution", verdicts, adapter, desc=f"judge expected score ({role})")
         parts.append(pa.Table.from_pydict(
             {
                 "prompt_id": [r["prompt_id"] for r, _ in keys],
@@ -276,7 +290,7 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
     wanted = [models.policy, models.reference] + ([models.previous] if models.has_previous else [])
     for adapter in wanted:
         if _name(adapter) not in logps:
-            logps[_name(adapter)] = ctx.engines("score", requests, adapter)
+            logps[_name(adapter)] = ctx.engines("score", requests, adapter, desc=f"score log-probs ({_name(adapter)})")
     pol, ref = logps[_name(models.policy)], logps[_name(models.reference)]
     prev = logps[_name(models.previous)] if models.has_previous else [None] * len(gens)
     mc = _mc_dropout(ctx, t, requests, models.policy)
@@ -337,14 +351,26 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest], policy: Adap
     r = ctx.cfg.resources
     spec = replace(_train_spec(ctx, t, policy), seed=derive_seed(ctx.cfg.seed, "mc_dropout", t))
     task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
-    return ray.get(task.remote(spec, requests, mc.passes, mc.p))
+    bar = RemoteProgress("score MC-dropout")
+    try:
+        return run_with_progress(lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q)), bar)
+    finally:
+        bar.close()
 
 
 def train(ctx: Context, t: int, pairs_path: Path, policy: AdapterRef | None, staged: Path) -> dict[str, Any]:
     """The configured loss on the kept pairs, continuing from M(t-1)'s adapter; writes M(t)'s adapter into ``staged``."""
     r = ctx.cfg.resources
     spec = _train_spec(ctx, t, policy, str(pairs_path), str(staged))
-    result = run_training(spec, r.train_workers, r.cpus_per_train_worker, r.gpus_per_train_worker, str(ctx.rd.iter_dir(t) / "train"))
+    bar = RemoteProgress("train")
+    try:
+        result = run_with_progress(
+            lambda q: run_training(spec, r.train_workers, r.cpus_per_train_worker, r.gpus_per_train_worker,
+                                   str(ctx.rd.iter_dir(t) / "train"), q),
+            bar,
+        )
+    finally:
+        bar.close()
     return {**result.summary(), "steps": result.steps}
 
 
@@ -400,7 +426,8 @@ def run(cfg: RunConfig, run_dir: str | Path, log: Log = print) -> list[dict[str,
     before any work when inputs are unusable.
     """
     rd = RunDir(run_dir)
-    prompts = load_prompts(cfg.data.prompts)
+    prompts = load_prompts(cfg.data.prompts, cfg.data.columns)
+    eval_sets = load_eval_sets(cfg, prompts)
     model_path = resolve_model_path(cfg.model.path)
     resumed = rd.open(cfg, library_versions())
     log(f"run dir {rd.root} ({'resuming' if resumed else 'new run'}), model {model_path}")
@@ -409,6 +436,7 @@ def run(cfg: RunConfig, run_dir: str | Path, log: Log = print) -> list[dict[str,
     answers = dict(zip(prompts["prompt_id"].to_pylist(), prompts["answer"].to_pylist()))
     all_metrics = []
     try:
+        baseline = _baseline(ctx, eval_sets)
         for t in range(1, cfg.iterations + 1):
             log(f"iteration {t}/{cfg.iterations}")
             d = rd.iter_dir(t)
@@ -427,14 +455,39 @@ def run(cfg: RunConfig, run_dir: str | Path, log: Log = print) -> list[dict[str,
                                            lambda: select(gens, rewards, judg, selection, models.policy == models.reference),
                                            _pairs_summary)
             s_train = _train_stage(ctx, t, d, models.policy)
+            stages = {"generate": s_gen, "judge": s_judge, "score": s_score, "select": s_select, "train": s_train}
+            if not eval_sets.empty:
+                _, stages["eval"] = _table_stage(ctx, t, "eval", "eval", d / "eval.parquet",
+                                                 lambda: evaluate(ctx.engines, cfg, t, adapter_of(rd, t), eval_sets, baseline),
+                                                 eval_summary)
 
-            metrics = _metrics_stage(ctx, t, {"generate": s_gen, "judge": s_judge, "score": s_score,
-                                               "select": s_select, "train": s_train}, time.monotonic() - t_iter)
+            metrics = _metrics_stage(ctx, t, stages, time.monotonic() - t_iter)
             all_metrics.append(metrics)
+            rows = write_metrics_jsonl(rd)
+            write_tensorboard(rd, rows)
             log(format_iteration(metrics))
+            log(format_table([r for r in rows if r["kind"] != "train_step"]))
     finally:
         ctx.close()
     return all_metrics
+
+
+def _baseline(ctx: Context, sets: EvalSets) -> pa.Table | None:
+    """M0's evaluation (iter_000/eval.parquet and metrics.json), once per run; None without evaluation sets."""
+    if sets.empty:
+        return None
+    rd = ctx.rd
+    ctx.log("baseline: evaluating M0")
+    table, summary = _table_stage(ctx, 0, "eval", "eval", rd.iter_dir(0) / "eval.parquet",
+                                  lambda: evaluate(ctx.engines, ctx.cfg, 0, None, sets, None), eval_summary)
+    key, path = rd.stage_key(0, "metrics"), rd.iter_dir(0) / "metrics.json"
+    if rd.record(key) is None:
+        metrics = {"iteration": 0, "stage_seconds": {"eval": summary["seconds"]}, "iteration_seconds": summary["seconds"],
+                   **{k: v for k, v in summary.items() if k != "seconds"}}
+        rd.write_json(path, metrics)
+        rd.commit(key, path, None, 0.0, {})
+    write_metrics_jsonl(rd)
+    return table
 
 
 def _train_stage(ctx: Context, t: int, d: Path, policy: AdapterRef | None) -> dict[str, Any]:
@@ -489,8 +542,8 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
             "reward_accuracy": s["train"]["reward_accuracy"],
             "reward_margin": s["train"]["reward_margin"],
             "optimizer_steps": s["train"]["optimizer_steps"],
+            **{k: v for k, v in s.get("eval", {}).items() if k != "seconds"},
         }
         ctx.rd.write_json(path, metrics)
         ctx.rd.commit(key, path, None, 0.0, {})
-    write_metrics_jsonl(ctx.rd)
     return metrics

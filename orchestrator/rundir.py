@@ -27,7 +27,7 @@ from orchestrator.config import RunConfig, changed_fields, config_from_dict, con
 
 STATE_VERSION = 1
 # Pipeline order of the stages of one iteration (for listing state.json).
-STAGE_ORDER = ("generate", "judge", "score", "select", "train", "metrics")
+STAGE_ORDER = ("generate", "judge", "score", "select", "train", "eval", "metrics")
 # Fault injection for the kill/resume tests: SIGKILL this process right after
 # the named stage (e.g. "iter_001/judge") is recorded in state.json.
 KILL_AFTER_ENV = "SELFREWARD_KILL_AFTER_STAGE"

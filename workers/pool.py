@@ -77,12 +77,15 @@ class EnginePool:
                     on_done(sid, results[sid])
         return results
 
-    def map_items(self, method: str, items: Sequence[Any], shard_size: int, *args: Any) -> list[Any]:
+    def map_items(self, method: str, items: Sequence[Any], shard_size: int, *args: Any,
+                  on_shard: Callable[[list[Any]], None] | None = None) -> list[Any]:
         """Shard ``items``, run ``actor.method(shard, *args)`` on each, return the results in item order.
 
         Assumes ``method`` returns one result per item of its shard.
+        ``on_shard(results)`` is called as each shard finishes.
         """
-        return [r for part in self.map_shards(method, shard(items, shard_size), *args) for r in part]
+        done = None if on_shard is None else (lambda _sid, part: on_shard(part))
+        return [r for part in self.map_shards(method, shard(items, shard_size), *args, on_done=done) for r in part]
 
     def shutdown(self) -> None:
         for a in self.actors:

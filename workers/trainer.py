@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from workers.losses import DPO, PreferenceLoss
+from workers.progress import Report, reporter
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.types import ScoreRequest
 
@@ -202,7 +203,8 @@ class DPOTrainerCore:
         self.model.train(was_training)
         return torch.cat(out) if out else torch.zeros((0, 2), device=self.device)
 
-    def fit(self, examples: list[PairExample], ddp_model: torch.nn.Module | None = None, rank: int = 0, world: int = 1) -> TrainResult:
+    def fit(self, examples: list[PairExample], ddp_model: torch.nn.Module | None = None, rank: int = 0, world: int = 1,
+            report: Report | None = None) -> TrainResult:
         """Run ``epochs`` of DPO over ``examples`` on this rank.
 
         Each optimizer step takes a global batch of
@@ -211,6 +213,7 @@ class DPOTrainerCore:
         backward passes (short ranks pad with zero-weight pairs), and each
         micro-batch loss is scaled so that DDP's gradient average equals the
         gradient of the weighted mean loss over the whole global batch.
+        ``report`` gets ``{"total": steps}`` first, then one message per step.
         """
         model = ddp_model if ddp_model is not None else self.model
         spec = self.spec
@@ -220,6 +223,8 @@ class DPOTrainerCore:
         ref = self.reference_logprobs(examples)
         self.model.train()
         per_step = spec.micro_batch_pairs * spec.grad_accum_steps * world
+        if report is not None:
+            report({"total": spec.epochs * math.ceil(len(examples) / per_step), "unit": "step"})
         rng = np.random.default_rng(spec.seed)
         step = 0
         for epoch in range(spec.epochs):
@@ -228,9 +233,11 @@ class DPOTrainerCore:
                 global_idx = order[start : start + per_step]
                 weight_total = float(sum(examples[i].weight for i in global_idx))
                 if weight_total <= 0:
+                    if report is not None:
+                        report({"n": 1, "skipped": "zero weight"})
                     continue  # nothing to learn from; every rank sees the same global batch
                 mine = list(global_idx[rank::world])
-                stats = torch.zeros(5, device=self.device, dtype=torch.float64)  # wloss, w, correct, margin, n
+                stats = torch.zeros(6, device=self.device, dtype=torch.float64)  # wloss, w, correct, margin, n, tokens
                 for k in range(spec.grad_accum_steps):
                     idx = mine[k * spec.micro_batch_pairs : (k + 1) * spec.micro_batch_pairs]
                     real = len(idx)
@@ -244,9 +251,10 @@ class DPOTrainerCore:
                     loss = (out.per_pair * w).sum() * (world / weight_total)
                     loss.backward()
                     if real:
+                        tokens = sum(len(e.prompt_ids) * 2 + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
                         stats += torch.tensor(
                             [float((out.per_pair.detach() * w).sum()), float(w.sum()),
-                             float((out.margin[:real] > 0).sum()), float(out.margin[:real].sum()), real],
+                             float((out.margin[:real] > 0).sum()), float(out.margin[:real].sum()), real, tokens],
                             device=self.device, dtype=torch.float64,
                         )
                 torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], spec.max_grad_norm)
@@ -255,14 +263,16 @@ class DPOTrainerCore:
                 if world > 1:
                     torch.distributed.all_reduce(stats)
                 step += 1
-                wl, wsum, correct, margin, n = stats.tolist()
+                wl, wsum, correct, margin, n, tokens = stats.tolist()
                 loss_val = wl / wsum if wsum > 0 else math.nan
                 if not math.isfinite(loss_val):
                     raise FloatingPointError(f"DPO loss is {loss_val} at optimizer step {step} (epoch {epoch})")
                 result.steps.append({
                     "step": step, "epoch": epoch, "loss": loss_val,
-                    "reward_accuracy": correct / n, "reward_margin": margin / n, "pairs": int(n),
+                    "reward_accuracy": correct / n, "reward_margin": margin / n, "pairs": int(n), "tokens": int(tokens),
                 })
+                if report is not None:
+                    report({"n": 1, "tokens": int(tokens), "loss": loss_val})
         return result
 
     def save(self, output_dir: str | Path, result: TrainResult) -> None:
@@ -273,14 +283,16 @@ class DPOTrainerCore:
         (out / TRAIN_LOG).write_text(json.dumps(asdict(result), indent=1))
 
 
-def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float) -> list[list[float]]:
+def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float,
+                        progress: Any = None) -> list[list[float]]:
     """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy.
 
     The policy is the base model with ``spec.init_adapter`` (the base alone
     when None). Llama-family models have no dropout layers of their own, so
     dropout with rate ``p`` is applied to the last hidden state (the LM
     head's input); pass t is seeded with ``spec.seed + t``, so results are
-    reproducible. Everything else runs in eval mode.
+    reproducible. Everything else runs in eval mode. ``progress``: a queue
+    of ``workers.progress`` (one message per scored chunk).
     """
     torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
     core = DPOTrainerCore(spec)
@@ -293,6 +305,8 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
     ]
     out: list[list[float]] = [[] for _ in seqs]
     chunk = max(1, 2 * spec.micro_batch_pairs)
+    report = reporter(progress)
+    report({"total": passes * len(seqs), "unit": "seq"})
     try:
         with torch.no_grad():
             for t in range(passes):
@@ -300,6 +314,8 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
                 for i in range(0, len(seqs), chunk):
                     for k, v in enumerate(core.sequence_logprobs(core.model, seqs[i : i + chunk]).tolist()):
                         out[i + k].append(float(v))
+                    part = seqs[i : i + chunk]
+                    report({"n": len(part), "tokens": sum(len(a) + len(b) for a, b in part), "pass": t + 1})
     finally:
         hook.remove()
     return out
@@ -317,14 +333,16 @@ def _train_loop(config: dict[str, Any]) -> None:
     core = DPOTrainerCore(spec, ray.train.torch.get_device())
     examples = core.encode(pq.read_table(spec.pairs_path))
     ddp = ray.train.torch.prepare_model(core.model, move_to_device=False) if world > 1 else None
-    result = core.fit(examples, ddp, rank, world)
+    result = core.fit(examples, ddp, rank, world, reporter(config.get("progress")) if rank == 0 else None)
     if rank == 0:
         core.save(spec.output_dir, result)
 
 
-def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per_worker: int, storage_path: str) -> TrainResult:
+def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per_worker: int, storage_path: str,
+                 progress: Any = None) -> TrainResult:
     """Train on Ray Train (DDP over ``workers`` ranks); returns the step log written by rank 0.
 
+    ``progress``: a queue of ``workers.progress`` that rank 0 reports its steps on.
     Raises ray.train's TrainingFailedError when a worker fails.
     """
     from ray.train import RunConfig, ScalingConfig
@@ -336,7 +354,7 @@ def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per
         resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"spec": spec},
+        train_loop_config={"spec": spec, "progress": progress},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(storage_path=storage_path, name="dpo"),

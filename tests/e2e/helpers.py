@@ -21,7 +21,13 @@ SMALL = [
     "judge.judge_samples=2",
     "judge.max_tokens=48",
     "resources.kv_cache_gib=2",
+    # Evaluation on 3 held-out verifiable prompts and 2 instructions: every part of it, quickly.
+    "eval.verifiable_prompts=3",
+    "eval.instruction_prompts=2",
+    "eval.max_tokens=32",
 ]
+# For tests about something else: the run without its evaluation stages.
+NO_EVAL = ["eval.verifiable=null", "eval.instructions=null"]
 STAGES = ["generate", "judge", "score", "select", "train", "metrics"]
 
 
@@ -36,13 +42,20 @@ def selfreward(*args: str, env: dict | None = None, timeout: int = 1500) -> subp
 
 
 def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, judge_samples: int,
-                  judges: int = 1, one_pair_per_prompt: bool = True) -> dict:
-    """Assert the artifact contract and row accounting of a finished run; returns state.json."""
+                  judges: int = 1, one_pair_per_prompt: bool = True, evals: tuple[int, int] | None = None) -> dict:
+    """Assert the artifact contract and row accounting of a finished run; returns state.json.
+
+    ``evals``: (verifiable, instruction) prompts of each evaluation, or None for a run without evaluation.
+    """
     state = json.loads((run_dir / "state.json").read_text())
+    if evals is not None:
+        check_eval(run_dir / "iter_000" / "eval.parquet", 0, evals)
     for t in range(1, iterations + 1):
         d = run_dir / f"iter_{t:03d}"
-        for stage in STAGES:
+        for stage in STAGES + (["eval"] if evals is not None else []):
             assert f"iter_{t:03d}/{stage}" in state["stages"], f"{stage} of iteration {t} not committed"
+        if evals is not None:
+            check_eval(d / "eval.parquet", t, evals)
         gens = pq.read_table(d / "generations.parquet")
         judg = pq.read_table(d / "judgments.parquet")
         rewards = pq.read_table(d / "rewards.parquet")
@@ -66,5 +79,29 @@ def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, ju
         assert m["pairs_built"] == pairs.num_rows and m["pairs_kept"] == sum(pairs["kept"].to_pylist())
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines if x["kind"] == "iteration"] == list(range(1, iterations + 1))
+    assert [x["iteration"] for x in lines if x["kind"] == "baseline"] == ([0] if evals is not None else [])
+    if evals is not None:
+        for x in lines:
+            if x["kind"] != "train_step":
+                assert 0 <= x["eval_accuracy"] <= 1 and x["eval_verifiable"] == evals[0]
+                assert x["eval_instructions"] == evals[1]
+        assert (run_dir / "tensorboard").is_dir() and list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(run_dir.rglob(".*.tmp-*")), "temporary files left in the run dir"
     return state
+
+
+def check_eval(path: Path, t: int, evals: tuple[int, int]) -> None:
+    """One evaluation table: every held-out prompt answered; verdicts where they belong."""
+    rows = pq.read_table(path).to_pylist()
+    artifacts.check_contract(pq.read_table(path), "eval", str(path))
+    ver = [r for r in rows if r["split"] == "verifiable"]
+    ins = [r for r in rows if r["split"] == "instruction"]
+    assert (len(ver), len(ins)) == evals and all(r["iteration"] == t for r in rows)
+    assert all(r["correct"] is not None and r["answer"] for r in ver)
+    assert all(r["fixed_judge_text"] for r in ins)
+    if t == 0:
+        assert all(r["outcome"] is None and r["self_judge_text"] == r["fixed_judge_text"] for r in ins)
+    else:
+        assert all(r["outcome"] in ("win", "loss", "tie", "invalid") and r["baseline_response"] is not None for r in ins)
+        # Identical responses are a tie without judging; different ones are judged in both orders.
+        assert all((r["pairwise_first_text"] is None) == (r["response"] == r["baseline_response"]) for r in ins)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import CONFIG, ROOT, SMALL, check_run_dir
+from tests.e2e.helpers import CONFIG, NO_EVAL, ROOT, SMALL, check_run_dir
 
 pytestmark = pytest.mark.e2e
 RAY = str(Path(sys.executable).parent / "ray")
@@ -66,7 +66,7 @@ def _submit(address: str, env: dict, run_dir: Path) -> subprocess.CompletedProce
         [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
          "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
          "python", "-m", "jobs.self_reward", str(CONFIG.relative_to(ROOT)), "--run-dir", str(run_dir),
-         *SMALL, "iterations=1"],
+         *SMALL, *NO_EVAL, "iterations=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
     )
 

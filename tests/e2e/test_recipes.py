@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.consistency import consistency
-from tests.e2e.helpers import ROOT, check_run_dir, selfreward
+from tests.e2e.helpers import NO_EVAL, ROOT, check_run_dir, selfreward
 
 pytestmark = pytest.mark.e2e
 
@@ -23,6 +23,8 @@ TINY = [
     f"judge.judge_samples={K}",
     "judge.max_tokens=40",
     "resources.kv_cache_gib=2",
+    # The recipes' selection and losses are under test here; the evaluation stage is tested in test_cli.
+    *NO_EVAL,
 ]
 
 

@@ -1,0 +1,51 @@
+import struct
+
+from orchestrator.rundir import RunDir
+from orchestrator.runlog import format_table, metrics_rows, write_metrics_jsonl, write_tensorboard
+from tests.orchestrator.fake_run import make_run
+
+
+def read_scalars(logdir):
+    """{tag: [(step, value)]} from TensorBoard event files (TFRecord framing: length, crc, data, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, round(v.simple_value, 6)))
+    return out
+
+
+def test_metrics_rows_and_tensorboard_are_rebuilt_from_committed_metrics(tmp_path):
+    root = make_run(tmp_path / "run", iterations=2)
+    rd = RunDir(root)
+    rd.load_state()
+    rows = write_metrics_jsonl(rd)
+    assert [(r["kind"], r["iteration"]) for r in rows] == [
+        ("baseline", 0), ("train_step", 1), ("train_step", 1), ("iteration", 1),
+        ("train_step", 2), ("train_step", 2), ("iteration", 2),
+    ]
+    write_tensorboard(rd, rows)
+    write_tensorboard(rd, metrics_rows(rd))  # rebuilt, not appended: no duplicate points
+    scalars = read_scalars(root / "tensorboard")
+    assert scalars["eval/accuracy"] == [(0, 0.2), (1, 0.3), (2, 0.4)]
+    assert scalars["step/loss"] == [(1, 0.59), (2, 0.49), (3, 0.59), (4, 0.49)]
+    assert scalars["trust/mean_consistency"] == [(2, 0.5)]  # undefined at iteration 1: no point, not a zero
+    assert not list(root.glob(".tensorboard.tmp-*"))
+
+
+def test_compact_table_has_a_row_per_model():
+    rows = [{"iteration": 0, "eval_accuracy": 0.25, "eval_fixed_judge": 2.0},
+            {"iteration": 1, "eval_accuracy": 0.5, "win_rate": 0.75, "pairs_kept": 3, "pairs_built": 4,
+             "mean_consistency": None, "dpo_loss": 0.5, "iteration_seconds": 61.2}]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["t", "accuracy", "fixed"]
+    assert lines[2].split()[:3] == ["0", "0.250", "2.00"]
+    cells = lines[3].split()
+    assert cells[0] == "1" and "0.500" in cells and "0.75" in cells and "3/4" in cells and "n/a" in cells and "61" in cells
