@@ -46,12 +46,13 @@ def _init_ray(address: str | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
     from orchestrator.loop import run
+    from orchestrator.rundir import RunDir
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
     _init_ray(cfg.resources.ray_address)
     run(cfg, run_dir)
-    print(f"done: {Path(run_dir).absolute()}")
+    print(f"done: {RunDir(run_dir).root}")
     return 0
 
 
@@ -69,11 +70,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             ok = f"DAMAGED: {e}"
         rows = "" if rec["rows"] is None else f"{rec['rows']} rows"
         print(f"  {key:<22} {rows:>10} {rec['seconds']:>9.1f}s  {rec['artifact']}  {ok}")
-    metrics = rd.root / "metrics.jsonl"
-    if metrics.is_file():
+    if rd.exists("metrics.jsonl"):
         from orchestrator.runlog import format_iteration, format_table
 
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows = [json.loads(line) for line in rd.storage.read_text("metrics.jsonl").splitlines()]
         for m in rows:
             if m.get("kind") == "iteration":
                 print(format_iteration(m))
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.data import DataError
     from orchestrator.models import ModelError
     from orchestrator.rundir import RunDirError
+    from orchestrator.storage import StorageError
+    from workers.pool import PoolError
     from workers.tokens import TokenizerError
 
     parser = _parser()
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "compare": cmd_compare}
         return commands[args.command](args)
-    except (ConfigError, DataError, ModelError, RunDirError, TokenizerError) as e:
+    except (ConfigError, DataError, ModelError, RunDirError, StorageError, TokenizerError, PoolError) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -224,6 +224,16 @@ class DPOConfig(_Strict):
     micro_batch_pairs: int = Field(4, gt=0, description="Pairs per forward/backward on one worker.")
     grad_accum_steps: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning rate after warmup: constant, or linear / cosine decay to 0 over the stage."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warmup per training stage.")
+    checkpoint_every: int = Field(
+        10,
+        ge=0,
+        **_safe("Optimizer steps between Ray Train checkpoints (weights, optimizer, scheduler, RNG, position); "
+                "a killed training stage resumes from the latest. 0 = none."),
+    )
 
 
 class ResourcesConfig(_Strict):
@@ -231,9 +241,29 @@ class ResourcesConfig(_Strict):
     gpus_per_engine: int = Field(0, ge=0, description="GPUs per engine (tensor parallel); 0 = CPU engine.")
     cpus_per_engine: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine actor.")
     kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size per CPU engine in GiB.")
-    train_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks).")
+    placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = Field(
+        "SPREAD", **_safe("How the engines' placement-group bundles are laid over nodes.")
+    )
+    engine_max_restarts: int = Field(
+        3, ge=0, **_safe("Times Ray restarts a dead engine actor (its unfinished shards are retried on it).")
+    )
+    train_workers: int = Field(1, gt=0, description="Ray Train workers (DDP / FSDP ranks).")
+    train_strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Data parallel training: DDP (replicas), or FSDP (sharded, for models one device cannot hold)."
+    )
     gpus_per_train_worker: int = Field(0, ge=0, description="GPUs per train worker; 0 = CPU (gloo).")
     cpus_per_train_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per train worker.")
+    train_max_failures: int = Field(
+        2, ge=0, **_safe("Times Ray Train restarts failed train workers from the latest checkpoint.")
+    )
+    colocate: bool = Field(
+        False,
+        **_safe("Engines and trainer share the devices: during training GPU engines sleep (vLLM sleep mode) and "
+                "CPU engines are shut down; they wake / restart for the next stage."),
+    )
+    colocate_engine_gpu_fraction: float = Field(
+        0.5, gt=0, lt=1, description="With colocate on GPUs: each engine's share of its GPU; the train worker takes the rest."
+    )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of each train worker; 0 = all cores of its machine."
     )
@@ -281,6 +311,15 @@ class RunConfig(_Strict):
             )
         if self.judge.score_source == "expected" and not self.judge.expected_score:
             raise ValueError("judge.score_source='expected' needs judge.expected_score=true")
+        r = self.resources
+        if r.colocate and r.gpus_per_engine and (r.gpus_per_engine != 1 or r.gpus_per_train_worker != 1):
+            raise ValueError(
+                "resources.colocate on GPUs shares each GPU between one engine and one train worker: set "
+                f"resources.gpus_per_engine=1 and resources.gpus_per_train_worker=1 (got {r.gpus_per_engine} and "
+                f"{r.gpus_per_train_worker})"
+            )
+        if r.train_strategy == "fsdp" and r.train_workers < 2:
+            raise ValueError("resources.train_strategy='fsdp' shards the model over resources.train_workers >= 2 workers")
         return self
 
 

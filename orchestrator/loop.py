@@ -36,12 +36,13 @@ import pyarrow.compute as pc
 from orchestrator import artifacts
 from orchestrator.answers import is_correct
 from orchestrator.config import RunConfig
+from orchestrator.context import Context, Log
 from orchestrator.data import load_prompts, prompts_for_iteration
 from orchestrator.evaluation import EvalSets, eval_summary, evaluate, load_eval_sets
 from orchestrator.metrics import agreement_rate, consistency_summary, judge_agreement, label_quality
 from orchestrator.models import resolve_model_path
 from orchestrator.rundir import RunDir
-from orchestrator.runlog import Progress, RemoteProgress, format_iteration, format_table, write_metrics_jsonl, write_tensorboard
+from orchestrator.runlog import RemoteProgress, format_iteration, format_table, write_metrics_jsonl, write_tensorboard
 from orchestrator.selection import (
     AgreementFilter,
     BestVsWorst,
@@ -54,15 +55,12 @@ from orchestrator.selection import (
     SoftLabel,
     select,
 )
+from workers import faults
 from workers.judge import aggregate, constrained_regex, judge_message, parse_score
 from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, PreferenceLoss, SoftPreference
-from workers.pool import EnginePool, PoolResources
 from workers.progress import run_with_progress
 from workers.trainer import TrainSpec, mc_dropout_logprobs, run_training
-from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
-
-Log = Callable[[str], None]
-_VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ScoreRequest
 
 
 def derive_seed(*parts: object) -> int:
@@ -124,7 +122,7 @@ def make_selection(cfg: RunConfig) -> Selection:
 
 def adapter_of(rd: RunDir, t: int) -> AdapterRef | None:
     """M(t): the adapter trained at iteration t; None for M0, the base model."""
-    return None if t <= 0 else AdapterRef(name=f"iter_{t:03d}", path=str(rd.iter_dir(t) / "adapter"))
+    return None if t <= 0 else AdapterRef(name=f"iter_{t:03d}", path=rd.storage.uri(f"{rd.iter_dir(t)}/adapter"))
 
 
 def _name(adapter: AdapterRef | None) -> str:
@@ -148,53 +146,6 @@ class Models:
     def describe(self) -> dict[str, str | None]:
         return {"policy": _name(self.policy), "previous": _name(self.previous) if self.has_previous else None,
                 "reference": _name(self.reference)}
-
-
-@dataclass
-class Context:
-    """What every stage of a run needs."""
-
-    cfg: RunConfig
-    rd: RunDir
-    model_path: Path
-    log: Log
-    _pool: EnginePool | None = None
-
-    def pool(self) -> EnginePool:
-        """The engine pool, started on first use (a fully committed resume starts none)."""
-        if self._pool is None:
-            r = self.cfg.resources
-            spec = EngineSpec(
-                model_path=str(self.model_path),
-                dtype=self.cfg.model.dtype,
-                max_model_len=self.cfg.model.max_model_len,
-                max_lora_rank=next(k for k in _VLLM_RANKS if k >= self.cfg.lora.rank),
-                seed=self.cfg.seed,
-                kv_cache_gib=r.kv_cache_gib,
-                tensor_parallel_size=max(1, r.gpus_per_engine),
-                trust_remote_code=self.cfg.model.trust_remote_code,
-            )
-            t0 = time.monotonic()
-            self._pool = EnginePool(spec, PoolResources(r.engines, r.cpus_per_engine, r.gpus_per_engine))
-            self.log(f"  engine pool: {r.engines} engine(s) ready in {time.monotonic() - t0:.1f}s")
-        return self._pool
-
-    def engines(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
-        """One result per item from the engine pool (sharded by ``resources.shard_size``), with a progress bar."""
-        if not items:
-            return []
-        pool = self.pool()
-        bar = Progress(desc, len(items))
-        try:
-            return pool.map_items(method, items, self.cfg.resources.shard_size, *args,
-                                  on_shard=lambda part: bar.advance(len(part), sum(getattr(r, "num_tokens", 0) for r in part)))
-        finally:
-            bar.close()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
 
 
 # --- stages ------------------------------------------------------------------
@@ -338,7 +289,9 @@ def _train_spec(ctx: Context, t: int, policy: AdapterRef | None, pairs_path: str
         lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules, loss=make_loss(cfg),
         reference=cfg.scoring.reference, learning_rate=cfg.dpo.learning_rate, weight_decay=cfg.dpo.weight_decay,
         epochs=cfg.dpo.epochs, micro_batch_pairs=cfg.dpo.micro_batch_pairs, grad_accum_steps=cfg.dpo.grad_accum_steps,
-        max_grad_norm=cfg.dpo.max_grad_norm, seed=derive_seed(cfg.seed, "train", t), torch_threads=r.torch_threads,
+        max_grad_norm=cfg.dpo.max_grad_norm, lr_schedule=cfg.dpo.lr_schedule, warmup_steps=cfg.dpo.warmup_steps,
+        checkpoint_every=cfg.dpo.checkpoint_every, strategy=r.train_strategy, seed=derive_seed(cfg.seed, "train", t),
+        torch_threads=r.torch_threads,
     )
 
 
@@ -350,7 +303,7 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest], policy: Adap
 
     r = ctx.cfg.resources
     spec = replace(_train_spec(ctx, t, policy), seed=derive_seed(ctx.cfg.seed, "mc_dropout", t))
-    task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
+    task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=_train_gpus(ctx))(mc_dropout_logprobs)
     bar = RemoteProgress("score MC-dropout")
     try:
         return run_with_progress(lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q)), bar)
@@ -358,39 +311,65 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest], policy: Adap
         bar.close()
 
 
-def train(ctx: Context, t: int, pairs_path: Path, policy: AdapterRef | None, staged: Path) -> dict[str, Any]:
-    """The configured loss on the kept pairs, continuing from M(t-1)'s adapter; writes M(t)'s adapter into ``staged``."""
-    r = ctx.cfg.resources
-    spec = _train_spec(ctx, t, policy, str(pairs_path), str(staged))
+def train(ctx: Context, t: int, pairs: str, policy: AdapterRef | None, staged: str) -> dict[str, Any]:
+    """The configured loss on the kept pairs, continuing from M(t-1)'s adapter; writes M(t)'s adapter into ``staged``.
+
+    Ray Train checkpoints go to ``iter_XXX/train/``: a training stage that
+    was killed resumes from the latest one.
+    """
+    r, rd, key = ctx.cfg.resources, ctx.rd, ctx.stage
+    spec = _train_spec(ctx, t, policy, rd.storage.uri(pairs), rd.storage.uri(staged))
     bar = RemoteProgress("train")
+
+    def on_message(msg: dict[str, Any]) -> None:
+        if msg.get("resumed_from_step"):
+            rd.session["train_resumed_from_step"][key] = msg["resumed_from_step"]
+            ctx.log(f"  train    resuming from the checkpoint of step {msg['resumed_from_step']}")
+        bar(msg)
+        if "checkpoint" in msg:
+            faults.point(f"{key}:step")
+
     try:
         result = run_with_progress(
-            lambda q: run_training(spec, r.train_workers, r.cpus_per_train_worker, r.gpus_per_train_worker,
-                                   str(ctx.rd.iter_dir(t) / "train"), q),
-            bar,
+            lambda q: run_training(spec, r.train_workers, r.cpus_per_train_worker, _train_gpus(ctx),
+                                   rd.storage.uri(f"{rd.iter_dir(t)}/train"), q, r.train_max_failures),
+            on_message,
         )
     finally:
         bar.close()
-    return {**result.summary(), "steps": result.steps}
+    return {**result.summary(), "steps": result.steps,
+            "effective_batch_pairs": ctx.cfg.dpo.micro_batch_pairs * ctx.cfg.dpo.grad_accum_steps * r.train_workers}
+
+
+def _train_gpus(ctx: Context) -> float:
+    r = ctx.cfg.resources
+    if r.colocate and r.gpus_per_train_worker:
+        return 1 - r.colocate_engine_gpu_fraction  # beside a sleeping engine on the same GPU
+    return r.gpus_per_train_worker
 
 
 # --- the loop ----------------------------------------------------------------
 
 
-def _table_stage(ctx: Context, t: int, name: str, kind: str, path: Path, compute: Callable[[], pa.Table],
+def _table_stage(ctx: Context, t: int, name: str, kind: str, path: str, compute: Callable[[], pa.Table],
                  summarize: Callable[[pa.Table], dict[str, Any]]) -> tuple[pa.Table, dict[str, Any]]:
-    key = ctx.rd.stage_key(t, name)
-    rec = ctx.rd.record(key)
+    """Run a stage that produces one Parquet artifact, or reuse it when committed (sha256-verified)."""
+    rd = ctx.rd
+    key = rd.stage_key(t, name)
+    rec = rd.record(key)
     if rec is not None:
+        rd.reused(key)
         ctx.log(f"  {name:<8} committed earlier ({rec.rows} rows), skipped")
-        return RunDir.read_table(path), {**rec.summary, "seconds": rec.seconds}
+        return rd.read_table(path), {**rec.summary, "seconds": rec.seconds}
+    ctx.stage = key
     t0 = time.monotonic()
     table = compute()
     artifacts.check_contract(table, kind)
-    ctx.rd.write_table(path, table)
+    rd.write_table(path, table)
     seconds = time.monotonic() - t0
     summary = summarize(table)
-    ctx.rd.commit(key, path, table.num_rows, seconds, summary)
+    rd.commit(key, path, table.num_rows, seconds, summary)
+    rd.clear_parts(key)
     ctx.log(f"  {name:<8} {table.num_rows} rows in {seconds:.1f}s")
     return table, {**summary, "seconds": round(seconds, 3)}
 
@@ -444,20 +423,20 @@ def run(cfg: RunConfig, run_dir: str | Path, log: Log = print) -> list[dict[str,
             batch = prompts_for_iteration(prompts, t, cfg.data.prompts_per_iteration, cfg.seed)
             models = Models.at(rd, t, cfg.scoring.reference)
 
-            gens, s_gen = _table_stage(ctx, t, "generate", "generations", d / "generations.parquet",
+            gens, s_gen = _table_stage(ctx, t, "generate", "generations", f"{d}/generations.parquet",
                                        lambda: generate(ctx, t, batch, models.policy), _generation_summary)
-            judg, s_judge = _table_stage(ctx, t, "judge", "judgments", d / "judgments.parquet",
+            judg, s_judge = _table_stage(ctx, t, "judge", "judgments", f"{d}/judgments.parquet",
                                          lambda: judge(ctx, t, gens, models), _judge_summary)
-            rewards, s_score = _table_stage(ctx, t, "score", "rewards", d / "rewards.parquet",
+            rewards, s_score = _table_stage(ctx, t, "score", "rewards", f"{d}/rewards.parquet",
                                             lambda: score(ctx, t, gens, judg, answers, models),
                                             lambda _: {"models": models.describe()})
-            pairs, s_select = _table_stage(ctx, t, "select", "pairs", d / "pairs.parquet",
+            pairs, s_select = _table_stage(ctx, t, "select", "pairs", f"{d}/pairs.parquet",
                                            lambda: select(gens, rewards, judg, selection, models.policy == models.reference),
                                            _pairs_summary)
             s_train = _train_stage(ctx, t, d, models.policy)
             stages = {"generate": s_gen, "judge": s_judge, "score": s_score, "select": s_select, "train": s_train}
             if not eval_sets.empty:
-                _, stages["eval"] = _table_stage(ctx, t, "eval", "eval", d / "eval.parquet",
+                _, stages["eval"] = _table_stage(ctx, t, "eval", "eval", f"{d}/eval.parquet",
                                                  lambda: evaluate(ctx.engines, cfg, t, adapter_of(rd, t), eval_sets, baseline),
                                                  eval_summary)
 
@@ -478,9 +457,9 @@ def _baseline(ctx: Context, sets: EvalSets) -> pa.Table | None:
         return None
     rd = ctx.rd
     ctx.log("baseline: evaluating M0")
-    table, summary = _table_stage(ctx, 0, "eval", "eval", rd.iter_dir(0) / "eval.parquet",
+    table, summary = _table_stage(ctx, 0, "eval", "eval", f"{rd.iter_dir(0)}/eval.parquet",
                                   lambda: evaluate(ctx.engines, ctx.cfg, 0, None, sets, None), eval_summary)
-    key, path = rd.stage_key(0, "metrics"), rd.iter_dir(0) / "metrics.json"
+    key, path = rd.stage_key(0, "metrics"), f"{rd.iter_dir(0)}/metrics.json"
     if rd.record(key) is None:
         metrics = {"iteration": 0, "stage_seconds": {"eval": summary["seconds"]}, "iteration_seconds": summary["seconds"],
                    **{k: v for k, v in summary.items() if k != "seconds"}}
@@ -490,28 +469,35 @@ def _baseline(ctx: Context, sets: EvalSets) -> pa.Table | None:
     return table
 
 
-def _train_stage(ctx: Context, t: int, d: Path, policy: AdapterRef | None) -> dict[str, Any]:
-    key = ctx.rd.stage_key(t, "train")
-    final = d / "adapter"
-    rec = ctx.rd.record(key)
+def _train_stage(ctx: Context, t: int, d: str, policy: AdapterRef | None) -> dict[str, Any]:
+    rd = ctx.rd
+    key = rd.stage_key(t, "train")
+    final = f"{d}/adapter"
+    rec = rd.record(key)
     if rec is not None:
+        rd.reused(key)
         ctx.log(f"  train    committed earlier ({rec.summary.get('optimizer_steps')} steps), skipped")
         return {**rec.summary, "seconds": rec.seconds}
+    ctx.stage = key
     t0 = time.monotonic()
-    staged = ctx.rd.staging_dir(final)
-    summary = train(ctx, t, d / "pairs.parquet", policy, staged)
-    ctx.rd.commit_dir(staged, final)
+    staged = rd.staging_dir(final)
+    if ctx.cfg.resources.colocate:
+        ctx.release_engines()
+    summary = train(ctx, t, f"{d}/pairs.parquet", policy, staged)
+    if ctx.cfg.resources.colocate:
+        ctx.reacquire_engines()
+    rd.commit_dir(staged, final)
     seconds = time.monotonic() - t0
-    ctx.rd.commit(key, final, None, seconds, summary)
+    rd.commit(key, final, None, seconds, summary)
     ctx.log(f"  train    {summary['optimizer_steps']} steps on {summary['train_pairs']} pairs in {seconds:.1f}s")
     return {**summary, "seconds": round(seconds, 3)}
 
 
 def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
     key = ctx.rd.stage_key(t, "metrics")
-    path = ctx.rd.iter_dir(t) / "metrics.json"
+    path = f"{ctx.rd.iter_dir(t)}/metrics.json"
     if ctx.rd.record(key) is not None:
-        metrics = RunDir.read_json(path)
+        metrics = ctx.rd.read_json(path)
     else:
         gen_s, judge_s = s["generate"]["seconds"], s["judge"]["seconds"]
         metrics = {
@@ -542,6 +528,7 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
             "reward_accuracy": s["train"]["reward_accuracy"],
             "reward_margin": s["train"]["reward_margin"],
             "optimizer_steps": s["train"]["optimizer_steps"],
+            "effective_batch_pairs": s["train"].get("effective_batch_pairs"),
             **{k: v for k, v in s.get("eval", {}).items() if k != "seconds"},
         }
         ctx.rd.write_json(path, metrics)

@@ -17,18 +17,22 @@ iteration, one column per run.
 from __future__ import annotations
 
 import html
+import io
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from orchestrator.rundir import RunDir, RunDirError, atomic_write_bytes
+from orchestrator.rundir import RunDir, RunDirError
 from orchestrator.runlog import TABLE_COLUMNS, _cell, metrics_rows
+from orchestrator.storage import Storage
 
 PLOTS_DIR = "plots"
 SAMPLE_KEPT, SAMPLE_DROPPED = 6, 4
+
+
+def _name(rd: RunDir) -> str:
+    return rd.root.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,7 +45,7 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _load_state(run_dir: Path) -> tuple[RunDir, dict[str, Any]]:
+def _load_state(run_dir: str | Path) -> tuple[RunDir, dict[str, Any]]:
     rd = RunDir(run_dir)
     state = rd.load_state()
     return rd, state
@@ -64,7 +68,7 @@ def _figure(title: str, ylabel: str, xlabel: str = "iteration"):
     return fig, ax
 
 
-def _save(fig, ax, path: Path, has_data: bool) -> None:
+def _save(fig, ax, path: tuple[Storage, str], has_data: bool) -> None:
     import matplotlib.pyplot as plt
 
     if not has_data:
@@ -72,13 +76,14 @@ def _save(fig, ax, path: Path, has_data: bool) -> None:
     elif ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    storage, rel = path
+    storage.write_bytes(rel, buf.getvalue())
 
 
-def _line_plot(rows: list[dict[str, Any]], lines: list[tuple[str, str]], title: str, ylabel: str, path: Path,
+def _line_plot(rows: list[dict[str, Any]], lines: list[tuple[str, str]], title: str, ylabel: str, path: tuple[Storage, str],
                ylim: tuple[float, float] | None = None) -> None:
     fig, ax = _figure(title, ylabel)
     has = False
@@ -93,7 +98,8 @@ def _line_plot(rows: list[dict[str, Any]], lines: list[tuple[str, str]], title: 
     _save(fig, ax, path, has)
 
 
-def _stacked_bars(iterations: list[int], parts: dict[str, list[float]], title: str, ylabel: str, path: Path) -> None:
+def _stacked_bars(iterations: list[int], parts: dict[str, list[float]], title: str, ylabel: str,
+                  path: tuple[Storage, str]) -> None:
     fig, ax = _figure(title, ylabel)
     bottom = [0.0] * len(iterations)
     for label, values in parts.items():
@@ -106,54 +112,56 @@ def _stacked_bars(iterations: list[int], parts: dict[str, list[float]], title: s
 
 def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Write every plot; returns (file name, caption) in page order."""
-    out = rd.root / PLOTS_DIR
-    out.mkdir(exist_ok=True)
+    st = rd.storage
+
+    def out(name: str) -> tuple[Storage, str]:
+        return st, f"{PLOTS_DIR}/{name}"
+
     its = [r for r in rows if r["kind"] == "iteration"]
     runs = _runs(rows)
+    judged: dict[int, list[float]] = {}
     for r in its:
-        # Mean self-judge score of the responses trained on, from rewards.parquet.
-        rewards = rd.iter_dir(r["iteration"]) / "rewards.parquet"
-        vals = [v for v in pq.read_table(rewards, columns=["judge_mean"])["judge_mean"].to_pylist() if v is not None] \
-            if rewards.is_file() else []
+        # Self-judge scores of the responses trained on, from rewards.parquet.
+        rewards = f"{rd.iter_dir(r['iteration'])}/rewards.parquet"
+        judged[r["iteration"]] = [v for v in rd.read_table(rewards).column("judge_mean").to_pylist() if v is not None] \
+            if rd.exists(rewards) else []
+        vals = judged[r["iteration"]]
         r["_train_judge"] = sum(vals) / len(vals) if vals else None
     plots = []
 
     _line_plot(runs, [("eval_accuracy", "held-out verifiable accuracy")], "Accuracy (greedy, exact match)", "accuracy",
-               out / "accuracy.png", (0, 1))
+               out("accuracy.png"), (0, 1))
     plots.append(("accuracy.png", "Held-out verifiable accuracy of M0 (iteration 0) and of each M(t)."))
     _line_plot(runs, [("eval_fixed_judge", "fixed judge M0 (held-out)"), ("eval_self_judge", "self judge (held-out)"),
                            ("_train_judge", "self judge (training responses)")],
-               "Judge scores (0-5 rubric)", "mean score", out / "judge_scores.png", (0, 5))
+               "Judge scores (0-5 rubric)", "mean score", out("judge_scores.png"), (0, 5))
     plots.append(("judge_scores.png", "Mean rubric score of held-out responses by the fixed judge M0 and by the model "
                   "itself, and the mean self-judged score of each iteration's training responses. A self score rising "
                   "faster than the fixed score is reward inflation."))
     wins = [r for r in its if r.get("win_counts")]
     _stacked_bars([r["iteration"] for r in wins],
                   {k: [r["win_counts"][k] for r in wins] for k in ("win", "tie", "loss", "invalid")},
-                  "M(t) vs M0, position-swapped pairwise judging by M0", "held-out prompts", out / "win_rate.png")
+                  "M(t) vs M0, position-swapped pairwise judging by M0", "held-out prompts", out("win_rate.png"))
     plots.append(("win_rate.png", "Outcomes of M(t) against M0 on held-out instructions (win, tie, loss, invalid "
                   "verdict)."))
     _line_plot(its, [("mean_consistency", "mean consistency C"), ("agreement_rate", "judge/implicit agreement"),
                      ("kept_label_precision", "kept-pair label precision"),
                      ("dropped_label_precision", "dropped-pair label precision")],
-               "Trust in the self-rewards", "rate", out / "trust.png", (0, 1))
+               "Trust in the self-rewards", "rate", out("trust.png"), (0, 1))
     plots.append(("trust.png", "Cross-iteration consistency, internal-reward agreement, and label precision of kept vs "
                   "dropped pairs (on prompts with reference answers)."))
     reasons = sorted({k for r in its for k in r.get("drops", {})})
     _stacked_bars([r["iteration"] for r in its],
                   {"kept": [r["pairs_kept"] for r in its], **{k: [r["drops"].get(k, 0) for r in its] for k in reasons}},
-                  "Candidate pairs: kept and drop reasons", "pairs", out / "pairs.png")
+                  "Candidate pairs: kept and drop reasons", "pairs", out("pairs.png"))
     plots.append(("pairs.png", "Every candidate pair per iteration: kept, or dropped with its reason."))
     fig, ax = _figure("Self-judge scores of training responses", "responses", "mean judge score")
     has = False
-    for r in its:
-        rewards = rd.iter_dir(r["iteration"]) / "rewards.parquet"
-        if rewards.is_file():
-            vals = [v for v in pq.read_table(rewards, columns=["judge_mean"])["judge_mean"].to_pylist() if v is not None]
-            if vals:
-                ax.hist(vals, bins=[i * 0.5 for i in range(11)], histtype="step", linewidth=1.5, label=f"iter {r['iteration']}")
-                has = True
-    _save(fig, ax, out / "score_hist.png", has)
+    for t, vals in judged.items():
+        if vals:
+            ax.hist(vals, bins=[i * 0.5 for i in range(11)], histtype="step", linewidth=1.5, label=f"iter {t}")
+            has = True
+    _save(fig, ax, out("score_hist.png"), has)
     plots.append(("score_hist.png", "Distribution of the mean self-judge score per response, per iteration."))
     fig, ax = _figure("DPO loss per optimizer step", "loss", "optimizer step (all iterations)")
     steps = [r for r in rows if r["kind"] == "train_step"]
@@ -163,12 +171,12 @@ def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         for t in sorted({s["iteration"] for s in steps})[:-1]:
             n += sum(1 for s in steps if s["iteration"] == t)
             ax.axvline(n + 0.5, color="gray", linestyle=":")
-    _save(fig, ax, out / "dpo_loss.png", bool(steps))
+    _save(fig, ax, out("dpo_loss.png"), bool(steps))
     plots.append(("dpo_loss.png", "Weighted preference loss of each optimizer step; dotted lines separate iterations."))
     stages = [s for s in ("generate", "judge", "score", "select", "train", "eval")
               if any(s in r.get("stage_seconds", {}) for r in runs)]
     _stacked_bars([r["iteration"] for r in runs], {s: [r.get("stage_seconds", {}).get(s, 0.0) for r in runs] for s in stages},
-                  "Time per stage", "seconds", out / "stage_seconds.png")
+                  "Time per stage", "seconds", out("stage_seconds.png"))
     plots.append(("stage_seconds.png", "Wall time of each stage (iteration 0: M0's evaluation)."))
     return plots
 
@@ -227,19 +235,19 @@ def _metrics_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _sample_pairs(rd: RunDir, t: int) -> str:
-    pairs_path = rd.iter_dir(t) / "pairs.parquet"
-    if not pairs_path.is_file():
+    d = rd.iter_dir(t)
+    if not rd.exists(f"{d}/pairs.parquet"):
         return "<p>No pairs in this run yet.</p>"
-    pairs = pq.read_table(pairs_path).to_pylist()
+    pairs = rd.read_table(f"{d}/pairs.parquet").to_pylist()
     verdicts: dict[tuple[str, int], str] = {}
     scores: dict[tuple[str, int], Any] = {}
-    judg, rew = rd.iter_dir(t) / "judgments.parquet", rd.iter_dir(t) / "rewards.parquet"
-    if judg.is_file():
-        for j in pq.read_table(judg, columns=["prompt_id", "sample_idx", "judge_model", "judge_idx", "judge_text"]).to_pylist():
+    if rd.exists(f"{d}/judgments.parquet"):
+        cols = ["prompt_id", "sample_idx", "judge_model", "judge_idx", "judge_text"]
+        for j in rd.read_table(f"{d}/judgments.parquet").select(cols).to_pylist():
             if j["judge_model"] == "current" and j["judge_idx"] == 0:
                 verdicts[(j["prompt_id"], j["sample_idx"])] = j["judge_text"]
-    if rew.is_file():
-        for r in pq.read_table(rew, columns=["prompt_id", "sample_idx", "judge_mean"]).to_pylist():
+    if rd.exists(f"{d}/rewards.parquet"):
+        for r in rd.read_table(f"{d}/rewards.parquet").select(["prompt_id", "sample_idx", "judge_mean"]).to_pylist():
             scores[(r["prompt_id"], r["sample_idx"])] = r["judge_mean"]
     chosen = [p for p in pairs if p["kept"]][:SAMPLE_KEPT] + [p for p in pairs if not p["kept"] and p["chosen"] is not None][:SAMPLE_DROPPED]
     if not chosen:
@@ -261,18 +269,18 @@ def _sample_pairs(rd: RunDir, t: int) -> str:
     return ("<table><tr><th>prompt</th><th>chosen</th><th>rejected</th><th>numbers</th></tr>" + "".join(rows) + "</table>")
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report.html and RUN_DIR/plots/*.png from the committed artifacts; returns the page's path.
+def write_report(run_dir: str | Path) -> str:
+    """Write RUN_DIR/report.html and RUN_DIR/plots/*.png from the committed artifacts; returns the page's location.
 
     Raises RunDirError when RUN_DIR is not a run directory or a committed artifact fails its sha256 check.
     """
-    rd, state = _load_state(Path(run_dir))
+    rd, state = _load_state(run_dir)
     rows = metrics_rows(rd)  # verifies each iteration's train record
     runs = _runs(rows)
     plots = _plots(rd, rows)
     its = [r["iteration"] for r in rows if r["kind"] == "iteration"]
     last = its[-1] if its else None
-    config = (rd.config_path.read_text(encoding="utf-8") if rd.config_path.is_file() else "")
+    config = rd.storage.read_text(rd.config_path) if rd.exists(rd.config_path) else ""
     figures = "".join(
         f'<figure><img class="plot" src="{PLOTS_DIR}/{name}" alt="{_e(caption)}" width="640" height="360">'
         f"<figcaption>{_e(caption)}</figcaption></figure>"
@@ -283,10 +291,10 @@ def write_report(run_dir: str | Path) -> Path:
         if r["kind"] == "iteration":
             drops.update(r.get("drops", {}))
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>selfreward report: {_e(rd.root.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>selfreward report: {_e(_name(rd))}</title>
 <style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head>
 <body>
-<h1>selfreward report: {_e(rd.root.name)}</h1>
+<h1>selfreward report: {_e(_name(rd))}</h1>
 <p>Run directory <code>{_e(rd.root)}</code>, created {_e(state.get("created_at"))}, config hash
 <code>{_e(str(state.get("config_hash", ""))[:12])}</code>; {len(its)} iteration(s) committed.
 Library versions: {_e(", ".join(f"{k} {v}" for k, v in sorted(state.get("library_versions", {}).items())))}.</p>
@@ -303,9 +311,8 @@ pairs on prompts with reference answers. Drops over all iterations: {_e(", ".joi
 <pre>{_e(config)}</pre>
 </body></html>
 """
-    path = rd.root / "report.html"
-    atomic_write_bytes(path, page.encode("utf-8"))
-    return path
+    rd.storage.write_text("report.html", page)
+    return rd.where("report.html")
 
 
 # --- compare -------------------------------------------------------------------------
@@ -326,12 +333,12 @@ def compare_runs(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]]
     """
     if len(run_dirs) < 1:
         raise RunDirError("compare needs at least one run directory")
-    names = [Path(d).name for d in run_dirs]
+    names = [str(d).rstrip("/").rsplit("/", 1)[-1] for d in run_dirs]
     if len(set(names)) < len(names):
-        names = [str(Path(d)) for d in run_dirs]
+        names = [str(d) for d in run_dirs]
     per_run = {}
     for name, d in zip(names, run_dirs):
-        rd, _ = _load_state(Path(d))
+        rd, _ = _load_state(d)
         per_run[name] = {r["iteration"]: r for r in _runs(metrics_rows(rd))}
     iterations = sorted({t for runs in per_run.values() for t in runs})
     header = ["metric", "iter", *names]
@@ -358,6 +365,7 @@ def write_compare(run_dirs: list[str | Path], out: str | Path) -> str:
     header, rows, data = compare_runs(run_dirs)
     text = format_compare(header, rows)
     out = Path(out)
-    atomic_write_bytes(out, (text + "\n").encode())
-    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    folder = Storage(out.parent)
+    folder.write_text(out.name, text + "\n")
+    folder.write_text(out.with_suffix(".json").name, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return text

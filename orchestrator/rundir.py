@@ -1,79 +1,42 @@
 """The run directory is the checkpoint.
 
-Every artifact is written under a temporary name, fsynced and then
-``os.replace``d into place; ``state.json`` records a stage only after its
-artifact is committed, and is itself replaced atomically. A stage recorded in
-``state.json`` is verified (sha256) before it is trusted on resume.
+Every artifact is written under a temporary name, fsynced and then moved
+into place (``orchestrator.storage``); ``state.json`` records a stage only
+after its artifact is committed, and is itself replaced atomically. A stage
+recorded in ``state.json`` is verified (sha256) before it is trusted on
+resume. A run directory is a local path or a ``pyarrow.fs`` URI.
+
+Long stages commit their engine work in parts (``iter_XXX/parts/<stage>/
+<call>/part-<first>-<end>.parquet``, one per shard of items): a part that is
+committed is never redone, one that is not is redone exactly once, and the
+parts are removed once the stage's artifact is committed. Each session (one
+run or resume of the process) is accounted in ``state.json``: which stages
+and parts it reused and which it computed.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
-import shutil
-import signal
-import uuid
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.config import RunConfig, changed_fields, config_from_dict, config_hash, safe_fields, to_plain
+from orchestrator.storage import Storage
+from workers import faults
 
 STATE_VERSION = 1
 # Pipeline order of the stages of one iteration (for listing state.json).
 STAGE_ORDER = ("generate", "judge", "score", "select", "train", "eval", "metrics")
-# Fault injection for the kill/resume tests: SIGKILL this process right after
-# the named stage (e.g. "iter_001/judge") is recorded in state.json.
-KILL_AFTER_ENV = "SELFREWARD_KILL_AFTER_STAGE"
 
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked; the message says which file and why."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` via temp file + fsync + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory (relative names and contents, sorted)."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-            h.update(bytes.fromhex(sha256_path(p)))
-        return h.hexdigest()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -88,18 +51,28 @@ class StageRecord:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-class RunDir:
-    """A run directory: config.yaml, state.json, iter_XXX/ artifacts."""
+_PART_RE = re.compile(r"^part-(\d{9})-(\d{9})\.parquet$")
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).absolute()
-        self.state_path = self.root / "state.json"
-        self.config_path = self.root / "config.yaml"
+
+class RunDir:
+    """A run directory: config.yaml, state.json, iter_XXX/ artifacts; paths inside it are relative strings."""
+
+    def __init__(self, root: str | Path, storage: Storage | None = None) -> None:
+        self.storage = storage or Storage(root)
+        self.root = str(self.storage)
+        self.state_path = "state.json"
+        self.config_path = "config.yaml"
         self._state: dict[str, Any] = {}
+        self.session: dict[str, Any] = {}
+
+    def where(self, rel: str = "") -> str:
+        """``rel`` as a location for messages."""
+        return self.storage.uri(rel) if self.storage.local or self.storage.scheme else self.storage.path(rel)
 
     # --- layout -----------------------------------------------------------
-    def iter_dir(self, iteration: int) -> Path:
-        return self.root / f"iter_{iteration:03d}"
+    @staticmethod
+    def iter_dir(iteration: int) -> str:
+        return f"iter_{iteration:03d}"
 
     @staticmethod
     def stage_key(iteration: int, stage: str) -> str:
@@ -116,27 +89,29 @@ class RunDir:
 
         Raises RunDirError when the frozen config differs in a field that is not safe.
         """
-        if self.state_path.exists():
+        st = self.storage
+        if st.exists(self.state_path):
             self._state = self._read_state()
             frozen = self._read_frozen_config()
             unsafe = [c for c in changed_fields(frozen, cfg) if c[0] not in safe_fields()]
             if unsafe:
                 lines = "\n".join(f"  {k}: {a!r} (run) -> {b!r} (now)" for k, a, b in unsafe)
                 raise RunDirError(
-                    f"refusing to resume {self.root}: the config differs from {self.config_path} "
+                    f"refusing to resume {self.root}: the config differs from {self.where(self.config_path)} "
                     f"in fields that change results:\n{lines}\n"
                     f"Use a new --run-dir, or change only safe fields ({', '.join(sorted(safe_fields()))})."
                 )
             if to_plain(frozen) != to_plain(cfg):
-                atomic_write_bytes(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False).encode())
+                st.write_text(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
+            self._start_session(resumed=True)
             return True
-        if self.root.exists() and any(self.root.iterdir()):
+        if st.exists() and st.listdir():
             raise RunDirError(
                 f"{self.root} exists, is not empty and has no state.json: not a run directory; "
                 "pick an empty or new --run-dir"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False).encode())
+        st.mkdir()
+        st.write_text(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
         self._state = {
             "version": STATE_VERSION,
             "created_at": _now(),
@@ -144,28 +119,36 @@ class RunDir:
             "seed": cfg.seed,
             "library_versions": versions,
             "stages": {},
+            "sessions": [],
         }
-        self._write_state()
+        self._start_session(resumed=False)
         return False
+
+    def _start_session(self, resumed: bool) -> None:
+        # parts_*: {stage key: parts}; train_resumed_from_step: {stage key: step}.
+        self.session = {"started_at": _now(), "resumed": resumed, "stages_reused": [], "stages_computed": [],
+                        "parts_reused": {}, "parts_computed": {}, "train_resumed_from_step": {}}
+        self._state.setdefault("sessions", []).append(self.session)
+        self._write_state()
 
     def _read_state(self) -> dict[str, Any]:
         try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            state = json.loads(self.storage.read_text(self.state_path))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RunDirError(f"{self.state_path} is not valid JSON ({e}); the run dir is damaged") from e
+            raise RunDirError(f"{self.where(self.state_path)} is not valid JSON ({e}); the run dir is damaged") from e
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "stages" not in state:
-            raise RunDirError(f"{self.state_path}: not a state file of version {STATE_VERSION}")
+            raise RunDirError(f"{self.where(self.state_path)}: not a state file of version {STATE_VERSION}")
         return state
 
     def _read_frozen_config(self) -> RunConfig:
-        if not self.config_path.is_file():
-            raise RunDirError(f"{self.config_path} is missing; the run dir is damaged")
-        tree = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
-        return config_from_dict(tree, str(self.config_path))
+        if not self.storage.is_file(self.config_path):
+            raise RunDirError(f"{self.where(self.config_path)} is missing; the run dir is damaged")
+        tree = yaml.safe_load(self.storage.read_text(self.config_path)) or {}
+        return config_from_dict(tree, self.where(self.config_path))
 
     def load_state(self) -> dict[str, Any]:
-        """Read state.json (for `selfreward status`)."""
-        if not self.state_path.exists():
+        """Read state.json (for `selfreward status` and reports)."""
+        if not self.storage.exists(self.state_path):
             raise RunDirError(f"{self.root} has no state.json: not a run directory")
         self._state = self._read_state()
         return self._state
@@ -180,81 +163,103 @@ class RunDir:
         if raw is None:
             return None
         rec = StageRecord(**raw)
-        path = self.root / rec.artifact
-        if not path.exists():
-            raise RunDirError(f"stage {key} is recorded as done but its artifact {path} is missing")
-        digest = sha256_path(path)
+        if not self.storage.exists(rec.artifact):
+            raise RunDirError(f"stage {key} is recorded as done but its artifact {self.where(rec.artifact)} is missing")
+        digest = self.storage.sha256(rec.artifact)
         if digest != rec.sha256:
             raise RunDirError(
-                f"stage {key}: artifact {path} does not match its recorded sha256 "
+                f"stage {key}: artifact {self.where(rec.artifact)} does not match its recorded sha256 "
                 f"({digest[:12]} != {rec.sha256[:12]}); it was changed or corrupted after commit"
             )
         return rec
 
-    def commit(self, key: str, artifact: Path, rows: int | None, seconds: float, summary: dict[str, Any]) -> StageRecord:
+    def reused(self, key: str) -> None:
+        """Account a committed stage this session skipped."""
+        self.session["stages_reused"].append(key)
+
+    def commit(self, key: str, artifact: str, rows: int | None, seconds: float, summary: dict[str, Any]) -> StageRecord:
         """Record an already committed artifact as the output of stage ``key`` (atomic)."""
         rec = StageRecord(
-            artifact=str(artifact.relative_to(self.root)),
-            sha256=sha256_path(artifact),
+            artifact=artifact,
+            sha256=self.storage.sha256(artifact),
             rows=rows,
             seconds=round(seconds, 3),
             finished_at=_now(),
             summary=summary,
         )
         self._state["stages"][key] = asdict(rec)
+        self.session["stages_computed"].append(key)
         self._write_state()
-        if os.environ.get(KILL_AFTER_ENV) == key:
-            os.kill(os.getpid(), signal.SIGKILL)
+        faults.point(key)
         return rec
 
     def _write_state(self) -> None:
-        atomic_write_bytes(self.state_path, (json.dumps(self._state, indent=2, sort_keys=True) + "\n").encode())
+        self.storage.write_text(self.state_path, json.dumps(self._state, indent=2, sort_keys=True) + "\n")
+
+    # --- parts of a stage ---------------------------------------------------
+    @staticmethod
+    def parts_dir(key: str, call: str) -> str:
+        """Where the parts of one engine call of stage ``key`` go (``call``: a short name, unique in the stage)."""
+        it, _, stage = key.partition("/")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", call).strip("_")
+        return f"{it}/parts/{stage}/{slug}"
+
+    def committed_parts(self, parts_dir: str) -> dict[tuple[int, int], str]:
+        """{(first, end): file} of the parts committed in ``parts_dir`` (item ranges [first, end))."""
+        out = {}
+        for name in self.storage.listdir(parts_dir):
+            m = _PART_RE.match(name)
+            if m:
+                out[(int(m.group(1)), int(m.group(2)))] = f"{parts_dir}/{name}"
+        return out
+
+    def write_part(self, key: str, parts_dir: str, first: int, end: int, table: pa.Table) -> None:
+        """Commit the results of items [first, end) of one call of stage ``key``."""
+        self.storage.write_table(f"{parts_dir}/part-{first:09d}-{end:09d}.parquet", table)
+        self.session["parts_computed"][key] = self.session["parts_computed"].get(key, 0) + 1
+        self._write_state()
+        faults.point(f"{key}:part")
+
+    def reused_parts(self, key: str, n: int) -> None:
+        """Account ``n`` committed parts of stage ``key`` this session read instead of computing."""
+        if n:
+            self.session["parts_reused"][key] = self.session["parts_reused"].get(key, 0) + n
+            self._write_state()
+
+    def clear_parts(self, key: str) -> None:
+        """Remove the parts of stage ``key`` once its artifact is committed."""
+        it, _, stage = key.partition("/")
+        self.storage.delete(f"{it}/parts/{stage}")
+        if not self.storage.listdir(f"{it}/parts"):
+            self.storage.delete(f"{it}/parts")
 
     # --- artifacts --------------------------------------------------------
-    def write_table(self, path: Path, table: pa.Table) -> Path:
+    def write_table(self, rel: str, table: pa.Table) -> str:
         """Commit a Parquet file atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        pq.write_table(table, tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        return path
+        self.storage.write_table(rel, table)
+        return rel
 
-    def write_json(self, path: Path, obj: Any) -> Path:
-        atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-        return path
+    def write_json(self, rel: str, obj: Any) -> str:
+        self.storage.write_text(rel, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        return rel
 
-    def staging_dir(self, final: Path) -> Path:
-        """A fresh empty directory beside ``final`` to build a directory artifact in.
+    def staging_dir(self, final: str) -> str:
+        """A fresh empty directory beside ``final`` to build a directory artifact in (stale ones removed)."""
+        return self.storage.staging_dir(final)
 
-        Staging directories left by an attempt that died are removed first.
-        """
-        for stale in final.parent.glob(f".{final.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
-        return tmp
-
-    def commit_dir(self, staged: Path, final: Path) -> Path:
-        """Move a fully written staging directory to ``final`` (fsync files first)."""
-        for p in staged.rglob("*"):
-            if p.is_file():
-                _fsync_file(p)
-        if final.exists():
-            # Left by an attempt that died before state.json recorded it.
-            shutil.rmtree(final)
-        os.replace(staged, final)
-        _fsync_dir(final.parent)
+    def commit_dir(self, staged: str, final: str) -> str:
+        """Move a fully written staging directory to ``final``."""
+        self.storage.commit_dir(staged, final)
         return final
 
-    @staticmethod
-    def read_table(path: Path) -> pa.Table:
-        return pq.read_table(path)
+    def read_table(self, rel: str) -> pa.Table:
+        return self.storage.read_table(rel)
 
-    @staticmethod
-    def read_json(path: Path) -> Any:
-        return json.loads(path.read_text(encoding="utf-8"))
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.storage.read_text(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.storage.exists(rel)
 
 
 def _now() -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from orchestrator.rundir import RunDir, atomic_write_bytes
+from orchestrator.rundir import RunDir
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -47,7 +47,8 @@ class RemoteProgress:
     """A progress bar fed by messages from a Ray worker (``workers.progress``).
 
     Messages: ``{"total": N, "unit": U}`` opens the bar, then
-    ``{"n": k, "tokens": T, ...}`` advances it (other keys are shown as postfix).
+    ``{"n": k, "tokens": T, ...}`` advances it (other keys are shown as postfix);
+    other messages are ignored.
     """
 
     def __init__(self, desc: str) -> None:
@@ -58,7 +59,7 @@ class RemoteProgress:
         if "total" in msg:
             self.close()
             self._bar = Progress(self.desc, msg["total"], msg.get("unit", "item"))
-        elif self._bar is not None:
+        elif self._bar is not None and "n" in msg:
             extra = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in msg.items() if k not in ("n", "tokens")}
             self._bar.advance(msg.get("n", 1), msg.get("tokens", 0), **extra)
 
@@ -121,15 +122,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def metrics_rows(rd: RunDir) -> list[dict[str, Any]]:
     """The committed metrics in order: the baseline row (M0's evaluation) if any, train steps, iterations."""
     lines: list[dict[str, Any]] = []
-    baseline = rd.iter_dir(0) / "metrics.json"
-    if baseline.is_file():
-        lines.append({"kind": "baseline", **RunDir.read_json(baseline)})
+    baseline = f"{rd.iter_dir(0)}/metrics.json"
+    if rd.exists(baseline):
+        lines.append({"kind": "baseline", **rd.read_json(baseline)})
     t = 1
-    while (rd.iter_dir(t) / "metrics.json").is_file():
+    while rd.exists(f"{rd.iter_dir(t)}/metrics.json"):
         rec = rd.record(rd.stage_key(t, "train"))
         for step in (rec.summary.get("steps", []) if rec else []):
             lines.append({"kind": "train_step", "iteration": t, **step})
-        lines.append({"kind": "iteration", **RunDir.read_json(rd.iter_dir(t) / "metrics.json")})
+        lines.append({"kind": "iteration", **rd.read_json(f"{rd.iter_dir(t)}/metrics.json")})
         t += 1
     return lines
 
@@ -137,7 +138,7 @@ def metrics_rows(rd: RunDir) -> list[dict[str, Any]]:
 def write_metrics_jsonl(rd: RunDir) -> list[dict[str, Any]]:
     """Rewrite metrics.jsonl from the committed metrics (see ``metrics_rows``); returns its rows."""
     lines = metrics_rows(rd)
-    atomic_write_bytes(rd.root / "metrics.jsonl", "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines).encode())
+    rd.storage.write_text("metrics.jsonl", "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
     return lines
 
 
@@ -160,11 +161,18 @@ def write_tensorboard(rd: RunDir, rows: list[dict[str, Any]]) -> None:
     Iteration scalars use the iteration as step (the baseline M0 is step 0);
     train-step scalars (``step/*``) use the global optimizer step across iterations.
     """
+    import tempfile
+
     from tensorboardX import SummaryWriter
 
-    final = rd.root / TENSORBOARD_DIR
-    staged = rd.staging_dir(final)
-    writer = SummaryWriter(logdir=str(staged))
+    with tempfile.TemporaryDirectory(prefix="selfreward-tb-") as local:
+        _write_events(SummaryWriter(logdir=local), rows)
+        staged = rd.staging_dir(TENSORBOARD_DIR)
+        rd.storage.upload_dir(local, staged)
+        rd.commit_dir(staged, TENSORBOARD_DIR)
+
+
+def _write_events(writer: Any, rows: list[dict[str, Any]]) -> None:
     global_step = 0
     for row in rows:
         if row["kind"] == "train_step":
@@ -179,4 +187,3 @@ def write_tensorboard(rd: RunDir, rows: list[dict[str, Any]]) -> None:
         for stage, seconds in row.get("stage_seconds", {}).items():
             writer.add_scalar(f"time/{stage}_seconds", seconds, step)
     writer.close()
-    rd.commit_dir(staged, final)

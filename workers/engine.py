@@ -11,9 +11,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from workers.files import local_copy
 from workers.judge import expected_score, score_prefix, score_token_ids
 from workers.tokens import prompt_token_ids, response_token_ids
-from workers.types import AdapterRef, Completion, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest, ScoreResult
+from workers.types import (
+    AdapterRef,
+    Completion,
+    CompletionRequest,
+    EngineInfo,
+    EngineSpec,
+    SamplingSpec,
+    ScoreRequest,
+    ScoreResult,
+)
 
 
 class VLLMEngine:
@@ -39,6 +49,8 @@ class VLLMEngine:
         # RNG offset, which torch's CPU generator does not support: schedule
         # whole prompts instead (cheap at these prompt lengths).
         cpu_scheduling = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(spec.max_model_len, 8192)}
+        gpu_memory = {"gpu_memory_utilization": spec.gpu_memory_utilization, "enable_sleep_mode": spec.enable_sleep_mode}
+        self.on_cpu = on_cpu
         self.spec = spec
         self.llm = LLM(
             model=spec.model_path,
@@ -51,7 +63,7 @@ class VLLMEngine:
             enable_prefix_caching=True,
             tensor_parallel_size=spec.tensor_parallel_size,
             trust_remote_code=spec.trust_remote_code,
-            **(cpu_scheduling if on_cpu else {}),
+            **(cpu_scheduling if on_cpu else gpu_memory),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
@@ -61,11 +73,31 @@ class VLLMEngine:
         # scoring request runs alone. CUDA batches them.
         self._score_batch = 1 if on_cpu else None
 
-    def ready(self) -> str:
-        """The engine's host name, once it is loaded (the pool waits on this)."""
+    def ready(self) -> EngineInfo:
+        """Where the engine runs, once it is loaded (the pool waits on this)."""
         import socket
 
-        return socket.gethostname()
+        try:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        except ImportError:
+            node = ""
+        return EngineInfo(host=socket.gethostname(), pid=os.getpid(), node_id=node)
+
+    def sleep(self) -> None:
+        """Release accelerator memory (weights offloaded, KV cache dropped) while a colocated trainer runs.
+
+        Raises RuntimeError on CPU, where there is nothing to release: the
+        pool shuts CPU engines down instead.
+        """
+        if self.on_cpu or not self.spec.enable_sleep_mode:
+            raise RuntimeError("engine sleep needs a GPU engine built with enable_sleep_mode")
+        self.llm.sleep(level=1)
+
+    def wake(self) -> None:
+        """Reload the weights after ``sleep``; adapters are re-read from their folders on next use."""
+        self.llm.wake_up()
 
     def close(self) -> None:
         """Stop the engine's background processes (they busy-poll a core while alive)."""
@@ -77,7 +109,7 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
 
         lora_id = self._lora_ids.setdefault(adapter.name, len(self._lora_ids) + 1)
-        return LoRARequest(adapter.name, lora_id, adapter.path)
+        return LoRARequest(adapter.name, lora_id, local_copy(adapter.path))
 
     def complete(
         self, requests: list[CompletionRequest], sampling: SamplingSpec, adapter: AdapterRef | None

@@ -1,31 +1,48 @@
 """A persistent pool of engine actors with sharded dispatch.
 
-Work is cut into shards with deterministic ids (their index); each actor has
-at most ``inflight_per_engine`` shards outstanding (back-pressure through
-``ray.wait``), so a slow actor never holds a queue of work that a free one
-could take. Results come back in shard order whatever order they finish in.
+Each engine actor holds one bundle of a placement group (``gpus_per_engine``
+GPUs for tensor parallelism, or CPUs), spread over the cluster's nodes. Work
+is cut into shards; each actor has at most ``inflight_per_engine`` shards
+outstanding (back-pressure through ``ray.wait``), so a slow actor never holds
+a queue of work that a free one could take, and uneven shards do not leave
+actors idle. Results come back in shard order whatever order they finish in.
+
+An engine actor that dies (process crash, node lost) is restarted by Ray
+(``max_restarts``; on another node when its bundle is rescheduled there) and
+the shards it was running are retried on it (``max_task_retries``): every
+shard's result is returned exactly once.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.engine import VLLMEngine
-from workers.types import EngineSpec
+from workers.types import EngineInfo, EngineSpec
 
 T = TypeVar("T")
+
+
+class PoolError(RuntimeError):
+    """The pool cannot be placed on the cluster (not enough resources); the message says what was asked."""
 
 
 @dataclass(frozen=True)
 class PoolResources:
     engines: int
     cpus_per_engine: float
-    gpus_per_engine: int
+    gpus_per_engine: float  # a fraction below 1 in colocation mode (engines share GPUs with the trainer)
     max_restarts: int = 3
+    placement_strategy: str = "SPREAD"  # of the engines' bundles over nodes
+    placement_timeout_s: float = 600.0
 
 
 def shard(items: Sequence[T], shard_size: int) -> list[list[T]]:
@@ -36,23 +53,42 @@ def shard(items: Sequence[T], shard_size: int) -> list[list[T]]:
 
 
 class EnginePool:
-    """N ``VLLMEngine`` actors serving generation, judging and scoring."""
+    """N engine actors (``VLLMEngine`` unless ``engine_cls`` says otherwise) serving generation, judging and scoring.
 
-    def __init__(self, spec: EngineSpec, res: PoolResources, inflight_per_engine: int = 2) -> None:
-        actor_cls = ray.remote(VLLMEngine)
+    ``engine_cls``: any class with the engine's methods and ``ready() ->
+    EngineInfo`` (benchmarks and tests of the dispatcher pass light ones).
+    Raises PoolError when the placement group cannot be placed in
+    ``placement_timeout_s``.
+    """
+
+    def __init__(self, spec: EngineSpec, res: PoolResources, inflight_per_engine: int = 2,
+                 engine_cls: type = VLLMEngine) -> None:
+        bundle = {"CPU": res.cpus_per_engine, **({"GPU": res.gpus_per_engine} if res.gpus_per_engine else {})}
+        self.pg = placement_group([dict(bundle) for _ in range(res.engines)], strategy=res.placement_strategy)
+        if not self.pg.wait(timeout_seconds=res.placement_timeout_s):
+            remove_placement_group(self.pg)
+            raise PoolError(
+                f"the cluster cannot place {res.engines} engine(s) of {bundle} each ({res.placement_strategy}) "
+                f"within {res.placement_timeout_s:.0f}s; cluster resources: {ray.cluster_resources()}"
+            )
+        actor_cls = ray.remote(engine_cls)
         self.actors = [
             actor_cls.options(
                 num_cpus=res.cpus_per_engine,
                 num_gpus=res.gpus_per_engine,
                 max_restarts=res.max_restarts,
                 max_task_retries=res.max_restarts,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self.pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=True
+                ),
             ).remote(spec)
-            for _ in range(res.engines)
+            for i in range(res.engines)
         ]
         self.inflight_per_engine = inflight_per_engine
-        ray.get([a.ready.remote() for a in self.actors])
+        self.infos: list[EngineInfo] = ray.get([a.ready.remote() for a in self.actors])
 
-    def map_shards(self, method: str, shards: list[Any], *args: Any, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+    def map_shards(self, method: str, shards: list[Any], *args: Any,
+                   on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
         """Call ``actor.method(shard, *args)`` for every shard; results in shard order.
 
         ``on_done(shard_id, result)`` is called as each shard finishes.
@@ -87,7 +123,19 @@ class EnginePool:
         done = None if on_shard is None else (lambda _sid, part: on_shard(part))
         return [r for part in self.map_shards(method, shard(items, shard_size), *args, on_done=done) for r in part]
 
+    def kill_engine(self, index: int) -> None:
+        """SIGKILL engine ``index``'s process (fault injection; the engine must run on this machine)."""
+        os.kill(self.infos[index].pid, signal.SIGKILL)
+
+    def sleep(self) -> None:
+        """Free the engines' accelerator memory for the trainer (vLLM sleep mode); ``wake`` restores them."""
+        ray.get([a.sleep.remote() for a in self.actors])
+
+    def wake(self) -> None:
+        ray.get([a.wake.remote() for a in self.actors])
+
     def shutdown(self) -> None:
         for a in self.actors:
-            ray.kill(a)
+            ray.kill(a, no_restart=True)
         self.actors = []
+        remove_placement_group(self.pg)

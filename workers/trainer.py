@@ -2,12 +2,23 @@
 
 ``DPOTrainerCore`` holds the model and does the math (tests use it
 directly). ``run_training`` runs it on Ray Train's ``TorchTrainer``: one
-process per worker, DDP over gloo (CPU) or NCCL (GPU). The reference model is
-either the base model (the same weights with the adapter disabled) or the
-previous iterate (the adapter training starts from, before its first step);
-neither costs extra memory, and reference log-probs are computed once before
-the first step. ``mc_dropout_logprobs`` is the MC-dropout scorer of the
-uncertainty filter: the policy with dropout on its last hidden state.
+process per worker, DDP (or FSDP) over gloo (CPU) or NCCL (GPU). The
+reference model is either the base model (the same weights with the adapter
+disabled) or the previous iterate (the adapter training starts from, before
+its first step); neither costs extra memory, and reference log-probs are
+computed once before the first step.
+
+Every ``checkpoint_every`` optimizer steps the trainer reports a Ray Train
+checkpoint: the trainable weights, the optimizer and scheduler states, the
+torch and numpy RNG states, the position in the epoch's pair order, the step
+log and the reference log-probs. A training stage that is started again with
+the same storage path (after its driver or a worker died) resumes from the
+latest one and continues exactly as the uninterrupted run would have.
+Optimizer and scheduler states are read back with
+``torch.load(weights_only=True)``; nothing is unpickled.
+
+``mc_dropout_logprobs`` is the MC-dropout scorer of the uncertainty filter:
+the policy with dropout on its last hidden state.
 """
 
 from __future__ import annotations
@@ -25,7 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from safetensors.torch import load_file, save_file
 
+from workers import faults
+from workers.files import local_copy, publish, read_text
 from workers.losses import DPO, PreferenceLoss
 from workers.progress import Report, reporter
 from workers.tokens import prompt_token_ids, response_token_ids
@@ -58,6 +72,10 @@ class TrainSpec:
     micro_batch_pairs: int = 4
     grad_accum_steps: int = 1
     max_grad_norm: float = 1.0
+    lr_schedule: str = "constant"  # "constant", "linear" or "cosine" decay to 0 after warmup
+    warmup_steps: int = 0
+    checkpoint_every: int = 0  # optimizer steps between Ray Train checkpoints; 0 = none
+    strategy: str = "ddp"  # with several workers: "ddp" (replicas) or "fsdp" (parameters sharded)
     seed: int = 0
     torch_threads: int = 0
 
@@ -77,12 +95,13 @@ class TrainResult:
 
     steps: list[dict[str, float]] = field(default_factory=list)
     pairs: int = 0
+    resumed_from_step: int = 0  # the checkpoint this stage's last attempt started from (0: none)
 
     def summary(self) -> dict[str, Any]:
         """Loss, reward accuracy and margin averaged over the last epoch (and the first epoch's loss)."""
         if not self.steps:
             return {"train_pairs": self.pairs, "optimizer_steps": 0, "epochs": 0, "dpo_loss": None,
-                    "dpo_loss_first": None, "reward_accuracy": None, "reward_margin": None}
+                    "dpo_loss_first": None, "reward_accuracy": None, "reward_margin": None, "resumed_from_step": 0}
 
         def epoch_mean(epoch: int, key: str) -> float:
             rows = [s for s in self.steps if s["epoch"] == epoch]
@@ -97,6 +116,7 @@ class TrainResult:
             "dpo_loss_first": epoch_mean(0, "loss"),
             "reward_accuracy": epoch_mean(last, "reward_accuracy"),
             "reward_margin": epoch_mean(last, "reward_margin"),
+            "resumed_from_step": self.resumed_from_step,
         }
 
 
@@ -124,7 +144,7 @@ class DPOTrainerCore:
             spec.model_path, dtype=_DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
         )
         if spec.init_adapter:
-            model = PeftModel.from_pretrained(base, spec.init_adapter, is_trainable=True)
+            model = PeftModel.from_pretrained(base, local_copy(spec.init_adapter), is_trainable=True)
         else:
             model = get_peft_model(
                 base,
@@ -143,6 +163,103 @@ class DPOTrainerCore:
             lr=spec.learning_rate,
             weight_decay=spec.weight_decay,
         )
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.sharded = False
+
+    def make_scheduler(self, total_steps: int) -> None:
+        """The learning-rate schedule over ``total_steps`` optimizer steps (linear warmup, then the decay)."""
+        spec, warm = self.spec, self.spec.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if spec.lr_schedule == "constant" or total_steps <= warm:
+                return 1.0
+            progress = (step - warm) / max(1, total_steps - warm)
+            if spec.lr_schedule == "linear":
+                return max(0.0, 1.0 - progress)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # --- checkpoints ----------------------------------------------------------
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    # --- sharding ------------------------------------------------------------
+    def shard(self) -> None:
+        """FSDP: shard every decoder layer, then the rest, over the process group (collective; every rank calls it).
+
+        The optimizer is rebuilt over the sharded parameters.
+        """
+        from torch.distributed.fsdp import fully_shard
+
+        layer_classes = set(getattr(self.model.get_base_model(), "_no_split_modules", None) or [])
+        if not layer_classes:
+            raise ValueError(f"{self.spec.model_path}: the model names no decoder layer class (_no_split_modules) to shard")
+        for module in self.model.modules():
+            if type(module).__name__ in layer_classes:
+                fully_shard(module)
+        fully_shard(self.model)
+        self.sharded = True
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=self.spec.learning_rate, weight_decay=self.spec.weight_decay)
+
+    def full_trainable(self) -> dict[str, torch.Tensor]:
+        """The trainable weights as whole CPU tensors (a collective when sharded: every rank calls it)."""
+        return {n: (p.full_tensor() if self.sharded else p).detach().cpu().contiguous() for n, p in self._trainable().items()}
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save_checkpoint(self, directory: Path | None, state: "TrainState", reference: torch.Tensor) -> None:
+        """Everything ``load_checkpoint`` needs to continue exactly where training is now.
+
+        Every rank calls it (gathering sharded state is collective); only a rank
+        given a ``directory`` writes.
+        """
+        assert self.scheduler is not None
+        weights, optimizer = self.full_trainable(), self._optimizer_state()
+        if directory is None:
+            return
+        save_file(weights, directory / "trainable.safetensors")
+        torch.save(optimizer, directory / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
+        save_file({"torch_rng": torch.get_rng_state(), "reference_logps": reference.detach().cpu().contiguous()},
+                  directory / "tensors.safetensors")
+        (directory / "train_state.json").write_text(json.dumps(asdict(state)))
+
+    def load_checkpoint(self, directory: Path) -> tuple["TrainState", torch.Tensor]:
+        """Restore weights, optimizer, scheduler and RNG from ``directory``; returns the loop state and reference log-probs.
+
+        Raises ValueError when the checkpoint's parameters do not match this model's.
+        """
+        assert self.scheduler is not None
+        weights = load_file(directory / "trainable.safetensors")
+        params = self._trainable()
+        if weights.keys() != params.keys():
+            raise ValueError(f"checkpoint {directory} holds other parameters than the model trains "
+                             f"({sorted(weights.keys() ^ params.keys())[:3]} ...)")
+        optimizer = torch.load(directory / "optimizer.pt", weights_only=True, map_location=self.device)
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=optimizer,
+                           options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(weights[name].to(p.device))
+            self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+        tensors = load_file(directory / "tensors.safetensors")
+        torch.set_rng_state(tensors["torch_rng"])
+        state = TrainState(**json.loads((directory / "train_state.json").read_text()))
+        return state, tensors["reference_logps"].to(self.device)
 
     # --- data ---------------------------------------------------------------
     def encode(self, pairs: pa.Table) -> list[PairExample]:
@@ -204,7 +321,7 @@ class DPOTrainerCore:
         return torch.cat(out) if out else torch.zeros((0, 2), device=self.device)
 
     def fit(self, examples: list[PairExample], ddp_model: torch.nn.Module | None = None, rank: int = 0, world: int = 1,
-            report: Report | None = None) -> TrainResult:
+            report: Report | None = None, checkpoints: "Checkpoints | None" = None) -> TrainResult:
         """Run ``epochs`` of DPO over ``examples`` on this rank.
 
         Each optimizer step takes a global batch of
@@ -214,73 +331,158 @@ class DPOTrainerCore:
         micro-batch loss is scaled so that DDP's gradient average equals the
         gradient of the weighted mean loss over the whole global batch.
         ``report`` gets ``{"total": steps}`` first, then one message per step.
+        ``checkpoints``: where training resumes from and saves to (every rank
+        calls it at the same steps).
         """
         model = ddp_model if ddp_model is not None else self.model
         spec = self.spec
         result = TrainResult(pairs=len(examples))
         if not examples:
             return result
-        ref = self.reference_logprobs(examples)
-        self.model.train()
         per_step = spec.micro_batch_pairs * spec.grad_accum_steps * world
+        batches = math.ceil(len(examples) / per_step)
+        self.make_scheduler(spec.epochs * batches)
+        resumed = checkpoints.load(self) if checkpoints is not None else None
+        if resumed is not None:
+            state, ref = resumed
+            result.steps, result.resumed_from_step = list(state.steps), state.step
+        else:
+            ref = self.reference_logprobs(examples)
+            state = TrainState(np_rng=np.random.default_rng(spec.seed).bit_generator.state)
         if report is not None:
-            report({"total": spec.epochs * math.ceil(len(examples) / per_step), "unit": "step"})
-        rng = np.random.default_rng(spec.seed)
-        step = 0
-        for epoch in range(spec.epochs):
-            order = rng.permutation(len(examples))
-            for start in range(0, len(order), per_step):
-                global_idx = order[start : start + per_step]
+            report({"total": spec.epochs * batches, "unit": "step", "resumed_from_step": state.step})
+            if state.step:
+                report({"n": state.step})
+        self.model.train()
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.np_rng
+        step = state.step
+        for epoch in range(state.epoch, spec.epochs):
+            if epoch == state.epoch and state.order:
+                order, first = np.asarray(state.order), state.next_batch  # resumed inside this epoch
+            else:
+                order, first = rng.permutation(len(examples)), 0
+            for b in range(first, batches):
+                global_idx = order[b * per_step : (b + 1) * per_step]
                 weight_total = float(sum(examples[i].weight for i in global_idx))
-                if weight_total <= 0:
+                if weight_total > 0:  # else nothing to learn from; every rank sees the same global batch
+                    step += 1
+                    result.steps.append(self._step(model, examples, ref, global_idx, weight_total, rank, world, step, epoch))
                     if report is not None:
-                        report({"n": 1, "skipped": "zero weight"})
-                    continue  # nothing to learn from; every rank sees the same global batch
-                mine = list(global_idx[rank::world])
-                stats = torch.zeros(6, device=self.device, dtype=torch.float64)  # wloss, w, correct, margin, n, tokens
-                for k in range(spec.grad_accum_steps):
-                    idx = mine[k * spec.micro_batch_pairs : (k + 1) * spec.micro_batch_pairs]
-                    real = len(idx)
-                    if not idx:
-                        idx = [int(global_idx[0])]  # zero-weight filler keeps DDP in step
-                    batch = [examples[i] for i in idx]
-                    w = torch.tensor([e.weight for e in batch], device=self.device) * (1.0 if real else 0.0)
-                    label_p = torch.tensor([e.label_p for e in batch], device=self.device)
-                    lp_c, lp_r = self.pair_logprobs(model, batch)
-                    out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w), label_p)
-                    loss = (out.per_pair * w).sum() * (world / weight_total)
-                    loss.backward()
-                    if real:
-                        tokens = sum(len(e.prompt_ids) * 2 + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
-                        stats += torch.tensor(
-                            [float((out.per_pair.detach() * w).sum()), float(w.sum()),
-                             float((out.margin[:real] > 0).sum()), float(out.margin[:real].sum()), real, tokens],
-                            device=self.device, dtype=torch.float64,
-                        )
-                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], spec.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if world > 1:
-                    torch.distributed.all_reduce(stats)
-                step += 1
-                wl, wsum, correct, margin, n, tokens = stats.tolist()
-                loss_val = wl / wsum if wsum > 0 else math.nan
-                if not math.isfinite(loss_val):
-                    raise FloatingPointError(f"DPO loss is {loss_val} at optimizer step {step} (epoch {epoch})")
-                result.steps.append({
-                    "step": step, "epoch": epoch, "loss": loss_val,
-                    "reward_accuracy": correct / n, "reward_margin": margin / n, "pairs": int(n), "tokens": int(tokens),
-                })
-                if report is not None:
-                    report({"n": 1, "tokens": int(tokens), "loss": loss_val})
+                        last = result.steps[-1]
+                        report({"n": 1, "tokens": last["tokens"], "loss": last["loss"]})
+                elif report is not None:
+                    report({"n": 1, "skipped": "zero weight"})
+                if checkpoints is not None and checkpoints.every and weight_total > 0 and step % checkpoints.every == 0:
+                    checkpoints.save(self, TrainState(step, epoch, b + 1, order.tolist(), rng.bit_generator.state,
+                                                      result.steps), ref)
         return result
 
-    def save(self, output_dir: str | Path, result: TrainResult) -> None:
-        """Write the adapter (safetensors) and the step log into ``output_dir``."""
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, safe_serialization=True)
-        (out / TRAIN_LOG).write_text(json.dumps(asdict(result), indent=1))
+    def _step(self, model: torch.nn.Module, examples: list[PairExample], ref: torch.Tensor, global_idx: np.ndarray,
+              weight_total: float, rank: int, world: int, step: int, epoch: int) -> dict[str, Any]:
+        """One optimizer step over a global batch; this rank trains on every world-th pair of it."""
+        spec = self.spec
+        mine = list(global_idx[rank::world])
+        stats = torch.zeros(6, device=self.device, dtype=torch.float64)  # wloss, w, correct, margin, n, tokens
+        for k in range(spec.grad_accum_steps):
+            idx = mine[k * spec.micro_batch_pairs : (k + 1) * spec.micro_batch_pairs]
+            real = len(idx)
+            if not idx:
+                idx = [int(global_idx[0])]  # zero-weight filler keeps DDP in step
+            batch = [examples[i] for i in idx]
+            w = torch.tensor([e.weight for e in batch], device=self.device) * (1.0 if real else 0.0)
+            label_p = torch.tensor([e.label_p for e in batch], device=self.device)
+            lp_c, lp_r = self.pair_logprobs(model, batch)
+            out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w), label_p)
+            loss = (out.per_pair * w).sum() * (world / weight_total)
+            loss.backward()
+            if real:
+                tokens = sum(len(e.prompt_ids) * 2 + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
+                stats += torch.tensor(
+                    [float((out.per_pair.detach() * w).sum()), float(w.sum()),
+                     float((out.margin[:real] > 0).sum()), float(out.margin[:real].sum()), real, tokens],
+                    device=self.device, dtype=torch.float64,
+                )
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], spec.max_grad_norm)
+        self.optimizer.step()
+        assert self.scheduler is not None
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            torch.distributed.all_reduce(stats)
+        wl, wsum, correct, margin, n, tokens = stats.tolist()
+        loss_val = wl / wsum if wsum > 0 else math.nan
+        if not math.isfinite(loss_val):
+            raise FloatingPointError(f"DPO loss is {loss_val} at optimizer step {step} (epoch {epoch})")
+        return {"step": step, "epoch": epoch, "loss": loss_val, "reward_accuracy": correct / n,
+                "reward_margin": margin / n, "pairs": int(n), "tokens": int(tokens)}
+
+    def save(self, output_dir: str | Path, result: TrainResult, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the adapter (safetensors) and the step log into ``output_dir`` (a local path or a URI).
+
+        ``weights``: the trainable weights gathered with ``full_trainable`` (needed when sharded).
+        """
+        if self.sharded and weights is None:
+            raise ValueError("a sharded model is saved from the weights every rank gathered with full_trainable()")
+
+        def build(out: Path) -> None:
+            self.model.save_pretrained(out, safe_serialization=True, state_dict=weights)
+            (out / TRAIN_LOG).write_text(json.dumps(asdict(result), indent=1))
+
+        publish(build, output_dir)
+
+
+@dataclass
+class TrainState:
+    """Where a training stage is, besides weights, optimizer, scheduler and RNG (saved in every checkpoint)."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    next_batch: int = 0  # index of the next global batch in ``order``
+    order: list[int] = field(default_factory=list)  # this epoch's pair order
+    np_rng: dict[str, Any] = field(default_factory=dict)  # numpy bit generator state after drawing ``order``
+    steps: list[dict[str, Any]] = field(default_factory=list)  # the step log so far
+
+
+class Checkpoints:
+    """Ray Train checkpoints of a training stage: every ``every`` steps, and the one to resume from.
+
+    ``save`` is called by every rank (``ray.train.report`` is a barrier);
+    rank 0 writes the checkpoint, and the call returns once Ray Train has
+    committed it, so a driver that dies after seeing the step loses nothing.
+    """
+
+    def __init__(self, every: int, rank: int, on_saved: Report | None = None) -> None:
+        self.every, self.rank, self.on_saved = every, rank, on_saved
+
+    def load(self, core: DPOTrainerCore) -> tuple[TrainState, torch.Tensor] | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return core.load_checkpoint(Path(d))
+
+    def save(self, core: DPOTrainerCore, state: TrainState, reference: torch.Tensor) -> None:
+        import tempfile
+
+        import ray.train
+        from ray.train import CheckpointConsistencyMode
+
+        metrics = {"step": state.step}
+        if self.rank == 0:
+            with tempfile.TemporaryDirectory(prefix="selfreward-ckpt-") as d:
+                core.save_checkpoint(Path(d), state, reference)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            core.save_checkpoint(None, state, reference)
+            ray.train.report(metrics, checkpoint=None)
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+        if self.on_saved is not None:
+            self.on_saved({"checkpoint": state.step})
+        if self.rank == 0:
+            faults.train_worker_point(state.step)
 
 
 def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float,
@@ -332,20 +534,30 @@ def _train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     core = DPOTrainerCore(spec, ray.train.torch.get_device())
     examples = core.encode(pq.read_table(spec.pairs_path))
-    ddp = ray.train.torch.prepare_model(core.model, move_to_device=False) if world > 1 else None
-    result = core.fit(examples, ddp, rank, world, reporter(config.get("progress")) if rank == 0 else None)
+    wrapped = None
+    if world > 1 and spec.strategy == "fsdp":
+        core.shard()  # the module is sharded in place: it is its own wrapper
+    elif world > 1:
+        wrapped = ray.train.torch.prepare_model(core.model, move_to_device=False)
+    report = reporter(config.get("progress")) if rank == 0 else None
+    checkpoints = Checkpoints(spec.checkpoint_every, rank, report) if spec.checkpoint_every else None
+    result = core.fit(examples, wrapped, rank, world, report, checkpoints)
+    weights = core.full_trainable() if core.sharded else None
     if rank == 0:
-        core.save(spec.output_dir, result)
+        core.save(spec.output_dir, result, weights)
 
 
 def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per_worker: int, storage_path: str,
-                 progress: Any = None) -> TrainResult:
+                 progress: Any = None, max_failures: int = 0) -> TrainResult:
     """Train on Ray Train (DDP over ``workers`` ranks); returns the step log written by rank 0.
 
+    ``storage_path`` (local path or URI) holds the run's Ray Train checkpoints:
+    calling again with the same path resumes from the latest one. Ray Train
+    restarts failed workers from it up to ``max_failures`` times.
     ``progress``: a queue of ``workers.progress`` that rank 0 reports its steps on.
-    Raises ray.train's TrainingFailedError when a worker fails.
+    Raises ray.train's TrainingFailedError when training fails beyond that.
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = gpus_per_worker > 0
@@ -357,8 +569,9 @@ def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per
         train_loop_config={"spec": spec, "progress": progress},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(storage_path=storage_path, name="dpo"),
+        run_config=RunConfig(storage_path=storage_path, name="dpo", checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=max_failures)),
     )
     trainer.fit()
-    log = json.loads((Path(spec.output_dir) / TRAIN_LOG).read_text())
-    return TrainResult(steps=log["steps"], pairs=log["pairs"])
+    log = json.loads(read_text(f"{spec.output_dir.rstrip('/')}/{TRAIN_LOG}"))
+    return TrainResult(steps=log["steps"], pairs=log["pairs"], resumed_from_step=log["resumed_from_step"])

@@ -38,6 +38,8 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class Completion:
+    """One sampled completion (the result type of an engine's ``complete``)."""
+
     text: str
     num_tokens: int
     finish_reason: str
@@ -54,6 +56,8 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class ScoreResult:
+    """A response's summed log-probability (the result type of an engine's ``score``)."""
+
     logp: float
     num_tokens: int
 
@@ -71,3 +75,16 @@ class EngineSpec:
     tensor_parallel_size: int = 1
     max_loras: int = 2
     trust_remote_code: bool = False
+    # GPU only: share of each GPU's memory the engine may use, and whether it
+    # can sleep (release it) while a colocated trainer holds the GPUs.
+    gpu_memory_utilization: float = 0.9
+    enable_sleep_mode: bool = False
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Where an engine actor runs (for logs, placement checks and fault injection)."""
+
+    host: str
+    pid: int
+    node_id: str

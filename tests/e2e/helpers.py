@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,13 +33,26 @@ STAGES = ["generate", "judge", "score", "select", "train", "metrics"]
 
 
 def selfreward(*args: str, env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess; stdout and stderr captured as text."""
+    """Run the real CLI in a subprocess of its own process group; stdout and stderr captured as text.
+
+    Afterwards whatever is left of that group is killed: a driver that was
+    SIGKILLed on purpose leaves some of its local Ray's helper processes behind.
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env=full_env,
-        capture_output=True, text=True, timeout=timeout,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, judge_samples: int,

@@ -1,6 +1,9 @@
-"""`ray job submit` against a real `ray start --head` cluster on loopback, then resubmit to resume."""
+"""`ray job submit` against a real `ray start --head` cluster on loopback: submit, `ray job stop` mid-run,
+resubmit with the same run dir: it resumes and finishes; a third submit finds everything committed."""
 
+import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -61,9 +64,9 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _submit(address: str, env: dict, run_dir: Path) -> subprocess.CompletedProcess:
+def _submit(address: str, env: dict, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+        [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), *extra,
          "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
          "python", "-m", "jobs.self_reward", str(CONFIG.relative_to(ROOT)), "--run-dir", str(run_dir),
          *SMALL, *NO_EVAL, "iterations=1"],
@@ -71,14 +74,40 @@ def _submit(address: str, env: dict, run_dir: Path) -> subprocess.CompletedProce
     )
 
 
-def test_submit_runs_and_resubmit_resumes(ray_head, tmp_path):
+def _job(address: str, env: dict, *args: str) -> str:
+    res = subprocess.run([RAY, "job", *args, "--address", address], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_submit_stop_resubmit_resumes_and_finishes(ray_head, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "run"
-    first = _submit(address, env, run_dir)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    assert "succeeded" in first.stdout and "iter 1:" in first.stdout
-    check_run_dir(run_dir, iterations=1, prompts=4, samples=3, judge_samples=2)
+    first = _submit(address, env, run_dir, "--no-wait")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    job_id = re.search(r"Job '([^']+)' submitted successfully", first.stdout).group(1)
+    # `ray job logs` shows the stages as they commit; stop the job once generation is committed.
+    deadline = time.monotonic() + 900
+    while "  generate " not in (logs := _job(address, env, "logs", job_id)):
+        assert time.monotonic() < deadline, logs[-3000:]
+        assert "FAILED" not in _job(address, env, "status", job_id)
+        time.sleep(3)
+    assert "engine pool" in logs
+    _job(address, env, "stop", job_id)
+    while "STOPPED" not in _job(address, env, "status", job_id):
+        assert time.monotonic() < deadline
+        time.sleep(2)
+    stopped = json.loads((run_dir / "state.json").read_text())["stages"]
+    assert "iter_001/generate" in stopped and "iter_001/train" not in stopped
 
     again = _submit(address, env, run_dir)
     assert again.returncode == 0, again.stdout[-4000:]
-    assert again.stdout.count("committed earlier") == 5  # generate, judge, score, select, train
+    assert "succeeded" in again.stdout and "iter 1:" in again.stdout
+    assert "  generate committed earlier" in again.stdout
+    check_run_dir(run_dir, iterations=1, prompts=4, samples=3, judge_samples=2)
+    after = json.loads((run_dir / "state.json").read_text())["stages"]
+    assert all(after[k] == v for k, v in stopped.items())  # committed stages were not redone
+
+    third = _submit(address, env, run_dir)
+    assert third.returncode == 0, third.stdout[-4000:]
+    assert third.stdout.count("committed earlier") == 5  # generate, judge, score, select, train

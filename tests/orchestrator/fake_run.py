@@ -19,13 +19,13 @@ def _table(schema: pa.Schema, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{**{n: None for n in schema.names}, **r} for r in rows], schema=schema)
 
 
-def make_run(root: Path, iterations: int = 2, accuracy: tuple[float, ...] = (0.2, 0.3, 0.4)) -> Path:
+def make_run(root: Path | str, iterations: int = 2, accuracy: tuple[float, ...] = (0.2, 0.3, 0.4)) -> Path:
     rd = RunDir(root)
     rd.open(load_config(None, [f"iterations={iterations}"]), {"selfreward-test": "1"})
-    rd.write_json(rd.iter_dir(0) / "metrics.json", {"iteration": 0, "eval_accuracy": accuracy[0], "eval_fixed_judge": 2.0,
+    rd.write_json(f"{rd.iter_dir(0)}/metrics.json", {"iteration": 0, "eval_accuracy": accuracy[0], "eval_fixed_judge": 2.0,
                                                    "eval_self_judge": 2.0, "stage_seconds": {"eval": 3.0},
                                                    "iteration_seconds": 3.0})
-    rd.commit(rd.stage_key(0, "metrics"), rd.iter_dir(0) / "metrics.json", None, 0.0, {})
+    rd.commit(rd.stage_key(0, "metrics"), f"{rd.iter_dir(0)}/metrics.json", None, 0.0, {})
     for t in range(1, iterations + 1):
         d = rd.iter_dir(t)
         pairs = _table(artifacts.PAIRS, [
@@ -36,24 +36,23 @@ def make_run(root: Path, iterations: int = 2, accuracy: tuple[float, ...] = (0.2
              "margin": 0.5, "consistency": 0.25, "p_correct": 0.55, "weight": 0.0, "kept": False,
              "drop_reason": "judge_uncertain", "label_p": 1.0},
         ])
-        rd.write_table(d / "pairs.parquet", pairs)
-        rd.commit(rd.stage_key(t, "select"), d / "pairs.parquet", pairs.num_rows, 0.1, {})
+        rd.write_table(f"{d}/pairs.parquet", pairs)
+        rd.commit(rd.stage_key(t, "select"), f"{d}/pairs.parquet", pairs.num_rows, 0.1, {})
         rewards = _table(artifacts.REWARDS, [
             {"prompt_id": p, "sample_idx": k, "judge_mean": 1.0 + k + t / 2, "num_tokens": 5} for p in ("p1", "p2") for k in (0, 1)
         ])
-        rd.write_table(d / "rewards.parquet", rewards)
+        rd.write_table(f"{d}/rewards.parquet", rewards)
         judgments = _table(artifacts.JUDGMENTS, [
             {"prompt_id": p, "sample_idx": k, "judge_model": "current", "judge_idx": 0,
              "judge_text": f"verdict {EVIL}\nScore: {1 + k}", "score": 1.0 + k} for p in ("p1", "p2") for k in (0, 1)
         ])
-        rd.write_table(d / "judgments.parquet", judgments)
-        adapter = d / "adapter"
-        adapter.mkdir(parents=True)
-        (adapter / "adapter_config.json").write_text("{}")
+        rd.write_table(f"{d}/judgments.parquet", judgments)
+        adapter = f"{d}/adapter"
+        rd.storage.write_text(f"{adapter}/adapter_config.json", "{}")
         steps = [{"step": s, "epoch": 0, "loss": 0.69 - 0.1 * s, "reward_accuracy": 0.5, "reward_margin": 0.1 * s,
                   "pairs": 1, "tokens": 20} for s in (1, 2)]
         rd.commit(rd.stage_key(t, "train"), adapter, None, 5.0, {"steps": steps, "optimizer_steps": 2})
-        rd.write_json(d / "metrics.json", {
+        rd.write_json(f"{d}/metrics.json", {
             "iteration": t, "eval_accuracy": accuracy[t], "eval_fixed_judge": 2.0 + t / 10, "eval_self_judge": 2.5 + t / 5,
             "win_rate": 0.5, "tie_rate": 0.25, "loss_rate": 0.25,
             "win_counts": {"win": 2, "tie": 1, "loss": 1, "invalid": 0}, "mean_consistency": 0.5 if t > 1 else None,
@@ -61,5 +60,5 @@ def make_run(root: Path, iterations: int = 2, accuracy: tuple[float, ...] = (0.2
             "pairs_built": 2, "pairs_kept": 1, "drops": {"judge_uncertain": 1}, "dpo_loss": 0.5, "iteration_seconds": 20.0,
             "stage_seconds": {"generate": 5.0, "judge": 5.0, "score": 2.0, "select": 0.1, "train": 5.0, "eval": 2.9},
         })
-        rd.commit(rd.stage_key(t, "metrics"), d / "metrics.json", None, 0.0, {})
+        rd.commit(rd.stage_key(t, "metrics"), f"{d}/metrics.json", None, 0.0, {})
     return root

@@ -2,6 +2,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ PLOTS = ["accuracy.png", "judge_scores.png", "win_rate.png", "trust.png", "pairs
 
 def test_report_writes_every_plot_and_escapes_run_text(tmp_path):
     root = make_run(tmp_path / "run")
-    page = write_report(root).read_text()
+    page = Path(write_report(root)).read_text()
     for name in PLOTS:
         data = (root / PLOTS_DIR / name).read_bytes()
         assert data.startswith(b"\x89PNG"), name
@@ -29,7 +30,7 @@ def test_report_writes_every_plot_and_escapes_run_text(tmp_path):
 def test_report_of_a_run_without_iterations_and_of_a_non_run(tmp_path):
     root = make_run(tmp_path / "run", iterations=0 + 1)
     (root / "iter_001" / "metrics.json").unlink()  # as if killed before iteration 1 finished
-    page = write_report(root).read_text()
+    page = Path(write_report(root)).read_text()
     assert "0 iteration(s) committed" in page and all((root / PLOTS_DIR / n).is_file() for n in PLOTS)
     with pytest.raises(RunDirError, match="no state.json"):
         write_report(tmp_path)
@@ -66,7 +67,7 @@ def render(page) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package chromium)")
 def test_report_renders_in_headless_chromium_with_every_plot(tmp_path):
     root = make_run(tmp_path / "run")
-    page = write_report(root)
+    page = Path(write_report(root))
     dom = render(page)
     assert f'data-plots-total="{len(PLOTS)}"' in dom and f'data-plots-loaded="{len(PLOTS)}"' in dom
     assert '<p class="missing">' not in dom

@@ -1,33 +1,73 @@
 import json
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
 from orchestrator.config import load_config
+from orchestrator.context import uncovered_ranges
 from orchestrator.rundir import RunDir, RunDirError
+from orchestrator.storage import Storage, StorageError
 
 
-def _open(root, *overrides):
-    rd = RunDir(root)
+def _open(root, *overrides, storage=None):
+    rd = RunDir(root, storage)
     resumed = rd.open(load_config(None, list(overrides)), {"x": "1"})
     return rd, resumed
 
 
-def test_commit_record_and_resume(tmp_path):
-    rd, resumed = _open(tmp_path / "run")
-    assert not resumed
-    path = rd.iter_dir(1) / "t.parquet"
-    rd.write_table(path, pa.table({"a": [1, 2, 3]}))
-    rd.commit("iter_001/generate", path, 3, 1.5, {"tokens": 9})
-    assert not list(rd.iter_dir(1).glob(".*tmp*"))  # no temp files left behind
+@pytest.fixture(params=["path", "file-uri", "in-memory"])
+def location(request, tmp_path):
+    """A run dir as a local path, as a file:// URI, and on a non-local (in-memory) pyarrow file system."""
+    if request.param == "path":
+        return str(tmp_path / "run"), None
+    if request.param == "file-uri":
+        return f"file://{tmp_path}/run", None
+    return "bucket/run", Storage("bucket/run", pafs._MockFileSystem())
 
-    rd2, resumed = _open(tmp_path / "run", "iterations=5")  # safe change
+
+def test_commit_record_and_resume(location):
+    root, storage = location
+    rd, resumed = _open(root, storage=storage)
+    assert not resumed
+    rd.write_table("iter_001/t.parquet", pa.table({"a": [1, 2, 3]}))
+    rd.commit("iter_001/generate", "iter_001/t.parquet", 3, 1.5, {"tokens": 9})
+    assert not [n for n in rd.storage.listdir("iter_001") if ".tmp-" in n]  # no temp files left behind
+
+    rd2, resumed = _open(root, "iterations=5", storage=storage)  # safe change
     assert resumed
     rec = rd2.record("iter_001/generate")
     assert rec.rows == 3 and rec.summary == {"tokens": 9}
     assert rd2.record("iter_001/judge") is None
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert rd2.read_table("iter_001/t.parquet")["a"].to_pylist() == [1, 2, 3]
+    state = json.loads(rd2.storage.read_text("state.json"))
     assert state["library_versions"] == {"x": "1"} and "config_hash" in state
+    # Each session is accounted: the first computed one stage, the second none yet.
+    assert [s["stages_computed"] for s in state["sessions"]] == [["iter_001/generate"], []]
+    assert [s["resumed"] for s in state["sessions"]] == [False, True]
+
+
+def test_parts_commit_and_clear(location):
+    root, storage = location
+    rd, _ = _open(root, storage=storage)
+    d = rd.parts_dir("iter_001/judge", "judge (current)")
+    assert d == "iter_001/parts/judge/judge_current"
+    rd.write_part("iter_001/judge", d, 0, 4, pa.table({"v": [1, 2, 3, 4]}))
+    rd.write_part("iter_001/judge", d, 8, 10, pa.table({"v": [9, 10]}))
+    parts = rd.committed_parts(d)
+    assert sorted(parts) == [(0, 4), (8, 10)]
+    assert rd.read_table(parts[(8, 10)])["v"].to_pylist() == [9, 10]
+    rd.clear_parts("iter_001/judge")
+    assert rd.committed_parts(d) == {} and not rd.storage.exists("iter_001/parts")
+
+
+def test_uncovered_ranges_reform_lost_shards():
+    assert uncovered_ranges(10, [], 4) == [(0, 4), (4, 8), (8, 10)]
+    # Shards 0 and 2 committed: only shard 1 is redone, as the same shard.
+    assert uncovered_ranges(10, [(0, 4), (8, 10)], 4) == [(4, 8)]
+    assert uncovered_ranges(10, [(0, 10)], 4) == []
+    # A different shard size on resume still covers every missing item exactly once.
+    assert uncovered_ranges(10, [(4, 8)], 3) == [(0, 3), (3, 4), (8, 10)]
 
 
 def test_changed_config_is_refused_with_the_field(tmp_path):
@@ -38,27 +78,34 @@ def test_changed_config_is_refused_with_the_field(tmp_path):
 
 def test_corrupted_artifact_is_detected(tmp_path):
     rd, _ = _open(tmp_path / "run")
-    path = rd.iter_dir(1) / "t.parquet"
-    rd.write_table(path, pa.table({"a": [1]}))
-    rd.commit("iter_001/generate", path, 1, 0.1, {})
+    rd.write_table("iter_001/t.parquet", pa.table({"a": [1]}))
+    rd.commit("iter_001/generate", "iter_001/t.parquet", 1, 0.1, {})
+    path = tmp_path / "run" / "iter_001" / "t.parquet"
     path.write_bytes(path.read_bytes()[:-10])
     rd2, _ = _open(tmp_path / "run")
     with pytest.raises(RunDirError, match="t.parquet.*sha256"):
         rd2.record("iter_001/generate")
 
 
-def test_directory_commit_replaces_leftovers(tmp_path):
-    rd, _ = _open(tmp_path / "run")
-    final = rd.iter_dir(1) / "adapter"
-    final.mkdir(parents=True)
-    (final / "stale").write_text("from a dead attempt")
-    staged = rd.staging_dir(final)
-    (staged / "w.bin").write_bytes(b"123")
-    rd.commit_dir(staged, final)
-    assert sorted(p.name for p in final.iterdir()) == ["w.bin"]
+def test_directory_commit_replaces_leftovers(location):
+    root, storage = location
+    rd, _ = _open(root, storage=storage)
+    rd.storage.write_text("iter_001/adapter/stale", "from a dead attempt")
+    staged = rd.staging_dir("iter_001/adapter")
+    rd.storage.write_bytes(f"{staged}/w.bin", b"123")
+    rd.commit_dir(staged, "iter_001/adapter")
+    assert rd.storage.listdir("iter_001/adapter") == ["w.bin"]
+    assert rd.storage.listdir("iter_001") == ["adapter"]
+    digest = rd.storage.sha256("iter_001/adapter")
+    assert digest == rd.storage.sha256("iter_001/adapter") and len(digest) == 64
 
 
 def test_non_run_dir_is_refused(tmp_path):
     (tmp_path / "junk.txt").write_text("x")
     with pytest.raises(RunDirError, match="not a run directory"):
         _open(tmp_path)
+
+
+def test_bad_uri_is_a_clear_error():
+    with pytest.raises(StorageError, match="nosuchscheme://x"):
+        Storage("nosuchscheme://x")

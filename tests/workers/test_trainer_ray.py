@@ -1,4 +1,4 @@
-"""The DPO trainer on Ray Train: DDP over 2 CPU workers (gloo) equals 1 worker with accumulation."""
+"""The DPO trainer on Ray Train: DDP and FSDP over 2 CPU workers (gloo) equal 1 worker with accumulation."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -31,23 +31,26 @@ def _pairs(path):
     return path
 
 
-def test_two_workers_equal_one_worker_with_accumulation(local_ray, tiny_model_path, tmp_path):
+def test_two_workers_ddp_and_fsdp_equal_one_worker_with_accumulation(local_ray, tiny_model_path, tmp_path):
     pairs = _pairs(tmp_path / "pairs.parquet")
     results = {}
-    for workers, accum in [(1, 2), (2, 1)]:
-        out = tmp_path / f"adapter-{workers}"
+    for workers, accum, strategy in [(1, 2, "ddp"), (2, 1, "ddp"), (2, 1, "fsdp")]:
+        out = tmp_path / f"adapter-{workers}-{strategy}"
         spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path=str(pairs), output_dir=str(out),
                          learning_rate=2e-3, micro_batch_pairs=1, grad_accum_steps=accum, epochs=1, seed=3,
-                         target_modules=("q_proj", "v_proj"), torch_threads=1)
-        res = run_training(spec, workers=workers, cpus_per_worker=1, gpus_per_worker=0, storage_path=str(tmp_path / f"train-{workers}"))
-        results[workers] = (res, load_file(out / "adapter_model.safetensors"))
-    (r1, w1), (r2, w2) = results[1], results[2]
-    # 4 pairs, 2 pairs per optimizer step -> 2 steps in both layouts, over the same pairs.
-    assert [s["pairs"] for s in r1.steps] == [s["pairs"] for s in r2.steps] == [2, 2]
-    for a, b in zip(r1.steps, r2.steps):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+                         target_modules=("q_proj", "v_proj"), torch_threads=1, strategy=strategy)
+        res = run_training(spec, workers=workers, cpus_per_worker=1, gpus_per_worker=0,
+                           storage_path=str(tmp_path / f"train-{workers}-{strategy}"))
+        results[(workers, strategy)] = (res, load_file(out / "adapter_model.safetensors"))
+    r1, w1 = results[(1, "ddp")]
+    # 4 pairs, 2 pairs per optimizer step -> 2 steps in every layout, over the same pairs.
     assert r1.steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
-    assert w1.keys() == w2.keys()
-    for k in w1:
-        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
     assert any(w1[k].abs().sum() > 0 for k in w1 if "lora_B" in k)
+    for key in [(2, "ddp"), (2, "fsdp")]:
+        r2, w2 = results[key]
+        assert [s["pairs"] for s in r1.steps] == [s["pairs"] for s in r2.steps] == [2, 2], key
+        for a, b in zip(r1.steps, r2.steps):
+            assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), key
+        assert w1.keys() == w2.keys(), key
+        for k in w1:
+            torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)

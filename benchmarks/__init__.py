@@ -1,0 +1,1 @@
+"""Ratio benchmarks against peers, run in one process; each writes JSON and prints a table."""

@@ -1,0 +1,162 @@
+"""What every stage of a run needs: the config, the run directory, the log, and the engine pool.
+
+``Context.engines`` is how a stage calls the engines: items are cut into
+shards, each shard's results are committed as a part file as soon as it
+finishes, and a call that finds committed parts (a resumed stage) sends only
+the items they do not cover. So a shard whose part is committed is never
+redone, and one that is not is redone exactly once, whatever died (the
+driver, an engine, a node).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from orchestrator.config import RunConfig
+from orchestrator.rundir import RunDir
+from orchestrator.runlog import Progress
+from workers import faults
+from workers.pool import EnginePool, PoolResources
+from workers.types import Completion, EngineSpec, ScoreResult
+
+Log = Callable[[str], None]
+_VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# How each engine method's results are stored in part files (None: a plain value per item).
+RESULT_TYPES: dict[str, type | None] = {"complete": Completion, "score": ScoreResult, "score_distribution": None}
+
+
+def _encode(method: str, results: list[Any]) -> pa.Table:
+    rows = [asdict(r) if is_dataclass(r) else {"value": r} for r in results]
+    return pa.Table.from_pylist(rows)
+
+
+def _decode(method: str, table: pa.Table) -> list[Any]:
+    cls = RESULT_TYPES[method]
+    return [row["value"] if cls is None else cls(**row) for row in table.to_pylist()]
+
+
+def uncovered_ranges(n: int, covered: list[tuple[int, int]], shard_size: int) -> list[tuple[int, int]]:
+    """Shards [first, end) over the items of [0, n) that no ``covered`` range holds.
+
+    Each maximal uncovered run is cut from its start into ``shard_size`` pieces,
+    so a run resumed with the same shard size re-forms the shards it lost.
+    """
+    mask = [False] * n
+    for a, b in covered:
+        for i in range(a, min(b, n)):
+            mask[i] = True
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < n:
+        if mask[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not mask[j]:
+            j += 1
+        out += [(k, min(k + shard_size, j)) for k in range(i, j, shard_size)]
+        i = j
+    return out
+
+
+@dataclass
+class Context:
+    """The run's shared state; ``stage`` is the key of the stage now computing (parts are filed under it)."""
+
+    cfg: RunConfig
+    rd: RunDir
+    model_path: Path
+    log: Log
+    stage: str = ""
+    _pool: EnginePool | None = None
+
+    def engine_spec(self) -> EngineSpec:
+        cfg, r = self.cfg, self.cfg.resources
+        return EngineSpec(
+            model_path=str(self.model_path),
+            dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_model_len,
+            max_lora_rank=next(k for k in _VLLM_RANKS if k >= cfg.lora.rank),
+            seed=cfg.seed,
+            kv_cache_gib=r.kv_cache_gib,
+            tensor_parallel_size=max(1, r.gpus_per_engine),
+            trust_remote_code=cfg.model.trust_remote_code,
+            gpu_memory_utilization=r.colocate_engine_gpu_fraction * 0.9 if r.colocate else 0.9,
+            enable_sleep_mode=r.colocate and r.gpus_per_engine > 0,
+        )
+
+    def pool(self) -> EnginePool:
+        """The engine pool, started on first use (a fully committed resume starts none)."""
+        if self._pool is None:
+            r = self.cfg.resources
+            gpus = r.colocate_engine_gpu_fraction if r.colocate and r.gpus_per_engine else r.gpus_per_engine
+            t0 = time.monotonic()
+            self._pool = EnginePool(self.engine_spec(), PoolResources(
+                r.engines, r.cpus_per_engine, gpus, r.engine_max_restarts, r.placement_strategy))
+            hosts = sorted({i.host for i in self._pool.infos})
+            self.log(f"  engine pool: {r.engines} engine(s) ready in {time.monotonic() - t0:.1f}s on {', '.join(hosts)}")
+        return self._pool
+
+    def engines(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
+        """One result per item from the engine pool, with a progress bar; exactly once across resumes.
+
+        ``desc`` names the call (unique within the stage): it is the progress
+        bar's label and the folder of the call's part files.
+        """
+        if not items:
+            return []
+        key, rd, n = self.stage, self.rd, len(items)
+        parts_dir = rd.parts_dir(key, desc)
+        results: list[Any] = [None] * n
+        committed = {r: p for r, p in rd.committed_parts(parts_dir).items() if r[1] <= n}
+        for (a, b), part in committed.items():
+            results[a:b] = _decode(method, rd.read_table(part))
+        rd.reused_parts(key, len(committed))
+        ranges = uncovered_ranges(n, list(committed), self.cfg.resources.shard_size)
+        if not ranges:
+            return results
+        pool = self.pool()
+        bar = Progress(desc, n)
+        bar.advance(n - sum(b - a for a, b in ranges))
+
+        def done(sid: int, part: list[Any]) -> None:
+            a, b = ranges[sid]
+            results[a:b] = part
+            rd.write_part(key, parts_dir, a, b, _encode(method, part))
+            bar.advance(len(part), sum(getattr(r, "num_tokens", 0) for r in part))
+            if faults.engine_point(f"{key}:part"):
+                self.log(f"  fault injection: killing engine 0 (pid {pool.infos[0].pid}) during {desc}")
+                pool.kill_engine(0)
+
+        try:
+            pool.map_shards(method, [items[a:b] for a, b in ranges], *args, on_done=done)
+        finally:
+            bar.close()
+        return results
+
+    def release_engines(self) -> None:
+        """Before training in colocation mode: GPU engines sleep; CPU engines are shut down (restarted on next use)."""
+        if self._pool is None:
+            return
+        if self.cfg.resources.gpus_per_engine > 0:
+            self._pool.sleep()
+            self.log("  engines asleep while the trainer holds the GPUs (colocate)")
+        else:
+            self.close()
+            self.log("  engines shut down while the trainer runs (colocate on CPU)")
+
+    def reacquire_engines(self) -> None:
+        """After training in colocation mode: wake sleeping GPU engines (CPU engines restart lazily)."""
+        if self._pool is not None and self.cfg.resources.gpus_per_engine > 0:
+            self._pool.wake()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None

@@ -1,0 +1,202 @@
+"""Where a run directory lives: a local path, ``file://``, or any ``pyarrow.fs`` URI (shared storage).
+
+``Storage`` addresses files by paths relative to its root and goes through
+``pyarrow.fs`` for every access, so the loop never assumes a local disk: a
+multi-node run points every node at the same URI (an NFS mount via
+``file://``, or an object store). Writes are atomic where the file system
+allows it: a temporary sibling, fsynced on local disks, then moved into
+place (a rename on local and POSIX shared file systems; object stores give
+whole-object visibility instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class StorageError(OSError):
+    """A storage location cannot be used; the message names it."""
+
+
+def _fsync_local(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some file systems cannot fsync a directory; a file must be fsynced
+            raise
+    finally:
+        os.close(fd)
+
+
+class Storage:
+    """A directory tree on a pyarrow file system.
+
+    ``location``: a local path (relative ones are made absolute), a
+    ``file://`` URI, or any URI ``pyarrow.fs.FileSystem.from_uri`` accepts.
+    ``filesystem``: use this file system with ``location`` as its path
+    (e.g. pyarrow's in-memory mock file system in tests).
+    Raises StorageError for a URI pyarrow cannot open.
+    """
+
+    def __init__(self, location: str | Path, filesystem: pafs.FileSystem | None = None) -> None:
+        text = str(location)
+        self.scheme: str | None = None
+        if filesystem is not None:
+            self.fs, self.root = filesystem, text.rstrip("/")
+        elif "://" in text:
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(text)
+            except (pa.ArrowException, ValueError) as e:
+                raise StorageError(f"cannot open run directory URI {text!r}: {e}") from e
+            self.root = self.root.rstrip("/") or "/"
+            self.scheme = text.split("://", 1)[0]
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(text)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    # --- naming -------------------------------------------------------------------
+    def path(self, rel: str = "") -> str:
+        """The file system path of ``rel``."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def uri(self, rel: str = "") -> str:
+        """How another process (a Ray worker, an engine) opens ``rel``: a local path, or a URI."""
+        if self.local:
+            return self.path(rel)
+        if self.scheme is None:
+            raise StorageError(f"{self.path(rel)} is on an in-process file system that other processes cannot open")
+        return f"{self.scheme}://{self.path(rel)}"
+
+    def __str__(self) -> str:
+        return self.uri() if self.local or self.scheme else self.root
+
+    # --- queries ------------------------------------------------------------------
+    def _type(self, rel: str) -> pafs.FileType:
+        return self.fs.get_file_info(self.path(rel)).type
+
+    def exists(self, rel: str = "") -> bool:
+        return self._type(rel) != pafs.FileType.NotFound
+
+    def is_file(self, rel: str) -> bool:
+        return self._type(rel) == pafs.FileType.File
+
+    def is_dir(self, rel: str = "") -> bool:
+        return self._type(rel) == pafs.FileType.Directory
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names directly inside ``rel``, sorted ([] when it does not exist)."""
+        if not self.is_dir(rel):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=False))
+        return sorted(i.base_name for i in infos)
+
+    def files(self, rel: str) -> list[str]:
+        """Every file under directory ``rel``, as paths relative to it, sorted."""
+        base = self.path(rel)
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return sorted(i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File)
+
+    # --- reading ------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+    def read_table(self, rel: str) -> pa.Table:
+        return pq.read_table(self.path(rel), filesystem=self.fs)
+
+    def sha256(self, rel: str) -> str:
+        """sha256 of a file, or of a directory (relative names and file digests, sorted)."""
+        h = hashlib.sha256()
+        if self.is_dir(rel):
+            for name in self.files(rel):
+                h.update(name.encode() + b"\0")
+                h.update(bytes.fromhex(self.sha256(f"{rel}/{name}")))
+            return h.hexdigest()
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+    # --- writing ------------------------------------------------------------------
+    def mkdir(self, rel: str = "") -> None:
+        self.fs.create_dir(self.path(rel), recursive=True)
+
+    def _parent(self, rel: str) -> str:
+        return rel.rsplit("/", 1)[0] if "/" in rel else ""
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` to ``rel`` atomically: temporary sibling, fsync (local disks), move."""
+        parent = self._parent(rel)
+        self.mkdir(parent)
+        name = rel.rsplit("/", 1)[-1]
+        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if parent else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(self.path(tmp)) as f:
+            f.write(data)
+        if self.local:
+            _fsync_local(self.path(tmp))
+        self.fs.move(self.path(tmp), self.path(rel))
+        if self.local:
+            _fsync_local(self.path(parent), directory=True)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Commit a Parquet file atomically."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(rel, buf.getvalue())
+
+    def delete(self, rel: str) -> None:
+        """Remove a file or a directory tree (nothing when it does not exist)."""
+        kind = self._type(rel)
+        if kind == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(rel))
+        elif kind != pafs.FileType.NotFound:
+            self.fs.delete_file(self.path(rel))
+
+    def staging_dir(self, rel: str) -> str:
+        """A fresh empty directory beside ``rel`` to build a directory artifact in (relative path).
+
+        Staging directories left by an attempt that died are removed first.
+        """
+        parent, name = self._parent(rel), rel.rsplit("/", 1)[-1]
+        for stale in self.listdir(parent):
+            if stale.startswith(f".{name}.tmp-"):
+                self.delete(f"{parent}/{stale}" if parent else stale)
+        tmp = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = f"{parent}/{tmp}" if parent else tmp
+        self.mkdir(tmp)
+        return tmp
+
+    def commit_dir(self, staged: str, rel: str) -> None:
+        """Move a fully written staging directory to ``rel``, replacing what an earlier, dead attempt left there."""
+        if self.local:
+            for name in self.files(staged):
+                _fsync_local(self.path(f"{staged}/{name}"))
+        self.delete(rel)
+        self.fs.move(self.path(staged), self.path(rel))
+        if self.local:
+            _fsync_local(self.path(self._parent(rel)), directory=True)
+
+    def upload_dir(self, local: str | Path, rel: str) -> None:
+        """Copy a local directory tree into ``rel``."""
+        self.mkdir(rel)
+        pafs.copy_files(str(local), self.path(rel), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
+    def download_dir(self, rel: str, local: str | Path) -> None:
+        """Copy directory ``rel`` into a local directory."""
+        Path(local).mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path(rel), str(local), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
