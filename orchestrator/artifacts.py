@@ -70,6 +70,8 @@ EVAL = pa.schema([
     ("pairwise_second_text", pa.string()), ("pairwise_second", pa.string()),
     # From M(t)'s side: "win", "loss", "tie" or "invalid" (a verdict could not be parsed).
     ("outcome", pa.string()),
+    # instruction: the fixed judge's verdict on the response with an injection appended (eval.injections).
+    ("injection_id", pa.string()), ("injected_judge_text", pa.string()), ("injected_judge_score", pa.float64()),
 ])
 
 CONTRACT = {"generations": GENERATIONS, "judgments": JUDGMENTS, "rewards": REWARDS, "pairs": PAIRS, "eval": EVAL}

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # the run could not finish (a full disk, a numerical blow-up): what is committed stays
+EXIT_BAD_INPUT = 2  # unusable config, data, model or run directory: nothing was computed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,7 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a config; rerunning with the same --run-dir resumes")
     r.add_argument("config", help="YAML config (see jobs/configs/)")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.05")
-    r.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
+    r.add_argument("--run-dir", help="run directory: a path or a pyarrow.fs URI (default: runs/<config name>)")
+    r.add_argument("--redo", metavar="STAGE", help="compute this committed stage (e.g. iter_001/judge) and every stage "
+                   "after it again, e.g. after one was found damaged")
     s = sub.add_parser("status", help="show the stages a run directory has committed")
     s.add_argument("run_dir")
     rep = sub.add_parser("report", help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")
@@ -51,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
     _init_ray(cfg.resources.ray_address)
-    run(cfg, run_dir)
+    run(cfg, run_dir, redo=args.redo)
     print(f"done: {RunDir(run_dir).root}")
     return 0
 
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.storage import StorageError
     from workers.pool import PoolError
     from workers.tokens import TokenizerError
+    from workers.trainer import TrainingError
 
     parser = _parser()
     # Overrides may come before or after --run-dir.
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelError, RunDirError, StorageError, TokenizerError, PoolError) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (TrainingError, FloatingPointError, OSError) as e:
+        print(f"selfreward: error: {e}\nEverything committed before stays; rerun the same command to resume.", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

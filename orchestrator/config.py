@@ -69,6 +69,13 @@ class DataConfig(_Strict):
     prompts: str = Field("jobs/data/tiny.jsonl", min_length=1, description="Training prompts: " + _PROMPT_FILES)
     columns: ColumnsConfig = Field(ColumnsConfig(), description="Column mapping of the prompt file.")
     prompts_per_iteration: int = Field(16, gt=0, description="Prompts drawn for each iteration.")
+    overlong: Literal["skip", "truncate", "error"] = Field(
+        "skip",
+        description="Prompts (training and evaluation) whose longest use does not fit model.max_model_len: the "
+        "generation, and the judge prompt around the longest response plus the verdict. 'skip' drops them, "
+        "'truncate' cuts the prompt text to fit, 'error' stops the run; skipped and truncated prompts are "
+        "counted in the metrics.",
+    )
 
 
 class EvalConfig(_Strict):
@@ -86,6 +93,12 @@ class EvalConfig(_Strict):
     instruction_prompts: int = Field(16, gt=0, description="How many of them are used (the first N of the file).")
     columns: ColumnsConfig = Field(ColumnsConfig(), description="Column mapping of both evaluation files.")
     max_tokens: int = Field(128, gt=0, description="Maximum new tokens of an evaluation answer.")
+    injections: str | None = Field(
+        "jobs/data/judge_injections.jsonl",
+        description="Texts that try to steer the judge (fake score lines, fake closing markers, instructions to the "
+        "grader, ...), JSONL with 'id' and 'text'. Each held-out instruction response is judged again by the fixed "
+        "judge with one of them appended; the share whose score rises is the judge_fooled_rate (null: skip).",
+    )
 
 
 class GenerationConfig(_Strict):
@@ -298,6 +311,12 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"selection.consistency.mode={c.mode!r} and dpo.loss={self.dpo.loss!r} conflict: consistency "
                 "modes 'dyn'/'avg' feed the CREAM loss, and dpo.loss='cream' needs one of them"
+            )
+        if self.iterations < 2 and (c.mode != "off" or self.selection.agreement.enabled):
+            which = "selection.consistency.mode" if c.mode != "off" else "selection.agreement.enabled"
+            raise ValueError(
+                f"{which} needs a previous model (consistency) or a policy that differs from the reference "
+                f"(agreement), which only exist from iteration 2 on: set iterations >= 2 (got {self.iterations})"
             )
         if c.mode != "off" and c.source == "judge" and not self.judge.previous_judge:
             raise ValueError(

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from orchestrator.config import RunConfig
+from orchestrator.models import check_adapter
 from orchestrator.rundir import RunDir
 from orchestrator.runlog import Progress
 from workers import faults
+from workers.files import local_copy
 from workers.pool import EnginePool, PoolResources
-from workers.types import Completion, EngineSpec, ScoreResult
+from workers.types import AdapterRef, Completion, EngineSpec, ScoreResult
 
 Log = Callable[[str], None]
 _VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -73,8 +75,17 @@ class Context:
     rd: RunDir
     model_path: Path
     log: Log
+    overlong: dict[str, Any] = field(default_factory=dict)  # what data.overlong did to each prompt set
     stage: str = ""
     _pool: EnginePool | None = None
+    _adapters_checked: set[str] = field(default_factory=set)
+
+    def check_adapters(self, adapters: list[AdapterRef | None]) -> None:
+        """Check, once per run, that each committed adapter fits the base model (ModelError otherwise)."""
+        for a in adapters:
+            if a is not None and a.name not in self._adapters_checked and self.rd.exists(f"{a.name}/adapter"):
+                check_adapter(Path(local_copy(a.path)), self.model_path, self.cfg.model.trust_remote_code)
+                self._adapters_checked.add(a.name)
 
     def engine_spec(self) -> EngineSpec:
         cfg, r = self.cfg, self.cfg.resources

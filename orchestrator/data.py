@@ -14,7 +14,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.config import ColumnsConfig
+from orchestrator.config import ColumnsConfig, RunConfig
+from workers.judge import judge_message, pairwise_message
+from workers.tokens import prompt_token_ids
 
 
 class DataError(ValueError):
@@ -208,3 +211,80 @@ def prompts_for_iteration(prompts: pa.Table, iteration: int, per_iteration: int,
     start = (iteration - 1) * per_iteration
     idx = [int(order[(start + k) % n]) for k in range(min(per_iteration, n))]
     return prompts.take(idx)
+
+
+def fit_to_context(prompts: pa.Table, need: Callable[[str], int], limit: int, policy: str, shorten: Callable[[str, int], str],
+                   source: str) -> tuple[pa.Table, dict[str, int | str]]:
+    """Apply the ``data.overlong`` policy to the prompts whose ``need(text)`` tokens exceed ``limit``.
+
+    ``shorten(text, tokens)``: the text with its last ``tokens`` tokens cut.
+    'truncate' cuts the fewest tokens that make the prompt fit (a prompt that
+    cannot fit even when cut to nothing is skipped); 'skip' drops it; 'error'
+    raises DataError naming the source, the prompt id and the token counts.
+    Returns the kept prompts and the counts {policy, kept, skipped, truncated}.
+    """
+    kept, skipped, truncated = [], 0, 0
+    for row in prompts.to_pylist():
+        n = need(row["prompt"])
+        if n <= limit:
+            kept.append(row)
+            continue
+        if policy == "error":
+            raise DataError(f"{source}: prompt {row['prompt_id']!r} needs {n} tokens of context but model.max_model_len "
+                            f"is {limit} (data.overlong=error; 'skip' or 'truncate' handle it)")
+        text = None
+        if policy == "truncate":
+            cut = n - limit
+            while (candidate := shorten(row["prompt"], cut)).strip():
+                if need(candidate) <= limit:
+                    text = candidate
+                    break
+                cut += max(1, need(candidate) - limit)
+        if text is None:
+            skipped += 1
+        else:
+            truncated += 1
+            kept.append({**row, "prompt": text})
+    if not kept:
+        raise DataError(f"{source}: no prompt fits model.max_model_len={limit} with the configured max_tokens")
+    return pa.Table.from_pylist(kept, schema=PROMPT_SCHEMA), {"policy": policy, "kept": len(kept), "skipped": skipped,
+                                                              "truncated": truncated}
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """Tokens of context each use of a prompt takes, for ``fit_to_context``.
+
+    A judge prompt is sized for the longest response it can quote (the
+    response's max_tokens, plus ``MARGIN`` for re-tokenizing the decoded
+    text) and the longest verdict (judge.max_tokens).
+    """
+
+    tokenizer: Any
+    generation: int  # generation.max_tokens
+    judge: int  # judge.max_tokens
+    eval_answer: int  # eval.max_tokens
+    MARGIN = 8
+
+    @staticmethod
+    def of(cfg: RunConfig, tokenizer: Any) -> "TokenBudget":
+        return TokenBudget(tokenizer, cfg.generation.max_tokens, cfg.judge.max_tokens, cfg.eval.max_tokens)
+
+    def _len(self, text: str) -> int:
+        return len(prompt_token_ids(self.tokenizer, text))
+
+    def training(self, prompt: str) -> int:
+        return max(self._len(prompt) + self.generation,
+                   self._len(judge_message(prompt, "")) + self.generation + self.MARGIN + self.judge)
+
+    def verifiable(self, prompt: str) -> int:
+        return self._len(prompt) + self.eval_answer
+
+    def instruction(self, prompt: str) -> int:
+        answer = self.eval_answer + self.MARGIN
+        return max(self._len(prompt) + self.eval_answer, self._len(judge_message(prompt, "")) + answer + self.judge,
+                   self._len(pairwise_message(prompt, "", "")) + 2 * answer + self.judge)
+
+    def shorten(self, text: str, tokens: int) -> str:
+        ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+        return self.tokenizer.decode(ids[: max(0, len(ids) - tokens)])

@@ -25,9 +25,11 @@ the models.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -35,7 +37,7 @@ import pyarrow as pa
 from orchestrator import artifacts
 from orchestrator.answers import extract_answer, is_correct, is_numeric
 from orchestrator.config import RunConfig
-from orchestrator.data import DataError, load_prompts
+from orchestrator.data import DataError, TokenBudget, fit_to_context, load_prompts
 from workers.judge import (
     constrained_pairwise_regex,
     constrained_regex,
@@ -55,37 +57,67 @@ _GREEDY_SEED = 0  # greedy decoding does not read it
 
 @dataclass(frozen=True)
 class EvalSets:
-    """The held-out prompts of the evaluation (None: that part is skipped)."""
+    """The held-out prompts of the evaluation (None: that part is skipped) and the judge injections."""
 
     verifiable: pa.Table | None
     instructions: pa.Table | None
+    injections: tuple[tuple[str, str], ...] = ()  # (id, text)
 
     @property
     def empty(self) -> bool:
         return self.verifiable is None and self.instructions is None
 
 
-def load_eval_sets(cfg: RunConfig, train_prompts: pa.Table) -> EvalSets:
-    """The first ``eval.*_prompts`` rows of each configured held-out set.
+def load_eval_sets(cfg: RunConfig, train_prompts: pa.Table, budget: TokenBudget | None = None,
+                   limit: int = 0) -> tuple[EvalSets, dict[str, Any]]:
+    """The first ``eval.*_prompts`` rows of each configured held-out set, and what ``data.overlong`` did to each.
 
+    With ``budget``, prompts that do not fit ``limit`` tokens are skipped,
+    truncated or refused first (``fit_to_context``).
     Raises DataError when a set cannot be read, when a verifiable prompt lacks
     its answer, or when a held-out prompt is also a training prompt.
     """
     e = cfg.eval
     train = set(train_prompts["prompt"].to_pylist())
-    sets = {}
+    sets, fitted = {}, {}
     for field, path, n, needs_answers in (("eval.verifiable", e.verifiable, e.verifiable_prompts, True),
                                           ("eval.instructions", e.instructions, e.instruction_prompts, False)):
         if path is None:
             sets[field] = None
             continue
-        table = load_prompts(path, e.columns, require_answers=needs_answers, field="eval").slice(0, n)
+        table = load_prompts(path, e.columns, require_answers=needs_answers, field="eval")
         shared = [p for p in table["prompt"].to_pylist() if p in train]
         if shared:
             raise DataError(f"{field} ({path}) shares {len(shared)} prompt(s) with data.prompts ({cfg.data.prompts}), "
                             f"e.g. {shared[0][:80]!r}: a held-out set must not be trained on")
-        sets[field] = table
-    return EvalSets(sets["eval.verifiable"], sets["eval.instructions"])
+        if budget is not None:
+            need = budget.verifiable if needs_answers else budget.instruction
+            table, fitted[field] = fit_to_context(table, need, limit, cfg.data.overlong, budget.shorten, f"{field} ({path})")
+        sets[field] = table.slice(0, n)
+    return EvalSets(sets["eval.verifiable"], sets["eval.instructions"], load_injections(e.injections)), fitted
+
+
+def load_injections(path: str | None) -> tuple[tuple[str, str], ...]:
+    """(id, text) of each injection in a JSONL file; DataError naming the line for a bad one."""
+    if path is None:
+        return ()
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"eval.injections: file not found: {p}")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from e
+        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not isinstance(obj.get("text"), str):
+            raise DataError(f"{p}:{n}: expected an object with string fields 'id' and 'text'")
+        out.append((obj["id"], obj["text"]))
+    if not out:
+        raise DataError(f"{p}: no injections in file")
+    return tuple(out)
 
 
 def outcome(first: str | None, second: str | None) -> str:
@@ -131,6 +163,13 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
                      self_judge_text=s.text, self_judge_score=parse_score(s.text))
     if instr and baseline is not None:
         _pairwise(engines, cfg, instr, baseline)
+    if instr and sets.injections:
+        attacks = [sets.injections[k % len(sets.injections)] for k in range(len(instr))]
+        verdicts = [CompletionRequest(judge_message(r["prompt"], r["response"] + text), _GREEDY_SEED)
+                    for r, (_, text) in zip(instr, attacks)]
+        outs = engines("complete", verdicts, rubric, None, desc="eval judge injections")
+        for r, (aid, _), o in zip(instr, attacks, outs):
+            r.update(injection_id=aid, injected_judge_text=o.text, injected_judge_score=parse_score(o.text))
     return pa.Table.from_pylist(rows, schema=artifacts.EVAL)
 
 
@@ -162,6 +201,14 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _fooled(ins: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often an appended injection raised the fixed judge's score of a response."""
+    both = [r for r in ins if r["injected_judge_score"] is not None and r["fixed_judge_score"] is not None]
+    fooled = sum(r["injected_judge_score"] > r["fixed_judge_score"] for r in both)
+    return {"judge_fooled_rate": fooled / len(both) if both else None, "judge_fooled": fooled,
+            "judge_injections_compared": len(both)}
+
+
 def eval_summary(table: pa.Table) -> dict[str, Any]:
     """The evaluation numbers of one EVAL table (None where a part was skipped or undefined)."""
     rows = table.to_pylist()
@@ -177,6 +224,7 @@ def eval_summary(table: pa.Table) -> dict[str, Any]:
         "eval_self_judge": _mean([r["self_judge_score"] for r in ins]),
         "eval_judge_parse_failures": sum((r["fixed_judge_score"] is None) + (r["self_judge_score"] is None) for r in ins),
         "eval_response_tokens": sum(r["num_tokens"] for r in rows),
+        **_fooled(ins),
         "win_counts": {k: counts[k] for k in OUTCOMES},
         "win_rate": counts["win"] / decided if decided else None,
         "tie_rate": counts["tie"] / decided if decided else None,

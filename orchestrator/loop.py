@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,10 +38,10 @@ from orchestrator import artifacts
 from orchestrator.answers import is_correct
 from orchestrator.config import RunConfig
 from orchestrator.context import Context, Log
-from orchestrator.data import load_prompts, prompts_for_iteration
+from orchestrator.data import TokenBudget, fit_to_context, load_prompts, prompts_for_iteration
 from orchestrator.evaluation import EvalSets, eval_summary, evaluate, load_eval_sets
 from orchestrator.metrics import agreement_rate, consistency_summary, judge_agreement, label_quality
-from orchestrator.models import resolve_model_path
+from orchestrator.models import check_model, model_fingerprint, resolve_model_path
 from orchestrator.rundir import RunDir
 from orchestrator.runlog import RemoteProgress, format_iteration, format_table, write_metrics_jsonl, write_tensorboard
 from orchestrator.selection import (
@@ -242,6 +243,11 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
     for adapter in wanted:
         if _name(adapter) not in logps:
             logps[_name(adapter)] = ctx.engines("score", requests, adapter, desc=f"score log-probs ({_name(adapter)})")
+            bad = next((i for i, s in enumerate(logps[_name(adapter)]) if not math.isfinite(s.logp)), None)
+            if bad is not None:
+                g = gens[bad]
+                raise FloatingPointError(f"log-prob {logps[_name(adapter)][bad].logp} of response {g['prompt_id']}/"
+                                         f"{g['sample_idx']} under model {_name(adapter)} (iteration {t}, score stage)")
     pol, ref = logps[_name(models.policy)], logps[_name(models.reference)]
     prev = logps[_name(models.previous)] if models.has_previous else [None] * len(gens)
     mc = _mc_dropout(ctx, t, requests, models.policy)
@@ -398,19 +404,38 @@ def _pairs_summary(table: pa.Table) -> dict[str, Any]:
             "label_quality": label_quality(table)}
 
 
-def run(cfg: RunConfig, run_dir: str | Path, log: Log = print) -> list[dict[str, Any]]:
+def run(cfg: RunConfig, run_dir: str | Path, log: Log = print, redo: str | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the loop for ``cfg.iterations`` iterations; returns the per-iteration metrics.
 
+    ``redo``: a committed stage (``iter_001/judge``) to compute again, with every stage after it.
     Assumes Ray is initialised. Raises ConfigError/DataError/ModelError/RunDirError
     before any work when inputs are unusable.
     """
     rd = RunDir(run_dir)
-    prompts = load_prompts(cfg.data.prompts, cfg.data.columns)
-    eval_sets = load_eval_sets(cfg, prompts)
     model_path = resolve_model_path(cfg.model.path)
-    resumed = rd.open(cfg, library_versions())
+    tokenizer = check_model(model_path, cfg.model.trust_remote_code)
+    budget, limit = TokenBudget.of(cfg, tokenizer), cfg.model.max_model_len
+    prompts, fit = fit_to_context(load_prompts(cfg.data.prompts, cfg.data.columns), budget.training, limit,
+                                  cfg.data.overlong, budget.shorten, f"data.prompts ({cfg.data.prompts})")
+    eval_sets, eval_fit = load_eval_sets(cfg, prompts, budget, limit)
+    overlong = {"data.prompts": fit, **eval_fit}
+    resumed = rd.open(cfg, library_versions(), model_fingerprint(model_path))
+    try:
+        return _run(cfg, rd, model_path, prompts, eval_sets, overlong, resumed, log, redo)
+    finally:
+        rd.close()
+
+
+def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_sets: EvalSets, overlong: dict[str, Any],
+         resumed: bool, log: Log, redo: str | None) -> list[dict[str, Any]]:
     log(f"run dir {rd.root} ({'resuming' if resumed else 'new run'}), model {model_path}")
-    ctx = Context(cfg, rd, model_path, log)
+    for source, f in overlong.items():
+        if f["skipped"] or f["truncated"]:
+            log(f"  {source}: {f['skipped']} prompt(s) too long for the context skipped, {f['truncated']} truncated "
+                f"(data.overlong={f['policy']})")
+    if redo:
+        log(f"  redo: forgot {', '.join(rd.redo(redo))}")
+    ctx = Context(cfg, rd, model_path, log, overlong=overlong)
     selection = make_selection(cfg)
     answers = dict(zip(prompts["prompt_id"].to_pylist(), prompts["answer"].to_pylist()))
     all_metrics = []
@@ -422,6 +447,7 @@ def run(cfg: RunConfig, run_dir: str | Path, log: Log = print) -> list[dict[str,
             t_iter = time.monotonic()
             batch = prompts_for_iteration(prompts, t, cfg.data.prompts_per_iteration, cfg.seed)
             models = Models.at(rd, t, cfg.scoring.reference)
+            ctx.check_adapters([models.policy, models.previous])
 
             gens, s_gen = _table_stage(ctx, t, "generate", "generations", f"{d}/generations.parquet",
                                        lambda: generate(ctx, t, batch, models.policy), _generation_summary)
@@ -462,6 +488,7 @@ def _baseline(ctx: Context, sets: EvalSets) -> pa.Table | None:
     key, path = rd.stage_key(0, "metrics"), f"{rd.iter_dir(0)}/metrics.json"
     if rd.record(key) is None:
         metrics = {"iteration": 0, "stage_seconds": {"eval": summary["seconds"]}, "iteration_seconds": summary["seconds"],
+                   "prompts_overlong": ctx.overlong,
                    **{k: v for k, v in summary.items() if k != "seconds"}}
         rd.write_json(path, metrics)
         rd.commit(key, path, None, 0.0, {})
@@ -529,6 +556,7 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
             "reward_margin": s["train"]["reward_margin"],
             "optimizer_steps": s["train"]["optimizer_steps"],
             "effective_batch_pairs": s["train"].get("effective_batch_pairs"),
+            "prompts_overlong": ctx.overlong,
             **{k: v for k, v in s.get("eval", {}).items() if k != "seconds"},
         }
         ctx.rd.write_json(path, metrics)

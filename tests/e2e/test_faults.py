@@ -129,3 +129,66 @@ def test_engine_killed_mid_generation_is_restarted_and_no_row_is_lost(tmp_path, 
     _assert_same_results(run_dir, reference, iterations=1)
     ref_parts = {k: v for k, v in _sessions(reference)[0]["parts_computed"].items() if k < "iter_002"}
     assert _sessions(run_dir)[0]["parts_computed"] == ref_parts
+
+
+def _state(run_dir):
+    return (run_dir / "state.json").read_bytes()
+
+
+def test_damaged_run_dir_full_disk_and_nan_loss_are_clear_errors_that_lose_nothing(tmp_path, tiny_model_path, reference):
+    import shutil
+
+    from orchestrator.lock import RunLock
+    from orchestrator.storage import Storage
+    from workers.faults import FAIL_WRITE_ENV, NAN_AT_ENV
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    args = ["resources.train_max_failures=0"]  # a NaN is deterministic: no point in Ray Train retrying it
+
+    def run(*extra, env=None):
+        return selfreward("run", str(CONFIG), "--run-dir", str(run_dir), *FAST, f"model.path={tiny_model_path}", *args,
+                          *extra, env=env)
+
+    # Another process holds the run dir: refused before anything is touched.
+    lock = RunLock(Storage(run_dir))
+    lock.acquire()
+    before = _state(run_dir)
+    res = run()
+    lock.release()
+    assert res.returncode == 2 and "is in use by another run" in res.stderr and _state(run_dir) == before
+
+    # Damaged artifacts and state: named, with the way out, and nothing changed.
+    for victim, cut in [("iter_001/rewards.parquet", 100), ("iter_002/adapter/adapter_model.safetensors", 50), ("state.json", 40)]:
+        path = run_dir / victim
+        good = path.read_bytes()
+        path.write_bytes(good[:-cut])
+        damaged = path.read_bytes()
+        res = run()
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert victim.split("/")[-1] in res.stderr
+        hint = "state.json.prev: copy it over" if victim == "state.json" else "rerun with --redo iter_00"
+        assert hint in res.stderr, res.stderr[-2000:]
+        assert path.read_bytes() == damaged
+        path.write_bytes(good)
+
+    # A disk that fills up while a stage commits: exit 1 naming the file; what was committed stays.
+    adapter_1 = (run_dir / "iter_001" / "adapter" / "adapter_model.safetensors").read_bytes()
+    res = run("--redo", "iter_002/select", env={FAIL_WRITE_ENV: "iter_002/pairs.parquet"})
+    assert res.returncode == 1 and "No space left on device" in res.stderr and "iter_002/pairs.parquet" in res.stderr
+    state = json.loads(_state(run_dir))["stages"]
+    assert "iter_002/score" in state and "iter_002/select" not in state and "iter_002/train" not in state
+    assert not list(run_dir.rglob(".*.tmp-*"))
+
+    # A NaN loss stops training at that step; M(1) stays the current model and nothing of M(2) is committed.
+    res = run(env={NAN_AT_ENV: "step@1"})
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "DPO loss is nan at optimizer step 1" in res.stderr and "no update was applied" in res.stderr
+    state = json.loads(_state(run_dir))["stages"]
+    assert "iter_002/select" in state and "iter_002/train" not in state
+    assert (run_dir / "iter_001" / "adapter" / "adapter_model.safetensors").read_bytes() == adapter_1
+
+    # The same command without the faults finishes, with the results of the uninterrupted run.
+    res = run()
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    _assert_same_results(run_dir, reference)

@@ -7,6 +7,7 @@ every request is answered exactly once, with the text the seeded request gives o
 
 import pytest
 import ray
+import ray._private.services
 from ray.cluster_utils import Cluster
 
 from workers.pool import EnginePool, PoolResources, shard
@@ -16,11 +17,14 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def cluster():
+def cluster(monkeypatch):
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
                                                        "node_ip_address": "127.0.0.1"})
     workers = [c.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
     c.wait_for_nodes()
+    # Every node listens on loopback only; Ray's client would otherwise swap 127.0.0.1 in the address for
+    # the machine's outward IP, where nothing listens.
+    monkeypatch.setattr(ray._private.services, "get_node_ip_address", lambda address=None: "127.0.0.1")
     ray.init(address=c.address)
     yield c, workers
     ray.shutdown()

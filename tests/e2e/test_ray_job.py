@@ -111,3 +111,7 @@ def test_submit_stop_resubmit_resumes_and_finishes(ray_head, tmp_path):
     third = _submit(address, env, run_dir)
     assert third.returncode == 0, third.stdout[-4000:]
     assert third.stdout.count("committed earlier") == 5  # generate, judge, score, select, train
+    # The cluster's auth token (an environment secret) is in no file of the run dir and in no job log.
+    token = env["RAY_AUTH_TOKEN"].encode()
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and token in p.read_bytes()]
+    assert token.decode() not in _job(address, env, "logs", job_id) + again.stdout + third.stdout

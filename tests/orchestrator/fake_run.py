@@ -61,4 +61,5 @@ def make_run(root: Path | str, iterations: int = 2, accuracy: tuple[float, ...] 
             "stage_seconds": {"generate": 5.0, "judge": 5.0, "score": 2.0, "select": 0.1, "train": 5.0, "eval": 2.9},
         })
         rd.commit(rd.stage_key(t, "metrics"), f"{d}/metrics.json", None, 0.0, {})
+    rd.close()
     return root

@@ -62,7 +62,7 @@ def test_eval_sets_take_the_first_n_and_refuse_training_prompts(tmp_path):
     held.write_text("".join(json.dumps({"prompt": f"held {i}", "answer": str(i)}) + "\n" for i in range(5)))
     cfg = load_config(None, [f"data.prompts={train}", f"eval.verifiable={held}", "eval.verifiable_prompts=3",
                              "eval.instructions=null"])
-    sets = load_eval_sets(cfg, load_prompts(train))
+    sets, _ = load_eval_sets(cfg, load_prompts(train))
     assert sets.verifiable["prompt"].to_pylist() == ["held 0", "held 1", "held 2"] and sets.instructions is None
     leaky = tmp_path / "leaky.jsonl"
     leaky.write_text(json.dumps({"prompt": "held 9"}) + "\n" + json.dumps({"prompt": "train 3"}) + "\n")
@@ -81,5 +81,5 @@ def test_shipped_configs_evaluate_on_held_out_sets():
 
     for path in CONFIGS:
         cfg = load_config(path)
-        sets = load_eval_sets(cfg, load_prompts(cfg.data.prompts, cfg.data.columns))  # raises on any overlap
+        sets, _ = load_eval_sets(cfg, load_prompts(cfg.data.prompts, cfg.data.columns))  # raises on any overlap
         assert sets.verifiable is not None and sets.instructions is not None, path.name

@@ -10,9 +10,9 @@ from orchestrator.rundir import RunDir, RunDirError
 from orchestrator.storage import Storage, StorageError
 
 
-def _open(root, *overrides, storage=None):
+def _open(root, *overrides, storage=None, fingerprint=""):
     rd = RunDir(root, storage)
-    resumed = rd.open(load_config(None, list(overrides)), {"x": "1"})
+    resumed = rd.open(load_config(None, list(overrides)), {"x": "1"}, fingerprint)
     return rd, resumed
 
 
@@ -33,6 +33,7 @@ def test_commit_record_and_resume(location):
     rd.write_table("iter_001/t.parquet", pa.table({"a": [1, 2, 3]}))
     rd.commit("iter_001/generate", "iter_001/t.parquet", 3, 1.5, {"tokens": 9})
     assert not [n for n in rd.storage.listdir("iter_001") if ".tmp-" in n]  # no temp files left behind
+    rd.close()
 
     rd2, resumed = _open(root, "iterations=5", storage=storage)  # safe change
     assert resumed
@@ -71,7 +72,7 @@ def test_uncovered_ranges_reform_lost_shards():
 
 
 def test_changed_config_is_refused_with_the_field(tmp_path):
-    _open(tmp_path / "run")
+    _open(tmp_path / "run")[0].close()
     with pytest.raises(RunDirError, match=r"dpo.beta: 0.1 \(run\) -> 0.2"):
         _open(tmp_path / "run", "dpo.beta=0.2")
 
@@ -80,10 +81,11 @@ def test_corrupted_artifact_is_detected(tmp_path):
     rd, _ = _open(tmp_path / "run")
     rd.write_table("iter_001/t.parquet", pa.table({"a": [1]}))
     rd.commit("iter_001/generate", "iter_001/t.parquet", 1, 0.1, {})
+    rd.close()
     path = tmp_path / "run" / "iter_001" / "t.parquet"
     path.write_bytes(path.read_bytes()[:-10])
     rd2, _ = _open(tmp_path / "run")
-    with pytest.raises(RunDirError, match="t.parquet.*sha256"):
+    with pytest.raises(RunDirError, match=r"t.parquet.*sha256.*rerun with --redo iter_001/generate"):
         rd2.record("iter_001/generate")
 
 
@@ -109,3 +111,88 @@ def test_non_run_dir_is_refused(tmp_path):
 def test_bad_uri_is_a_clear_error():
     with pytest.raises(StorageError, match="nosuchscheme://x"):
         Storage("nosuchscheme://x")
+
+
+def test_a_second_run_on_the_same_dir_is_refused_until_the_first_ends(location):
+    root, storage = location
+    first, _ = _open(root, storage=storage)
+    with pytest.raises(RunDirError, match="in use by another run"):
+        _open(root, storage=storage)
+    first.close()
+    second, resumed = _open(root, storage=storage)  # released: the run dir resumes
+    assert resumed
+    second.close()
+
+
+def test_a_stale_lease_on_a_store_without_locks_is_taken_over():
+    import time
+
+    from orchestrator.lock import LOCK_FILE, RunLock
+
+    st = Storage("bucket/run", pafs._MockFileSystem())
+    st.write_text(LOCK_FILE, json.dumps({"host": "gone", "pid": 1, "heartbeat": time.time() - 3600}))
+    lock = RunLock(st)
+    lock.acquire()  # an hour-old heartbeat: the holder is dead
+    assert json.loads(st.read_text(LOCK_FILE))["pid"] != 1
+    lock.release()
+    assert not st.exists(LOCK_FILE)
+
+
+def test_redo_forgets_the_stage_and_everything_after_it(tmp_path):
+    rd, _ = _open(tmp_path / "run")
+    for t in (1, 2):
+        for stage in ("generate", "judge", "score"):
+            rel = f"iter_{t:03d}/{stage}.parquet"
+            rd.write_table(rel, pa.table({"a": [t]}))
+            rd.commit(f"iter_{t:03d}/{stage}", rel, 1, 0.1, {})
+    rd.write_part("iter_002/generate", rd.parts_dir("iter_002/generate", "x"), 0, 1, pa.table({"v": [1]}))
+    assert rd.redo("iter_001/score") == ["iter_001/score", "iter_002/generate", "iter_002/judge", "iter_002/score"]
+    assert sorted(rd.storage.listdir("iter_001")) == ["generate.parquet", "judge.parquet"]
+    assert rd.storage.listdir("iter_002") == []
+    with pytest.raises(RunDirError, match=r"--redo iter_003/judge: not a committed stage .*iter_001/judge"):
+        rd.redo("iter_003/judge")
+    rd.close()
+    rd2, _ = _open(tmp_path / "run")
+    assert rd2.record("iter_001/judge") is not None and rd2.record("iter_001/score") is None
+
+
+def test_damaged_state_names_the_file_and_the_backup(tmp_path):
+    rd, _ = _open(tmp_path / "run")
+    rd.write_table("iter_001/g.parquet", pa.table({"a": [1]}))
+    rd.commit("iter_001/generate", "iter_001/g.parquet", 1, 0.1, {})
+    rd.close()
+    state = tmp_path / "run" / "state.json"
+    good = state.read_bytes()
+    state.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(RunDirError, match=r"state.json is damaged: not valid JSON.*state.json.prev: copy it over"):
+        _open(tmp_path / "run")
+    (tmp_path / "run" / "state.json.prev").replace(state)
+    rd2, resumed = _open(tmp_path / "run")  # the previous state resumes; the last commit is redone
+    assert resumed and rd2.record("iter_001/generate") is None
+    rd2.close()
+
+
+def test_another_model_under_the_same_path_is_refused(tmp_path):
+    _open(tmp_path / "run", fingerprint="a" * 64)[0].close()
+    with pytest.raises(RunDirError, match=r"now holds a different model .*aaaaaaaaaaaa"):
+        _open(tmp_path / "run", fingerprint="b" * 64)
+
+
+def test_a_failed_write_leaves_the_committed_state_intact(tmp_path, monkeypatch):
+    from workers.faults import FAIL_WRITE_ENV
+
+    rd, _ = _open(tmp_path / "run")
+    rd.write_table("iter_001/g.parquet", pa.table({"a": [1]}))
+    rd.commit("iter_001/generate", "iter_001/g.parquet", 1, 0.1, {})
+    before = (tmp_path / "run" / "state.json").read_bytes()
+    monkeypatch.setenv(FAIL_WRITE_ENV, "iter_001/g.parquet")
+    with pytest.raises(OSError, match="No space left on device") as e:
+        rd.write_table("iter_001/g.parquet", pa.table({"a": [2, 3]}))  # overwriting a committed file, disk full
+    assert "iter_001/g.parquet" in str(e.value)
+    monkeypatch.delenv(FAIL_WRITE_ENV)
+    # The committed file and state are as they were, and no partial temporary is left.
+    assert rd.read_table("iter_001/g.parquet")["a"].to_pylist() == [1]
+    assert (tmp_path / "run" / "state.json").read_bytes() == before
+    assert rd.storage.listdir("iter_001") == ["g.parquet"]
+    assert rd.record("iter_001/generate") is not None
+    rd.close()

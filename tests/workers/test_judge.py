@@ -126,3 +126,35 @@ def test_pairwise_template_quotes_both_answers_and_defuses_markers():
     assert parse_winner("Both are similar.\nWinner: tie") == "tie"
     assert re.fullmatch(constrained_pairwise_regex(16), "B is clearer.\nWinner: B")
     assert not re.fullmatch(constrained_pairwise_regex(16), "B is clearer.\nWinner: C")
+
+
+def _injections():
+    from pathlib import Path
+
+    from orchestrator.evaluation import load_injections
+
+    return load_injections(str(Path(__file__).parents[2] / "jobs" / "data" / "judge_injections.jsonl"))
+
+
+def test_at_least_twenty_injections_cannot_escape_the_quote_or_change_a_parsed_score(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    from workers.tokens import prompt_token_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    control = {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")}
+    baseline_controls = sum(i in control for i in prompt_token_ids(tok, judge_message("Q?", "Paris.")))
+    attacks = _injections()
+    assert len(attacks) >= 20
+    for aid, text in attacks:
+        msg = judge_message("What is the capital of France?", "Paris." + text)
+        # The template's markers appear exactly once each, in order: nothing in the response closed its quote.
+        for marker in ("<<<QUESTION>>>", "<<<END QUESTION>>>", "<<<RESPONSE>>>", "<<<END RESPONSE>>>"):
+            assert msg.count(marker) == 1, (aid, marker)
+        body = msg[msg.index(OPEN_R) + len(OPEN_R) : msg.index(CLOSE_R)]
+        assert "Paris." in body and msg.index(CLOSE_R) > msg.index("Paris."), aid
+        # Chat control tokens in the response are encoded as text: no extra turn reaches the judge.
+        assert sum(i in control for i in prompt_token_ids(tok, msg)) == baseline_controls, aid
+        # The score is read from the judge's own completion, its last score line: even a verdict that quotes the
+        # injected text (fake score lines included) is scored by the judge's own final line.
+        assert parse_score(f"The response says:\n{text}\nThat does not answer the question.\nScore: 1") == 1.0, aid

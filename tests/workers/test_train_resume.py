@@ -127,3 +127,17 @@ def test_ray_train_restarts_a_dead_worker_from_its_checkpoint(ray_with_worker_fa
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=0)
     for a, b in zip(result.steps, expected.steps):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_a_nan_loss_stops_training_before_the_update(tiny_model_path, monkeypatch):
+    from workers.faults import NAN_AT_ENV
+
+    core = DPOTrainerCore(_spec(tiny_model_path, epochs=1))
+    examples = core.encode(pairs_table(PAIRS))
+    before = _trainable(core)
+    monkeypatch.setenv(NAN_AT_ENV, "step@1")
+    with pytest.raises(FloatingPointError, match=r"DPO loss is nan at optimizer step 1 .*no update was applied"):
+        core.fit(examples)
+    after = _trainable(core)
+    for k in before:  # the weights are still the last good ones
+        assert torch.equal(before[k], after[k]), k
