@@ -9,19 +9,18 @@ round-robin, as a naive dispatcher would. Two cluster shapes: equal engines,
 and one engine 3x slower (a busy or weaker node). Efficiency = the engines'
 busy time / (engines x wall time); 1.0 is perfect.
 
-    python -m benchmarks.dispatch [--engines 4] [--shards 48] [--out benchmarks/results/dispatch.json]
+    python -m benchmarks.dispatch [--engines 4] [--shards 48]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
-from pathlib import Path
 
 import ray
 
+from benchmarks import write_result
 from workers.pool import EnginePool, PoolResources
 from workers.types import EngineInfo
 
@@ -69,7 +68,6 @@ def main() -> None:
     p.add_argument("--engines", type=int, default=4)
     p.add_argument("--shards", type=int, default=48)
     p.add_argument("--mean-shard-s", type=float, default=0.2)
-    p.add_argument("--out", default="benchmarks/results/dispatch.json")
     args = p.parse_args()
     ray.init(num_cpus=args.engines, include_dashboard=False, _node_ip_address="127.0.0.1")
     shards = uneven_shards(args.shards, 0, args.mean_shard_s)
@@ -94,12 +92,10 @@ def main() -> None:
         results[scenario] = rows
     ray.shutdown()
     ratios = {sc: round(r["round-robin up front"]["wall_s"] / r["pool, 1 in flight"]["wall_s"], 3) for sc, r in results.items()}
-    result = {"benchmark": "dispatch", "engines": args.engines, "shards": args.shards, "work_s": round(work, 3),
+    result = {"engines": args.engines, "shards": args.shards, "work_s": round(work, 3),
               "largest_shard_s": round(max(sum(s) for s in shards), 3), "results": results,
               "throughput_ratio_pool_over_round_robin": ratios}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_result("dispatch", result)
     print(f"{'scenario':<22} {'dispatcher':<22} {'wall s':>8} {'efficiency':>10}")
     for sc, rows in results.items():
         for name, r in rows.items():

@@ -8,9 +8,10 @@ a queue of work that a free one could take, and uneven shards do not leave
 actors idle. Results come back in shard order whatever order they finish in.
 
 An engine actor that dies (process crash, node lost) is restarted by Ray
-(``max_restarts``; on another node when its bundle is rescheduled there) and
-the shards it was running are retried on it (``max_task_retries``): every
-shard's result is returned exactly once.
+(``max_restarts``; on another node when its bundle is rescheduled there).
+Ray retries the calls it was running (``max_task_retries``); a call that
+still fails because its engine was unreachable is sent again by the pool, to
+any engine. Every shard's result is returned exactly once.
 """
 
 from __future__ import annotations
@@ -85,30 +86,44 @@ class EnginePool:
             for i in range(res.engines)
         ]
         self.inflight_per_engine = inflight_per_engine
+        self.max_shard_attempts = res.max_restarts + 2
         self.infos: list[EngineInfo] = ray.get([a.ready.remote() for a in self.actors])
 
     def map_shards(self, method: str, shards: list[Any], *args: Any,
                    on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
         """Call ``actor.method(shard, *args)`` for every shard; results in shard order.
 
-        ``on_done(shard_id, result)`` is called as each shard finishes.
+        ``on_done(shard_id, result)`` is called once per shard as it finishes.
+        A shard whose engine died or became unreachable before answering
+        (a crash, a lost node) is sent again, preferably to another engine,
+        up to ``max_shard_attempts`` times; Ray restarts the engine meanwhile.
         """
         results: list[Any] = [None] * len(shards)
         pending: dict[ray.ObjectRef, tuple[int, int]] = {}
         load = [0] * len(self.actors)
-        next_id = 0
-        while next_id < len(shards) or pending:
-            while next_id < len(shards) and min(load) < self.inflight_per_engine:
-                a = load.index(min(load))
-                ref = getattr(self.actors[a], method).remote(shards[next_id], *args)
-                pending[ref] = (next_id, a)
+        attempts = [0] * len(shards)
+        failed_on: dict[int, int] = {}  # shard -> the engine it last failed on
+        queue = list(range(len(shards)))
+        while queue or pending:
+            while queue and min(load) < self.inflight_per_engine:
+                sid = queue.pop(0)
+                free = [i for i in range(len(self.actors)) if load[i] < self.inflight_per_engine]
+                a = min(free, key=lambda i: (i == failed_on.get(sid), load[i]))
+                attempts[sid] += 1
+                pending[getattr(self.actors[a], method).remote(shards[sid], *args)] = (sid, a)
                 load[a] += 1
-                next_id += 1
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 sid, a = pending.pop(ref)
                 load[a] -= 1
-                results[sid] = ray.get(ref)
+                try:
+                    results[sid] = ray.get(ref)
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError):
+                    if attempts[sid] >= self.max_shard_attempts:
+                        raise
+                    failed_on[sid] = a
+                    queue.insert(0, sid)  # not answered: sent again, first
+                    continue
                 if on_done is not None:
                     on_done(sid, results[sid])
         return results

@@ -1,0 +1,49 @@
+"""Run every benchmark, one after the other (each needs the machine to itself), and summarise the ratios.
+
+    python -m benchmarks [--only dispatch engine_pool judge trainer loop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from benchmarks import RESULTS, table
+
+ALL = ["dispatch", "engine_pool", "judge", "trainer", "loop"]
+HEADLINES = {
+    "dispatch": lambda r: ("pool / round-robin throughput (uneven shards; one slow engine)",
+                           " ; ".join(f"{v:.2f}" for v in r["throughput_ratio_pool_over_round_robin"].values())),
+    "engine_pool": lambda r: ("engine pool / raw vLLM tok/s (goal >= 0.97)", f"{r['ratio_ours_over_raw']:.3f}"),
+    "judge": lambda r: ("judge tok/s, best variant / question-first without cache",
+                        f"{max(v['speedup_vs_first'] for v in r['variants'].values()):.2f}"),
+    "trainer": lambda r: ("ours / TRL DPOTrainer pairs/s (goal >= 1.3)",
+                          f"{r['ratio_ours_over_trl_pairs_per_s']:.2f} (losses agree: {r['losses_agree']})"),
+    "loop": lambda r: ("driver overhead (goal <= 2%); cost exponent (goal <= 1.05)",
+                       f"{100 * r['driver_overhead_max']:.2f}%; {r['cost_exponent']:.3f}"),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", choices=ALL, default=ALL)
+    args = p.parse_args()
+    for name in args.only:
+        print(f"== {name}", flush=True)
+        subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], check=True)
+    rows = [["benchmark", "measure", "value"]]
+    summary = {}
+    for name in ALL:
+        path = RESULTS / f"{name}.json"
+        if path.is_file():
+            label, value = HEADLINES[name](json.loads(path.read_text()))
+            rows.append([name, label, value])
+            summary[name] = {"measure": label, "value": value}
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
