@@ -77,6 +77,7 @@ class Context:
     log: Log
     overlong: dict[str, Any] = field(default_factory=dict)  # what data.overlong did to each prompt set
     stage: str = ""
+    engine_start_seconds: float = 0.0  # spent starting engines since the last metrics were taken
     _pool: EnginePool | None = None
     _adapters_checked: set[str] = field(default_factory=set)
 
@@ -111,7 +112,9 @@ class Context:
             self._pool = EnginePool(self.engine_spec(), PoolResources(
                 r.engines, r.cpus_per_engine, gpus, r.engine_max_restarts, r.placement_strategy))
             hosts = sorted({i.host for i in self._pool.infos})
-            self.log(f"  engine pool: {r.engines} engine(s) ready in {time.monotonic() - t0:.1f}s on {', '.join(hosts)}")
+            started = time.monotonic() - t0
+            self.engine_start_seconds += started
+            self.log(f"  engine pool: {r.engines} engine(s) ready in {started:.1f}s on {', '.join(hosts)}")
         return self._pool
 
     def engines(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
@@ -150,6 +153,11 @@ class Context:
         finally:
             bar.close()
         return results
+
+    def take_engine_start_seconds(self) -> float:
+        """Engine start-up time since the last call (part of the stage times; the loop benchmark subtracts it)."""
+        seconds, self.engine_start_seconds = self.engine_start_seconds, 0.0
+        return round(seconds, 3)
 
     def release_engines(self) -> None:
         """Before training in colocation mode: GPU engines sleep; CPU engines are shut down (restarted on next use)."""

@@ -79,6 +79,10 @@ class EngineSpec:
     # can sleep (release it) while a colocated trainer holds the GPUs.
     gpu_memory_utilization: float = 0.9
     enable_sleep_mode: bool = False
+    # Prefix caching lets judge prompts share the rubric's KV cache; off only to measure what it buys.
+    enable_prefix_caching: bool = True
+    # vLLM's own statistics (prefix-cache hits and the like, read with LLM.get_metrics), for benchmarks.
+    log_stats: bool = False
 
 
 @dataclass(frozen=True)
