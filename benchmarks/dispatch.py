@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=48)
     p.add_argument("--mean-shard-s", type=float, default=0.2)
     args = p.parse_args()
-    ray.init(num_cpus=args.engines, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=args.engines, include_dashboard=False, _node_ip_address="127.0.0.1")
     shards = uneven_shards(args.shards, 0, args.mean_shard_s)
     work = sum(sum(s) for s in shards)
     results: dict[str, dict[str, dict[str, float]]] = {}

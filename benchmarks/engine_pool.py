@@ -69,7 +69,7 @@ def main() -> None:
 
     from workers.pool import EnginePool, PoolResources
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     pool = EnginePool(spec, PoolResources(1, 1, 0))
     pool.map_items("complete", warm, len(warm), sampling, None)
     t0 = time.monotonic()

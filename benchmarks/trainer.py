@@ -71,9 +71,9 @@ def main() -> None:
     ours_s = time.monotonic() - t0
 
     # TRL, from the same initial adapter and the same token ids.
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
     torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, trust_remote_code=False)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(modules),
                                             task_type="CAUSAL_LM"))
     same_init = all(torch.equal(a, b) for (_, a), (_, b) in zip(

@@ -41,9 +41,10 @@ def _init_ray(address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
     else:
-        # A private local Ray, everything on loopback (dashboard included:
-        # Ray Train queries its state API).
-        ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", log_to_driver=False)
+        # A private local Ray ("local": never a cluster someone started with `ray start`), everything on
+        # loopback (dashboard included: Ray Train queries its state API).
+        ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                 log_to_driver=False)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

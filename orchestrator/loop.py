@@ -488,7 +488,7 @@ def _baseline(ctx: Context, sets: EvalSets) -> pa.Table | None:
     key, path = rd.stage_key(0, "metrics"), f"{rd.iter_dir(0)}/metrics.json"
     if rd.record(key) is None:
         metrics = {"iteration": 0, "stage_seconds": {"eval": summary["seconds"]}, "iteration_seconds": summary["seconds"],
-                   "prompts_overlong": ctx.overlong,
+                   "prompts_overlong": ctx.overlong, "engine_start_seconds": ctx.take_engine_start_seconds(),
                    **{k: v for k, v in summary.items() if k != "seconds"}}
         rd.write_json(path, metrics)
         rd.commit(key, path, None, 0.0, {})
@@ -557,6 +557,7 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
             "optimizer_steps": s["train"]["optimizer_steps"],
             "effective_batch_pairs": s["train"].get("effective_batch_pairs"),
             "prompts_overlong": ctx.overlong,
+            "engine_start_seconds": ctx.take_engine_start_seconds(),
             **{k: v for k, v in s.get("eval", {}).items() if k != "seconds"},
         }
         ctx.rd.write_json(path, metrics)

@@ -102,7 +102,7 @@ def test_a_checkpoint_of_another_model_is_refused(tiny_model_path, tmp_path):
 def ray_with_worker_fault():
     """A local Ray whose train workers see the fault: rank 0 exits right after committing step 2's checkpoint."""
     os.environ[KILL_TRAIN_WORKER_AT_ENV] = "step@2"
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
     os.environ.pop(KILL_TRAIN_WORKER_AT_ENV)
