@@ -65,13 +65,19 @@ def ray_head():
 
 
 def _submit(address: str, env: dict, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), *extra,
-         "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
-         "python", "-m", "jobs.self_reward", str(CONFIG.relative_to(ROOT)), "--run-dir", str(run_dir),
-         *SMALL, *NO_EVAL, "iterations=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
-    )
+    deadline = time.monotonic() + 180
+    while True:
+        res = subprocess.run(
+            [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), *extra,
+             "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
+             "python", "-m", "jobs.self_reward", str(CONFIG.relative_to(ROOT)), "--run-dir", str(run_dir),
+             *SMALL, *NO_EVAL, "iterations=1"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
+        )
+        # A head that has just started may not have its job agent up yet: Ray asks to try again later.
+        if res.returncode == 0 or "No available agent" not in res.stderr or time.monotonic() > deadline:
+            return res
+        time.sleep(3)
 
 
 def _job(address: str, env: dict, *args: str) -> str:
