@@ -31,14 +31,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Ray picks the machine's outward IP for a node even when told 127.0.0.1, and its servers listen there;
+# in this (misnamed) mode the node's address is loopback and so is every server of the private local Ray.
+LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def _init_ray(address: str | None) -> None:
+    """Join the cluster ``address`` / RAY_ADDRESS names, or start a private local Ray on loopback.
+
+    Must run before anything imports ray: the loopback setting is read when ray is imported, here and in
+    every process the local Ray starts.
+    """
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    if local:
+        os.environ.update(LOOPBACK_ONLY_ENV)
     import ray
 
     if ray.is_initialized():
         return
     # Actors' own output (vLLM, Ray Train) stays in Ray's log files
     # (session_latest/logs); the driver prints the run's progress.
-    if address or os.environ.get("RAY_ADDRESS"):
+    if not local:
         ray.init(address=address, log_to_driver=False)
     else:
         # A private local Ray ("local": never a cluster someone started with `ray start`), everything on
@@ -49,12 +62,13 @@ def _init_ray(address: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
-    from orchestrator.loop import run
-    from orchestrator.rundir import RunDir
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
     _init_ray(cfg.resources.ray_address)
+    from orchestrator.loop import run
+    from orchestrator.rundir import RunDir
+
     run(cfg, run_dir, redo=args.redo)
     print(f"done: {RunDir(run_dir).root}")
     return 0
@@ -106,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.models import ModelError
     from orchestrator.rundir import RunDirError
     from orchestrator.storage import StorageError
-    from workers.pool import PoolError
     from workers.tokens import TokenizerError
-    from workers.trainer import TrainingError
+    from workers.types import PoolError, TrainingError
 
     parser = _parser()
     # Overrides may come before or after --run-dir.

@@ -27,13 +27,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.engine import VLLMEngine
-from workers.types import EngineInfo, EngineSpec
+from workers.types import EngineInfo, EngineSpec, PoolError
 
 T = TypeVar("T")
-
-
-class PoolError(RuntimeError):
-    """The pool cannot be placed on the cluster (not enough resources); the message says what was asked."""
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from workers.files import local_copy, publish, read_text
 from workers.losses import DPO, PreferenceLoss
 from workers.progress import Report, reporter
 from workers.tokens import prompt_token_ids, response_token_ids
-from workers.types import ScoreRequest
+from workers.types import ScoreRequest, TrainingError
 
 TRAIN_LOG = "train_log.json"
 
@@ -552,10 +552,6 @@ def _train_loop(config: dict[str, Any]) -> None:
     weights = core.full_trainable() if core.sharded else None
     if rank == 0:
         core.save(spec.output_dir, result, weights)
-
-
-class TrainingError(RuntimeError):
-    """A training stage failed for good (after Ray Train's retries); the message gives the workers' error."""
 
 
 def _root_cause(e: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Typed values that cross Ray boundaries between the driver and the actors."""
+"""Typed values that cross Ray boundaries between the driver and the actors, and the workers' errors."""
 
 from __future__ import annotations
 
@@ -92,3 +92,11 @@ class EngineInfo:
     host: str
     pid: int
     node_id: str
+
+
+class PoolError(RuntimeError):
+    """The engine pool cannot be placed on the cluster (not enough resources); the message says what was asked."""
+
+
+class TrainingError(RuntimeError):
+    """A training stage failed for good (after Ray Train's retries); the message gives the workers' error."""

@@ -7,7 +7,6 @@ every request is answered exactly once, with the text the seeded request gives o
 
 import pytest
 import ray
-import ray._private.services
 from ray.cluster_utils import Cluster
 
 from workers.pool import EnginePool, PoolResources, shard
@@ -17,15 +16,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def cluster(monkeypatch):
+def cluster():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
                                                        "node_ip_address": "127.0.0.1"})
     workers = [c.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
     c.wait_for_nodes()
-    # Every node listens on loopback only; Ray's client would otherwise swap 127.0.0.1 in the address for
-    # the machine's outward IP, where nothing listens.
-    monkeypatch.setattr(ray._private.services, "get_node_ip_address", lambda address=None: "127.0.0.1")
-    ray.init(address=c.address)
+    ray.init(address=c.address)  # every node on loopback: see tests/conftest.py
     yield c, workers
     ray.shutdown()
     c.shutdown()

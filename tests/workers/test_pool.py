@@ -4,7 +4,8 @@ import pytest
 import ray
 
 from benchmarks.dispatch import SleepEngine
-from workers.pool import EnginePool, PoolError, PoolResources, shard
+from workers.pool import EnginePool, PoolResources, shard
+from workers.types import PoolError
 
 
 def test_shard_keeps_order_and_sizes():
@@ -41,3 +42,15 @@ def test_back_pressure_gives_a_slow_engine_less_work_and_keeps_order(local_ray):
 def test_a_pool_the_cluster_cannot_place_is_a_clear_error(local_ray):
     with pytest.raises(PoolError, match=r"cannot place 3 engine\(s\) of \{'CPU': 1\}"):
         EnginePool(None, PoolResources(3, 1, 0, placement_timeout_s=2), engine_cls=SleepEngine)
+
+
+def test_the_local_ray_listens_on_loopback_only(local_ray):
+    import os
+
+    import psutil
+
+    ours = psutil.Process(os.getpid()).children(recursive=True)  # gcs_server, raylet, agents, workers
+    listening = [(p.name(), c.laddr.ip) for p in ours for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening, "the local Ray's servers were not found"
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip in listening), listening
