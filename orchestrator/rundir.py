@@ -53,6 +53,7 @@ class StageRecord:
     seconds: float
     finished_at: str
     summary: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] | None = None  # a directory artifact: sha256 per file, to name the one that changed
 
 
 _PART_RE = re.compile(r"^part-(\d{9})-(\d{9})\.parquet$")
@@ -202,8 +203,13 @@ class RunDir:
             raise RunDirError(f"stage {key} is recorded as done but its artifact {self.where(rec.artifact)} is missing{redo}")
         digest = self.storage.sha256(rec.artifact)
         if digest != rec.sha256:
+            what = self.where(rec.artifact)
+            if rec.files is not None:
+                now = self.storage.digests(rec.artifact)
+                changed = sorted(n for n in rec.files.keys() | now.keys() if rec.files.get(n) != now.get(n))
+                what += f" (changed: {', '.join(changed)})"
             raise RunDirError(
-                f"stage {key}: artifact {self.where(rec.artifact)} does not match its recorded sha256 "
+                f"stage {key}: artifact {what} does not match its recorded sha256 "
                 f"({digest[:12]} != {rec.sha256[:12]}): it was changed or corrupted after commit{redo}"
             )
         return rec
@@ -239,6 +245,7 @@ class RunDir:
         rec = StageRecord(
             artifact=artifact,
             sha256=self.storage.sha256(artifact),
+            files=self.storage.digests(artifact) if self.storage.is_dir(artifact) else None,
             rows=rows,
             seconds=round(seconds, 3),
             finished_at=_now(),

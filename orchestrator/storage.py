@@ -119,13 +119,17 @@ class Storage:
     def read_table(self, rel: str) -> pa.Table:
         return pq.read_table(self.path(rel), filesystem=self.fs)
 
+    def digests(self, rel: str) -> dict[str, str]:
+        """sha256 of every file under directory ``rel``, by path relative to it."""
+        return {name: self.sha256(f"{rel}/{name}") for name in self.files(rel)}
+
     def sha256(self, rel: str) -> str:
         """sha256 of a file, or of a directory (relative names and file digests, sorted)."""
         h = hashlib.sha256()
         if self.is_dir(rel):
-            for name in self.files(rel):
+            for name, digest in self.digests(rel).items():
                 h.update(name.encode() + b"\0")
-                h.update(bytes.fromhex(self.sha256(f"{rel}/{name}")))
+                h.update(bytes.fromhex(digest))
             return h.hexdigest()
         with self.fs.open_input_stream(self.path(rel)) as f:
             while chunk := f.read(1 << 20):

@@ -87,6 +87,14 @@ def _job(address: str, env: dict, *args: str) -> str:
     return res.stdout
 
 
+def _status(address: str, env: dict, job_id: str) -> str:
+    """The job's status word, from `ray job list` (whose `ray job status` sibling prints prose, not the status)."""
+    listing = _job(address, env, "list")
+    found = re.search(rf"submission_id='{re.escape(job_id)}'.*?status=<JobStatus\.(\w+)", listing)
+    assert found, listing[-2000:]
+    return found.group(1)
+
+
 def test_submit_stop_resubmit_resumes_and_finishes(ray_head, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "run"
@@ -97,12 +105,12 @@ def test_submit_stop_resubmit_resumes_and_finishes(ray_head, tmp_path):
     deadline = time.monotonic() + 900
     while "  generate " not in (logs := _job(address, env, "logs", job_id)):
         assert time.monotonic() < deadline, logs[-3000:]
-        assert "FAILED" not in _job(address, env, "status", job_id)
+        assert _status(address, env, job_id) in ("PENDING", "RUNNING"), logs[-3000:]
         time.sleep(3)
     assert "engine pool" in logs
     _job(address, env, "stop", job_id)
-    while "STOPPED" not in _job(address, env, "status", job_id):
-        assert time.monotonic() < deadline
+    while (status := _status(address, env, job_id)) != "STOPPED":
+        assert time.monotonic() < deadline, status
         time.sleep(2)
     stopped = json.loads((run_dir / "state.json").read_text())["stages"]
     assert "iter_001/generate" in stopped and "iter_001/train" not in stopped

@@ -89,6 +89,20 @@ def test_corrupted_artifact_is_detected(tmp_path):
         rd2.record("iter_001/generate")
 
 
+def test_a_changed_file_of_a_directory_artifact_is_named(tmp_path):
+    rd, _ = _open(tmp_path / "run")
+    staged = rd.staging_dir("iter_001/adapter")
+    rd.storage.write_bytes(f"{staged}/adapter_config.json", b"{}")
+    rd.storage.write_bytes(f"{staged}/adapter_model.safetensors", b"weights")
+    rd.commit_dir(staged, "iter_001/adapter")
+    rd.commit("iter_001/train", "iter_001/adapter", None, 0.1, {})
+    rd.close()
+    (tmp_path / "run" / "iter_001" / "adapter" / "adapter_model.safetensors").write_bytes(b"weigh")
+    rd2, _ = _open(tmp_path / "run")
+    with pytest.raises(RunDirError, match=r"adapter \(changed: adapter_model.safetensors\).*--redo iter_001/train"):
+        rd2.record("iter_001/train")
+
+
 def test_directory_commit_replaces_leftovers(location):
     root, storage = location
     rd, _ = _open(root, storage=storage)
