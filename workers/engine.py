@@ -49,6 +49,12 @@ class VLLMEngine:
         # RNG offset, which torch's CPU generator does not support: schedule
         # whole prompts instead (cheap at these prompt lengths).
         cpu_scheduling = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(spec.max_model_len, 8192)}
+        if on_cpu and spec.tensor_parallel_size == 1:
+            # One CPU engine runs in its own process (the actor's): vLLM's default engine-core and worker
+            # processes each import vLLM again (~3.5x the start-up time on 2 cores), and when the actor is
+            # killed they are orphaned, each busy-polling a core.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            cpu_scheduling["distributed_executor_backend"] = "uni"
         gpu_memory = {"gpu_memory_utilization": spec.gpu_memory_utilization, "enable_sleep_mode": spec.enable_sleep_mode}
         self.on_cpu = on_cpu
         self.spec = spec
