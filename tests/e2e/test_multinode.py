@@ -5,6 +5,8 @@ generation and a fresh node joins (as an autoscaler would bring one): the lost e
 every request is answered exactly once, with the text the seeded request gives on any engine.
 """
 
+import time
+
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -48,8 +50,16 @@ def test_engines_spread_over_nodes_and_survive_a_lost_node(cluster, tiny_model_p
         parts = pool.map_shards("complete", shard(requests, 1), sampling, None, on_done=on_done)
         results = [r for part in parts for r in part]
         assert len(results) == len(requests) and all(r.text for r in results)
-        # The lost engine came back on the new node.
-        info = ray.get(pool.actors[victim].ready.remote())
+        # The lost engine comes back on the new node (Ray restarts it in the background: the other engine may
+        # have answered every retried shard before the restart is done).
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                info = ray.get(pool.actors[victim].ready.remote())
+                break
+            except ray.exceptions.ActorUnavailableError:
+                assert time.monotonic() < deadline, "the lost engine was not restarted"
+                time.sleep(2)
         assert info.node_id == added[0].node_id
         # Seeded requests give the same text whichever engine and node ran them, retried or not.
         again = ray.get(pool.actors[1 - victim].complete.remote(requests, sampling, None))
