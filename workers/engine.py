@@ -107,7 +107,7 @@ class VLLMEngine:
         self.llm.wake_up()
 
     def close(self) -> None:
-        """Stop the engine's background processes (they busy-poll a core while alive)."""
+        """Stop the engine, and its background processes where it has them (they busy-poll a core while alive)."""
         self.llm.llm_engine.engine_core.shutdown()
 
     def _lora(self, adapter: AdapterRef | None) -> Any:
