@@ -201,18 +201,24 @@ class RunDir:
         redo = f"; rerun with --redo {key} to recompute it and every stage after it"
         if not self.storage.exists(rec.artifact):
             raise RunDirError(f"stage {key} is recorded as done but its artifact {self.where(rec.artifact)} is missing{redo}")
-        digest = self.storage.sha256(rec.artifact)
+        files, digest = self._digests(rec.artifact)
         if digest != rec.sha256:
             what = self.where(rec.artifact)
-            if rec.files is not None:
-                now = self.storage.digests(rec.artifact)
-                changed = sorted(n for n in rec.files.keys() | now.keys() if rec.files.get(n) != now.get(n))
+            if rec.files is not None and files is not None:
+                changed = sorted(n for n in rec.files.keys() | files.keys() if rec.files.get(n) != files.get(n))
                 what += f" (changed: {', '.join(changed)})"
             raise RunDirError(
                 f"stage {key}: artifact {what} does not match its recorded sha256 "
                 f"({digest[:12]} != {rec.sha256[:12]}): it was changed or corrupted after commit{redo}"
             )
         return rec
+
+    def _digests(self, artifact: str) -> tuple[dict[str, str] | None, str]:
+        """(sha256 per file of a directory artifact, else None; the artifact's sha256), each file read once."""
+        if not self.storage.is_dir(artifact):
+            return None, self.storage.sha256(artifact)
+        files = self.storage.digests(artifact)
+        return files, Storage.tree_sha256(files)
 
     def redo(self, key: str) -> list[str]:
         """Forget stage ``key`` and every stage after it (later stages of its iteration, every later iteration).
@@ -242,10 +248,11 @@ class RunDir:
 
     def commit(self, key: str, artifact: str, rows: int | None, seconds: float, summary: dict[str, Any]) -> StageRecord:
         """Record an already committed artifact as the output of stage ``key`` (atomic)."""
+        files, digest = self._digests(artifact)
         rec = StageRecord(
             artifact=artifact,
-            sha256=self.storage.sha256(artifact),
-            files=self.storage.digests(artifact) if self.storage.is_dir(artifact) else None,
+            sha256=digest,
+            files=files,
             rows=rows,
             seconds=round(seconds, 3),
             finished_at=_now(),

@@ -123,14 +123,20 @@ class Storage:
         """sha256 of every file under directory ``rel``, by path relative to it."""
         return {name: self.sha256(f"{rel}/{name}") for name in self.files(rel)}
 
-    def sha256(self, rel: str) -> str:
-        """sha256 of a file, or of a directory (relative names and file digests, sorted)."""
+    @staticmethod
+    def tree_sha256(digests: dict[str, str]) -> str:
+        """A directory's sha256 from its files' (``digests``): relative names and file digests, sorted."""
         h = hashlib.sha256()
+        for name in sorted(digests):
+            h.update(name.encode() + b"\0")
+            h.update(bytes.fromhex(digests[name]))
+        return h.hexdigest()
+
+    def sha256(self, rel: str) -> str:
+        """sha256 of a file, or of a directory (``tree_sha256`` of its files)."""
         if self.is_dir(rel):
-            for name, digest in self.digests(rel).items():
-                h.update(name.encode() + b"\0")
-                h.update(bytes.fromhex(digest))
-            return h.hexdigest()
+            return self.tree_sha256(self.digests(rel))
+        h = hashlib.sha256()
         with self.fs.open_input_stream(self.path(rel)) as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
