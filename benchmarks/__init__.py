@@ -1,7 +1,8 @@
 """Ratio benchmarks against peers, each run in one process; each prints a table and writes JSON.
 
 ``python -m benchmarks`` runs them all (``--only NAME`` for one) and writes
-``benchmarks/results/<name>.json`` plus ``benchmarks/results/summary.json``.
+``benchmarks/results/<name>.json`` plus ``benchmarks/results/summary.json`` (another folder with
+``BENCHMARK_RESULTS``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("BENCHMARK_RESULTS", Path(__file__).parent / "results"))
 # The benchmarks' local Rays stay on loopback (see orchestrator/cli.py); read when ray is imported.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 

@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other (each needs the machine to itself), and summarise the ratios.
 
-    python -m benchmarks [--only dispatch engine_pool judge trainer loop]
+    python -m benchmarks [--only dispatch engine_pool judge trainer loop gpu]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 from benchmarks import RESULTS, table
 
-ALL = ["dispatch", "engine_pool", "judge", "trainer", "loop"]
+ALL = ["dispatch", "engine_pool", "judge", "trainer", "loop", "gpu"]
 HEADLINES = {
     "dispatch": lambda r: ("pool / round-robin throughput (uneven shards; one slow engine)",
                            " ; ".join(f"{v:.2f}" for v in r["throughput_ratio_pool_over_round_robin"].values())),
@@ -20,9 +20,12 @@ HEADLINES = {
     "judge": lambda r: ("judge tok/s, best variant / question-first without cache",
                         f"{max(v['speedup_vs_first'] for v in r['variants'].values()):.2f}"),
     "trainer": lambda r: ("ours / TRL DPOTrainer pairs/s (goal >= 1.3)",
-                          f"{r['ratio_ours_over_trl_pairs_per_s']:.2f} (losses agree: {r['losses_agree']})"),
+                          f"{r['ratio_ours_over_trl_pairs_per_s']:.2f} (step-1 loss = TRL's: {r['losses_agree']}, "
+                          f"= direct: {r['ours_step1_matches_direct']})"),
     "loop": lambda r: ("driver overhead (goal <= 2%); cost exponent (goal <= 1.05)",
                        f"{100 * r['driver_overhead_max']:.2f}%; {r['cost_exponent']:.3f}"),
+    "gpu": lambda r: ("full fine-tune MFU, 0.5B ; 1.5B (goal >= 45%)", r["skipped"] if "skipped" in r else " ; ".join(
+        f"{100 * m['full']['mfu']:.1f}%" if m["full"]["mfu"] is not None else "-" for m in r["models"].values())),
 }
 
 

@@ -251,6 +251,11 @@ class DPOConfig(_Strict):
 
 class ResourcesConfig(_Strict):
     engines: int = Field(1, gt=0, description="Inference engine actors in the pool.")
+    engine_backend: Literal["vllm", "hf"] = Field(
+        "vllm",
+        description="Inference engine: 'vllm', or 'hf', the plain transformers fallback for machines without "
+        "vLLM (one device per engine, no constrained judging; slower).",
+    )
     gpus_per_engine: int = Field(0, ge=0, description="GPUs per engine (tensor parallel); 0 = CPU engine.")
     cpus_per_engine: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine actor.")
     kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size per CPU engine in GiB.")
@@ -339,6 +344,10 @@ class RunConfig(_Strict):
             )
         if r.train_strategy == "fsdp" and r.train_workers < 2:
             raise ValueError("resources.train_strategy='fsdp' shards the model over resources.train_workers >= 2 workers")
+        if r.engine_backend == "hf" and (r.gpus_per_engine > 1 or self.judge.constrained):
+            which = f"resources.gpus_per_engine={r.gpus_per_engine}" if r.gpus_per_engine > 1 else "judge.constrained=true"
+            raise ValueError(f"resources.engine_backend='hf' runs on one device without structured decoding: "
+                             f"{which} needs engine_backend='vllm'")
         return self
 
 

@@ -109,12 +109,17 @@ class Context:
             r = self.cfg.resources
             gpus = r.colocate_engine_gpu_fraction if r.colocate and r.gpus_per_engine else r.gpus_per_engine
             t0 = time.monotonic()
+            if r.engine_backend == "hf":
+                from workers.hf_engine import HFEngine as engine_cls
+            else:
+                from workers.engine import VLLMEngine as engine_cls
             self._pool = EnginePool(self.engine_spec(), PoolResources(
-                r.engines, r.cpus_per_engine, gpus, r.engine_max_restarts, r.placement_strategy))
+                r.engines, r.cpus_per_engine, gpus, r.engine_max_restarts, r.placement_strategy), engine_cls=engine_cls)
             hosts = sorted({i.host for i in self._pool.infos})
             started = time.monotonic() - t0
             self.engine_start_seconds += started
-            self.log(f"  engine pool: {r.engines} engine(s) ready in {started:.1f}s on {', '.join(hosts)}")
+            self.log(f"  engine pool: {r.engines} engine(s) ready in {started:.1f}s on {', '.join(hosts)} "
+                     f"({engine_cls.__name__})")
         return self._pool
 
     def engines(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:

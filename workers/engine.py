@@ -82,15 +82,7 @@ class VLLMEngine:
 
     def ready(self) -> EngineInfo:
         """Where the engine runs, once it is loaded (the pool waits on this)."""
-        import socket
-
-        try:
-            import ray
-
-            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-        except ImportError:
-            node = ""
-        return EngineInfo(host=socket.gethostname(), pid=os.getpid(), node_id=node)
+        return EngineInfo.here()
 
     def sleep(self) -> None:
         """Release accelerator memory (weights offloaded, KV cache dropped) while a colocated trainer runs.

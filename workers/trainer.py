@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from workers import faults
 from workers.files import local_copy, publish, read_text
+from workers.logprobs import pair_logprobs, sequence_logprobs
 from workers.losses import DPO, PreferenceLoss
 from workers.progress import Report, reporter
 from workers.tokens import prompt_token_ids, response_token_ids
@@ -281,32 +282,14 @@ class DPOTrainerCore:
 
     # --- math ---------------------------------------------------------------
     def sequence_logprobs(self, model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-        """Summed log-prob of each response given its prompt, in one padded forward pass."""
-        lengths = [len(p) + len(y) for p, y in seqs]
-        width = max(lengths)
+        """Summed log-prob of each response given its prompt, in one packed forward pass (``workers.logprobs``)."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        # label_mask[b, j] marks that the token at j+1 is a response token.
-        label_mask = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
-        for b, (p, y) in enumerate(seqs):
-            ids[b, : len(p) + len(y)] = torch.tensor(p + y)
-            attn[b, : len(p) + len(y)] = 1
-            label_mask[b, len(p) - 1 : len(p) + len(y) - 1] = True
-        ids, attn, label_mask = ids.to(self.device), attn.to(self.device), label_mask.to(self.device)
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        labels = ids[:, 1:]
-        # Only response positions go through log_softmax: saves a (B, T, V) tensor.
-        sel_logp = torch.log_softmax(logits[label_mask].float(), dim=-1)
-        tok_logp = sel_logp.gather(-1, labels[label_mask].unsqueeze(-1)).squeeze(-1)
-        owner = torch.arange(len(seqs), device=self.device).unsqueeze(1).expand_as(label_mask)[label_mask]
-        return torch.zeros(len(seqs), device=self.device, dtype=tok_logp.dtype).index_add(0, owner, tok_logp)
+        return sequence_logprobs(model, seqs, self.device, pad)
 
     def pair_logprobs(self, model: torch.nn.Module, batch: list[PairExample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) log-probs; both halves go through one forward pass."""
-        seqs = [(e.prompt_ids, e.chosen_ids) for e in batch] + [(e.prompt_ids, e.rejected_ids) for e in batch]
-        lp = self.sequence_logprobs(model, seqs)
-        return lp[: len(batch)], lp[len(batch) :]
+        """(chosen, rejected) log-probs in one forward pass that computes each prompt once (``workers.logprobs``)."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return pair_logprobs(model, [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in batch], self.device, pad)
 
     @torch.no_grad()
     def reference_logprobs(self, examples: list[PairExample]) -> torch.Tensor:
@@ -400,7 +383,7 @@ class DPOTrainerCore:
             loss = (out.per_pair * w).sum() * (world / weight_total)
             loss.backward()
             if real:
-                tokens = sum(len(e.prompt_ids) * 2 + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
+                tokens = sum(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
                 stats += torch.tensor(
                     [float((out.per_pair.detach() * w).sum()), float(w.sum()),
                      float((out.margin[:real] > 0).sum()), float(out.margin[:real].sum()), real, tokens],

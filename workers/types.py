@@ -93,6 +93,20 @@ class EngineInfo:
     pid: int
     node_id: str
 
+    @staticmethod
+    def here() -> "EngineInfo":
+        """This process's host, pid and Ray node (empty outside Ray)."""
+        import os
+        import socket
+
+        try:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        except ImportError:
+            node = ""
+        return EngineInfo(host=socket.gethostname(), pid=os.getpid(), node_id=node)
+
 
 class PoolError(RuntimeError):
     """The engine pool cannot be placed on the cluster (not enough resources); the message says what was asked."""

@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from tests.e2e.helpers import CONFIG, SMALL, check_run_dir, selfreward
+from tests.e2e.helpers import CONFIG, NO_EVAL, SMALL, check_run_dir, selfreward
 from tests.orchestrator.test_report import CHROMIUM, PLOTS, render
 
 pytestmark = pytest.mark.e2e
@@ -64,3 +64,20 @@ def test_two_iterations_through_the_cli(tmp_path):
         assert f'data-plots-loaded="{len(PLOTS)}"' in dom and f'data-plots-total="{len(PLOTS)}"' in dom
     compare = selfreward("compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp.md"))
     assert compare.returncode == 0 and "| accuracy" in compare.stdout and (tmp_path / "cmp.json").is_file()
+
+
+def test_one_iteration_on_the_transformers_fallback_engine(tmp_path):
+    """resources.engine_backend=hf: every engine stage on HFEngine actors; the judge's scores are read from its
+    digit distribution (no structured decoding there)."""
+    run_dir = tmp_path / "run"
+    res = selfreward("run", str(CONFIG), "--run-dir", str(run_dir), *SMALL, *NO_EVAL, "iterations=1",
+                     "resources.engine_backend=hf", "judge.constrained=false", "judge.expected_score=true",
+                     "judge.score_source=expected")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "engine(s) ready" in res.stdout and "(HFEngine)" in res.stdout and "(VLLMEngine)" not in res.stdout
+    check_run_dir(run_dir, iterations=1, prompts=4, samples=3, judge_samples=2)
+    rewards = pq.read_table(run_dir / "iter_001" / "rewards.parquet").to_pylist()
+    assert all(r["logp_policy"] is not None and r["logp_ref"] is not None for r in rewards)
+
+    refused = selfreward("run", str(CONFIG), "--run-dir", str(tmp_path / "other"), "resources.engine_backend=hf")
+    assert refused.returncode != 0 and "judge.constrained=true needs engine_backend='vllm'" in refused.stderr

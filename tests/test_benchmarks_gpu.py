@@ -1,0 +1,46 @@
+"""The GPU benchmark's code path (a tiny config on the CPU), and the HF engine on a GPU where there is one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.integration
+def test_gpu_benchmark_runs_its_whole_path_on_a_tiny_config(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--smoke", "--steps", "2", "--pairs", "2", "--seq", "32",
+                          "--gen-batch", "3", "--gen-tokens", "5"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "BENCHMARK_RESULTS": str(tmp_path)}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    smoke = out["models"]["smoke"]
+    for mode in ("lora", "full"):
+        assert smoke[mode]["losses_finite"] and smoke[mode]["tokens_per_s"] > 0 and smoke[mode]["flops_per_step"] > 0
+    gen = smoke["generation"]
+    assert 0 < gen["tokens"] <= 3 * 5 and gen["tokens_per_s"] > 0
+    assert "not measured" in out["vllm"]
+
+
+@pytest.mark.gpu
+@pytest.mark.integration
+def test_hf_engine_on_a_gpu_is_seeded_and_survives_sleep(tiny_model_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from workers.hf_engine import HFEngine
+    from workers.types import CompletionRequest, EngineSpec, SamplingSpec
+
+    engine = HFEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0))
+    assert engine.device.type == "cuda"
+    reqs = [CompletionRequest("Name the capital of France.", 1), CompletionRequest("What is 2 + 2?", 2)]
+    greedy = engine.complete(reqs, SamplingSpec(0.0, 1.0, 16), None)
+    assert all(c.num_tokens > 0 for c in greedy)
+    assert engine.complete(reqs, SamplingSpec(1.0, 0.9, 16), None) == engine.complete(reqs, SamplingSpec(1.0, 0.9, 16), None)
+    engine.sleep()
+    engine.wake()
+    assert engine.complete(reqs, SamplingSpec(0.0, 1.0, 16), None) == greedy

@@ -1,0 +1,215 @@
+"""Transformers fallback engine: the ``VLLMEngine`` methods on a plain Hugging Face model.
+
+For machines without vLLM (``resources.engine_backend: hf``): it samples
+completions with its own batched decode loop over the model's KV cache,
+reads judge score distributions and scores log-probs. Each request keeps its
+own seed (one ``torch.Generator`` per row), so a request's sample does not
+depend on what else is in its batch. LoRA adapters load by name with PEFT
+and are switched per call; at most ``max_loras`` stay loaded. It runs on one
+device (a GPU when Ray gives the actor one, else the CPU) and has no
+structured outputs, tensor parallelism or prefix cache: vLLM is the engine
+for throughput, this one for portability.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from workers.files import local_copy
+from workers.judge import expected_score, score_prefix, score_token_ids
+from workers.logprobs import sequence_logprobs
+from workers.tokens import prompt_token_ids, response_token_ids
+from workers.types import (
+    AdapterRef,
+    Completion,
+    CompletionRequest,
+    EngineInfo,
+    EngineSpec,
+    SamplingSpec,
+    ScoreRequest,
+    ScoreResult,
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFEngine:
+    """A causal LM from ``spec.model_path`` with LoRA adapters served by name.
+
+    ``batch_size``: requests decoded together (rows of one forward pass).
+    """
+
+    def __init__(self, spec: EngineSpec, batch_size: int = 64) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if spec.tensor_parallel_size > 1:
+            raise ValueError(f"the HF engine runs on one device; tensor_parallel_size={spec.tensor_parallel_size} "
+                             "needs the vLLM engine")
+        self.spec = spec
+        self.batch_size = batch_size
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(spec.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            spec.model_path, dtype=_DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
+        ).to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.stop_ids = sorted({*eos, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])})
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.peft: Any = None  # the PeftModel wrapping self.model once an adapter is loaded
+        self._loaded: dict[str, str] = {}  # adapter name -> folder, oldest first
+
+    def ready(self) -> EngineInfo:
+        """Where the engine runs, once it is loaded (the pool waits on this)."""
+        return EngineInfo.here()
+
+    def sleep(self) -> None:
+        """Move the weights to host memory while a colocated trainer holds the GPU (RuntimeError on CPU)."""
+        if self.device.type != "cuda":
+            raise RuntimeError("engine sleep needs a GPU engine")
+        self.model.to("cpu")
+        torch.cuda.empty_cache()
+
+    def wake(self) -> None:
+        self.model.to(self.device)
+
+    def close(self) -> None:
+        self.peft = self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # --- adapters -------------------------------------------------------------
+    @contextlib.contextmanager
+    def _using(self, adapter: AdapterRef | None) -> Iterator[torch.nn.Module]:
+        """The model with ``adapter`` active (None: the base model)."""
+        if adapter is None:
+            with self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext():
+                yield self.model
+            return
+        if self._loaded.get(adapter.name) != adapter.path:
+            from peft import PeftModel
+
+            if adapter.name in self._loaded:
+                self.peft.delete_adapter(adapter.name)
+                del self._loaded[adapter.name]
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, local_copy(adapter.path), adapter_name=adapter.name)
+            else:
+                self.peft.load_adapter(local_copy(adapter.path), adapter_name=adapter.name)
+            self.peft.eval()
+            self._loaded[adapter.name] = adapter.path
+            while len(self._loaded) > self.spec.max_loras:
+                oldest = next(n for n in self._loaded if n != adapter.name)
+                self.peft.delete_adapter(oldest)
+                del self._loaded[oldest]
+        self.peft.set_adapter(adapter.name)
+        yield self.peft
+
+    def _check_length(self, n: int, extra: int) -> None:
+        if n + extra > self.spec.max_model_len:
+            raise ValueError(f"a prompt of {n} tokens plus {extra} more exceeds max_model_len={self.spec.max_model_len}")
+
+    # --- generation -----------------------------------------------------------
+    @torch.no_grad()
+    def complete(self, requests: list[CompletionRequest], sampling: SamplingSpec,
+                 adapter: AdapterRef | None) -> list[Completion]:
+        """Sample one completion per request (chat template applied, per-request seed)."""
+        if sampling.regex:
+            raise ValueError("the HF engine does not constrain decoding to a regex: constrained judging "
+                             "(judge.constrained) needs the vLLM engine")
+        prompts = [prompt_token_ids(self.tokenizer, r.user_message) for r in requests]
+        out: list[Completion] = []
+        with self._using(adapter) as model:
+            for i in range(0, len(prompts), self.batch_size):
+                out += self._decode(model, prompts[i : i + self.batch_size],
+                                    [r.seed for r in requests[i : i + self.batch_size]], sampling)
+        return out
+
+    def _decode(self, model: torch.nn.Module, prompts: list[list[int]], seeds: list[int],
+                sampling: SamplingSpec) -> list[Completion]:
+        from transformers import DynamicCache
+
+        for p in prompts:
+            self._check_length(len(p), sampling.max_tokens)
+        b, width = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every row's next token lands in the last column
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
+        stop = torch.tensor(self.stop_ids, device=self.device)
+        tokens: list[list[int]] = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        cache = DynamicCache()
+        for _ in range(sampling.max_tokens):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                           use_cache=True).logits[:, -1].float()
+            nxt = self._sample(logits, sampling, gens)
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+            for r, t in enumerate(nxt.tolist()):
+                if not done[r]:
+                    tokens[r].append(t)
+            done |= torch.isin(nxt, stop)
+            if bool(done.all()):
+                break
+            ids, pos = nxt.unsqueeze(1), pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=self.device)], dim=1)
+        return [Completion(text=self.tokenizer.decode(t, skip_special_tokens=True), num_tokens=len(t),
+                           finish_reason="stop" if t and t[-1] in self.stop_ids else "length") for t in tokens]
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, sampling: SamplingSpec, gens: list[torch.Generator]) -> torch.Tensor:
+        """One token per row: greedy at temperature 0, else temperature and nucleus (top-p) sampling, row r
+        drawing from its own generator."""
+        if sampling.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # Keep the smallest set of tokens whose mass reaches top_p (always at least the top one).
+            drop = sorted_p.cumsum(-1) - sorted_p >= sampling.top_p
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        return torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gens)])
+
+    # --- judging and scoring --------------------------------------------------
+    @torch.no_grad()
+    def score_distribution(self, requests: list[CompletionRequest], adapter: AdapterRef | None) -> list[list[float]]:
+        """P(score = 0..5) of each judge verdict: the digits' next-token log-probs after its score line."""
+        line, digits = score_token_ids(self.tokenizer)
+        seqs = [prompt_token_ids(self.tokenizer, r.user_message)
+                + list(self.tokenizer(score_prefix(r.assistant_prefix), add_special_tokens=False).input_ids) + line
+                for r in requests]
+        out: list[list[float]] = []
+        with self._using(adapter) as model:
+            for i in range(0, len(seqs), self.batch_size):
+                chunk = seqs[i : i + self.batch_size]
+                width = max(len(s) for s in chunk)
+                for s in chunk:
+                    self._check_length(len(s), 0)
+                ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in chunk], device=self.device)
+                mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=self.device)
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+                logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, digits]
+                out += [expected_score(row)[1] for row in logp.tolist()]
+        return out
+
+    @torch.no_grad()
+    def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None) -> list[ScoreResult]:
+        """Summed log-prob of each response given its prompt, under ``adapter`` (None = base)."""
+        encoded = [(prompt_token_ids(self.tokenizer, r.user_message),
+                    response_token_ids(self.tokenizer, r.response, r.finish_reason)) for r in requests]
+        for p, y in encoded:
+            self._check_length(len(p), len(y))
+        logps: list[float] = []
+        with self._using(adapter) as model:
+            for i in range(0, len(encoded), self.batch_size):
+                logps += sequence_logprobs(model, encoded[i : i + self.batch_size], self.device, self.pad_id).tolist()
+        return [ScoreResult(logp=lp, num_tokens=len(y)) for lp, (_, y) in zip(logps, encoded)]
