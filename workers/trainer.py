@@ -142,6 +142,7 @@ class DPOTrainerCore:
         self.device = torch.device(device)
         torch.manual_seed(spec.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         base = AutoModelForCausalLM.from_pretrained(
             spec.model_path, dtype=_DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
         )
@@ -283,13 +284,11 @@ class DPOTrainerCore:
     # --- math ---------------------------------------------------------------
     def sequence_logprobs(self, model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]) -> torch.Tensor:
         """Summed log-prob of each response given its prompt, in one packed forward pass (``workers.logprobs``)."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return sequence_logprobs(model, seqs, self.device, pad)
+        return sequence_logprobs(model, seqs, self.device, self.pad_id)
 
     def pair_logprobs(self, model: torch.nn.Module, batch: list[PairExample]) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) log-probs in one forward pass that computes each prompt once (``workers.logprobs``)."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return pair_logprobs(model, [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in batch], self.device, pad)
+        return pair_logprobs(model, [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in batch], self.device, self.pad_id)
 
     @torch.no_grad()
     def reference_logprobs(self, examples: list[PairExample]) -> torch.Tensor:
