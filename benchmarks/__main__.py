@@ -20,7 +20,8 @@ HEADLINES = {
     "judge": lambda r: ("judge tok/s, best variant / question-first without cache",
                         f"{max(v['speedup_vs_first'] for v in r['variants'].values()):.2f}"),
     "trainer": lambda r: ("ours / TRL DPOTrainer pairs/s (goal >= 1.3)",
-                          f"{r['ratio_ours_over_trl_pairs_per_s']:.2f} (step-1 loss = TRL's: {r['losses_agree']}, "
+                          f"{r['ratio_ours_over_trl_pairs_per_s']:.2f}, TRL in bf16 autocast "
+                          f"{r['ratio_ours_over_trl_bf16_pairs_per_s']:.2f} (step-1 loss = TRL's: {r['losses_agree']}, "
                           f"= direct: {r['ours_step1_matches_direct']})"),
     "loop": lambda r: ("driver overhead (goal <= 2%); cost exponent (goal <= 1.05)",
                        f"{100 * r['driver_overhead_max']:.2f}%; {r['cost_exponent']:.3f}"),
