@@ -34,8 +34,6 @@ from workers.types import (
     ScoreResult,
 )
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class HFEngine:
     """A causal LM from ``spec.model_path`` with LoRA adapters served by name.
@@ -55,7 +53,7 @@ class HFEngine:
         torch.manual_seed(spec.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
-            spec.model_path, dtype=_DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
+            spec.model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code
         ).to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -114,6 +112,18 @@ class HFEngine:
         if n + extra > self.spec.max_model_len:
             raise ValueError(f"a prompt of {n} tokens plus {extra} more exceeds max_model_len={self.spec.max_model_len}")
 
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, attention mask, position ids) of ``seqs`` padded on the left, so every row's next token lands in
+        the last column; on the engine's device."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s):] = torch.tensor(s)
+            mask[r, width - len(s):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
     # --- generation -----------------------------------------------------------
     @torch.no_grad()
     def complete(self, requests: list[CompletionRequest], sampling: SamplingSpec,
@@ -136,14 +146,8 @@ class HFEngine:
 
         for p in prompts:
             self._check_length(len(p), sampling.max_tokens)
-        b, width = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for r, p in enumerate(prompts):  # left padding: every row's next token lands in the last column
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        b = len(prompts)
+        ids, mask, pos = self._left_padded(prompts)
         gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
         stop = torch.tensor(self.stop_ids, device=self.device)
         tokens: list[list[int]] = [[] for _ in range(b)]
@@ -191,12 +195,10 @@ class HFEngine:
         with self._using(adapter) as model:
             for i in range(0, len(seqs), self.batch_size):
                 chunk = seqs[i : i + self.batch_size]
-                width = max(len(s) for s in chunk)
                 for s in chunk:
                     self._check_length(len(s), 0)
-                ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in chunk], device=self.device)
-                mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=self.device)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+                ids, mask, pos = self._left_padded(chunk)
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
                 logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, digits]
                 out += [expected_score(row)[1] for row in logp.tolist()]
         return out

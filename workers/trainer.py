@@ -122,9 +122,6 @@ class TrainResult:
         }
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 class DPOTrainerCore:
     """A causal LM with a trainable LoRA adapter and the DPO step.
 
@@ -144,7 +141,7 @@ class DPOTrainerCore:
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         base = AutoModelForCausalLM.from_pretrained(
-            spec.model_path, dtype=_DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
+            spec.model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code
         )
         if spec.init_adapter:
             model = PeftModel.from_pretrained(base, local_copy(spec.init_adapter), is_trainable=True)
