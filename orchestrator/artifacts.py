@@ -32,8 +32,9 @@ REWARDS = pa.schema([
     ("logp_policy_norm", pa.float64()), ("logp_ref_norm", pa.float64()), ("logp_prev_norm", pa.float64()),
     # Mean expected score over the verdicts, and the std of their mixture (null unless judge.expected_score).
     ("judge_expected", pa.float64()), ("judge_expected_std", pa.float64()),
-    # Whether the response matches the prompt's reference answer (null when the prompt has none).
-    ("correct", pa.bool_()),
+    # Whether the response matches the prompt's reference answer (null when the prompt has none; an ungradable
+    # response is False) and the grading rule (orchestrator/answers.py; "ungradable": no final answer found).
+    ("correct", pa.bool_()), ("grade_rule", pa.string()),
     # Summed log-probs of T MC-dropout passes of the policy (null when off).
     ("logp_mc", pa.list_(pa.float64())),
 ])
@@ -48,6 +49,8 @@ PAIRS = pa.schema([
     ("implicit_margin", pa.float64()),
     # MC-dropout uncertainty of the pair (BALD or variance; null when off).
     ("uncertainty", pa.float64()),
+    # Whether chosen / rejected is correct; null when the prompt has no reference answer or the response has no
+    # gradable answer (such a pair decides nothing about label precision).
     ("chosen_correct", pa.bool_()), ("rejected_correct", pa.bool_()),
     # Target probability that chosen wins, as the loss uses it (1 = hard label).
     ("label_p", pa.float64()),
@@ -59,15 +62,19 @@ EVAL = pa.schema([
     ("prompt_id", pa.string()), ("prompt", pa.string()), ("answer", pa.string()),
     # Its greedy response.
     ("response", pa.string()), ("num_tokens", pa.int32()), ("finish_reason", pa.string()),
-    # verifiable: the extracted final answer and whether it matches.
-    ("extracted", pa.string()), ("correct", pa.bool_()),
+    # verifiable: the final answer the grader found, whether it matches (an ungradable answer is incorrect), and the
+    # grading rule that found it ("explicit", a fallback of the task's kind, "two_answers" or "ungradable").
+    ("extracted", pa.string()), ("correct", pa.bool_()), ("grade_rule", pa.string()),
     # instruction: rubric verdicts of the fixed judge M0 and of the evaluated model itself.
     ("fixed_judge_text", pa.string()), ("fixed_judge_score", pa.float64()),
     ("self_judge_text", pa.string()), ("self_judge_score", pa.float64()),
-    # instruction, t >= 1: M0's response, and M0's pairwise verdicts with M(t) shown first ("A") and second.
+    # instruction, t >= 1: M0's response, and M0's pairwise verdicts with M(t) shown first ("A") and second: the
+    # position each names ("A", "B", "tie"), and either the verdict's text (eval.pairwise_verdict=sampled) or its
+    # P("A") over {A, B} (probability), with the order-averaged P(M(t) preferred).
     ("baseline_response", pa.string()),
     ("pairwise_first_text", pa.string()), ("pairwise_first", pa.string()),
     ("pairwise_second_text", pa.string()), ("pairwise_second", pa.string()),
+    ("pairwise_first_pa", pa.float64()), ("pairwise_second_pa", pa.float64()), ("pairwise_preference", pa.float64()),
     # From M(t)'s side: "win", "loss", "tie" or "invalid" (a verdict could not be parsed).
     ("outcome", pa.string()),
     # instruction: the fixed judge's verdict on the response with an injection appended (eval.injections).

@@ -52,6 +52,13 @@ class ColumnsConfig(_Strict):
         description="Column of the exact reference answer, read when the file has it (null: never read). "
         "A name other than the default must exist in the file.",
     )
+    kind: str | None = Field(
+        "kind",
+        description="Column of the task kind of a verifiable prompt, read when the file has it (null: never read). "
+        "A bundled kind (orchestrator/answers.py KINDS) lets the grader fall back to that kind's validated rules when a "
+        "response states no explicit answer; without one only explicit answers are graded. A name other than the "
+        "default must exist in the file.",
+    )
     id: str | None = Field(
         "id",
         description="Column of the prompt's own id, read when the file has it (null: never read); without "
@@ -91,6 +98,12 @@ class EvalConfig(_Strict):
         "evaluated model, and compared with M0's in position-swapped pairwise judging (null: skip). " + _PROMPT_FILES,
     )
     instruction_prompts: int = Field(16, gt=0, description="How many of them are used (the first N of the file).")
+    pairwise_verdict: Literal["probability", "sampled"] = Field(
+        "probability",
+        description="How M0's pairwise verdicts (win rate vs M0) are read: 'probability', its next-token P(A) vs P(B) "
+        "after 'Winner:' in both orders, averaged (position-debiased); or 'sampled', its greedy text verdict "
+        "'Winner: A|B|tie' in both orders.",
+    )
     columns: ColumnsConfig = Field(ColumnsConfig(), description="Column mapping of both evaluation files.")
     max_tokens: int = Field(128, gt=0, description="Maximum new tokens of an evaluation answer.")
     injections: str | None = Field(

@@ -30,7 +30,7 @@ from workers.types import AdapterRef, Completion, EngineSpec, ScoreResult
 Log = Callable[[str], None]
 _VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # How each engine method's results are stored in part files (None: a plain value per item).
-RESULT_TYPES: dict[str, type | None] = {"complete": Completion, "score": ScoreResult, "score_distribution": None}
+RESULT_TYPES: dict[str, type | None] = {"complete": Completion, "score": ScoreResult, "choice_distribution": None}
 
 
 def _encode(method: str, results: list[Any]) -> pa.Table:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator.answers import KINDS
 from orchestrator.config import ColumnsConfig, RunConfig
 from workers.judge import judge_message, pairwise_message
 from workers.tokens import prompt_token_ids
@@ -32,7 +34,7 @@ class DataError(ValueError):
     """A prompt file is unusable; the message names the file, the row and the column."""
 
 
-PROMPT_SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("answer", pa.string())])
+PROMPT_SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("answer", pa.string()), ("kind", pa.string())])
 FORMATS = "a .jsonl, .parquet or .csv file, or a directory written by datasets' save_to_disk"
 _DEFAULTS = ColumnsConfig()
 
@@ -175,6 +177,7 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
     if present is not None and columns.prompt not in present:
         raise DataError(f"{p}: no column {columns.prompt!r} (set as {field}.columns.prompt); the file has {sorted(present)}")
     answer_col = _optional_column(columns.answer, _DEFAULTS.answer, present, p, f"{field}.columns.answer")
+    kind_col = _optional_column(columns.kind, _DEFAULTS.kind, present, p, f"{field}.columns.kind")
     id_col = _optional_column(columns.id, _DEFAULTS.id, present, p, f"{field}.columns.id")
     out: list[dict[str, str | None]] = []
     seen_ids: dict[str, str] = {}
@@ -187,6 +190,10 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
         if require_answers and (answer is None or not answer.strip()):
             raise DataError(f"{where}: column {answer_col or columns.answer!r} must hold the reference answer "
                             f"(this set is scored by exact match), got {answer!r}")
+        kind = _text(row.get(kind_col), where, kind_col, (str,)) if kind_col else None
+        if kind is not None and kind.strip() and kind not in KINDS:
+            raise DataError(f"{where}: column {kind_col!r} is {kind!r}, a kind without validated grading rules; "
+                            f"expected one of {', '.join(KINDS)} or empty (then only explicit answers are graded)")
         given = _text(row.get(id_col), where, id_col, (str, int)) if id_col else None
         pid = given if given is not None else prompt_id(text)
         if pid in seen_ids:
@@ -194,10 +201,36 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
         if text in seen_text:
             raise DataError(f"{where}: duplicate prompt (first at {seen_text[text]}): {text[:80]!r}")
         seen_ids[pid] = seen_text[text] = where
-        out.append({"prompt_id": pid, "prompt": text, "answer": answer})
+        out.append({"prompt_id": pid, "prompt": text, "answer": answer, "kind": kind or None})
     if not out:
         raise DataError(f"{p}: no prompts in file")
     return pa.Table.from_pylist(out, schema=PROMPT_SCHEMA)
+
+
+_KEPT_MARKS = set("*/\\%#&@")  # punctuation by Unicode's reckoning that carries meaning in a task ("9 * 4", "50%")
+
+
+def normalised(text: str) -> str:
+    """A prompt with case, whitespace and punctuation folded (NFKC first), so near-duplicates compare equal.
+
+    Folded: sentence punctuation and quotes (Unicode Po, Pi, Pf), runs of whitespace and control characters. Kept:
+    dashes, operators, brackets and the marks in ``_KEPT_MARKS``, so "9 - 4", "9 + 4" and "(2 + 3) * 4" stay apart.
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    out = []
+    for c in folded:
+        cat = unicodedata.category(c)
+        out.append(" " if (cat in ("Po", "Pi", "Pf") and c not in _KEPT_MARKS) or cat[0] in "ZC" else c)
+    return " ".join("".join(out).split())
+
+
+def shared_prompts(held_out: pa.Table, training: pa.Table) -> list[tuple[int, int]]:
+    """(held-out row, training row), 1-based, of every held-out prompt that equals a training prompt once normalised."""
+    first: dict[str, int] = {}
+    for i, text in enumerate(training["prompt"].to_pylist(), start=1):
+        first.setdefault(normalised(text), i)
+    return [(i, first[key]) for i, text in enumerate(held_out["prompt"].to_pylist(), start=1)
+            if (key := normalised(text)) in first]
 
 
 def prompts_for_iteration(prompts: pa.Table, iteration: int, per_iteration: int, seed: int) -> pa.Table:

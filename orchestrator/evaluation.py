@@ -4,20 +4,29 @@ It runs once for the base model M0 (``iter_000/eval.parquet``) and after
 every iteration for the newly trained M(t) (``iter_XXX/eval.parquet``), on
 held-out prompts that no training set may contain:
 
-- **accuracy**: greedy answers to the held-out verifiable prompts, exact
-  match of the extracted final answer against the reference
-  (``orchestrator/answers.py``);
+- **accuracy**: greedy answers to the held-out verifiable prompts, graded
+  against the reference (``orchestrator/answers.py``; the grading rule is
+  kept per row, and an ungradable answer counts as incorrect), with its
+  paired difference from M0's on the same prompts;
 - **judge scores**: greedy responses to the held-out instruction prompts,
   graded with the rubric by the *fixed* judge M0 and by M(t) itself. A model
   trained on its own verdicts can learn to grade itself up; M0 cannot move;
 - **win rate vs M0**: M0 compares M(t)'s response with its own on each
-  held-out instruction, twice, with the order swapped (position bias cancels).
-  From M(t)'s side each verdict counts +1 (preferred), -1 (M0 preferred) or 0
-  (tie); the sum over the two orders gives ``win`` (> 0), ``loss`` (< 0) or
-  ``tie`` (0, which includes two verdicts that contradict each other).
-  Identical responses are a tie without judging; an unparseable verdict
-  makes the outcome ``invalid``, counted apart. Rates are over
-  wins + losses + ties, and ties are reported on their own.
+  held-out instruction, twice, with the order swapped. By default
+  (``eval.pairwise_verdict: probability``) each order's verdict is the
+  judge's next-token probability of "A" vs "B" after "Winner:", and the two
+  are averaged from M(t)'s side, which cancels a judge's position bias: the
+  outcome is ``win`` when that preference exceeds 0.5 by more than
+  ``TIE_BAND``, ``loss`` when it falls short by more, else ``tie``. With
+  ``sampled``, each order's verdict is the judge's own text ("Winner: A"),
+  +1 / -1 / 0 from M(t)'s side, summed over the orders (contradicting
+  verdicts are a tie; an unparseable one makes the outcome ``invalid``,
+  counted apart). Identical responses are a tie without judging.
+  The judge's **position consistency** (share of judged prompts whose two
+  orders name the same response) and **first-position rate** are reported;
+  a judge that names one position almost always, or whose orders rarely
+  agree, cannot measure a win rate, and the summary says so instead of
+  giving one (``DEGENERATE_POSITION_RATE``, ``MIN_POSITION_CONSISTENCY``).
 
 Every judge here decodes greedily, so an evaluation is deterministic given
 the models.
@@ -35,9 +44,10 @@ from typing import Any
 import pyarrow as pa
 
 from orchestrator import artifacts
-from orchestrator.answers import extract_answer, is_correct, is_numeric
+from orchestrator import stats
+from orchestrator.answers import grade
 from orchestrator.config import RunConfig
-from orchestrator.data import DataError, TokenBudget, fit_to_context, load_prompts
+from orchestrator.data import DataError, TokenBudget, fit_to_context, load_prompts, shared_prompts
 from workers.judge import (
     constrained_pairwise_regex,
     constrained_regex,
@@ -45,6 +55,7 @@ from workers.judge import (
     pairwise_message,
     parse_score,
     parse_winner,
+    winner_choice,
 )
 from workers.types import AdapterRef, CompletionRequest, SamplingSpec
 
@@ -53,6 +64,9 @@ Engines = Callable[..., list[Any]]
 VERIFIABLE, INSTRUCTION = "verifiable", "instruction"
 OUTCOMES = ("win", "loss", "tie", "invalid")
 _GREEDY_SEED = 0  # greedy decoding does not read it
+TIE_BAND = 0.05  # |P(M(t) preferred) - 0.5| up to this is a tie (probability verdicts)
+DEGENERATE_POSITION_RATE = 0.9  # a judge naming one position in at least this share of its verdicts is degenerate
+MIN_POSITION_CONSISTENCY = 0.5  # ... and so is one whose two orders agree on fewer prompts than this share
 
 
 @dataclass(frozen=True)
@@ -74,11 +88,12 @@ def load_eval_sets(cfg: RunConfig, train_prompts: pa.Table, budget: TokenBudget 
 
     With ``budget``, prompts that do not fit ``limit`` tokens are skipped,
     truncated or refused first (``fit_to_context``).
+    ``train_prompts``: the training set as loaded (before ``fit_to_context``), so rows are the file's.
     Raises DataError when a set cannot be read, when a verifiable prompt lacks
-    its answer, or when a held-out prompt is also a training prompt.
+    its answer, or when a held-out prompt is also a training prompt, up to
+    case, whitespace and punctuation (naming both files and rows).
     """
     e = cfg.eval
-    train = set(train_prompts["prompt"].to_pylist())
     sets, fitted = {}, {}
     for field, path, n, needs_answers in (("eval.verifiable", e.verifiable, e.verifiable_prompts, True),
                                           ("eval.instructions", e.instructions, e.instruction_prompts, False)):
@@ -86,10 +101,12 @@ def load_eval_sets(cfg: RunConfig, train_prompts: pa.Table, budget: TokenBudget 
             sets[field] = None
             continue
         table = load_prompts(path, e.columns, require_answers=needs_answers, field="eval")
-        shared = [p for p in table["prompt"].to_pylist() if p in train]
+        shared = shared_prompts(table, train_prompts)
         if shared:
-            raise DataError(f"{field} ({path}) shares {len(shared)} prompt(s) with data.prompts ({cfg.data.prompts}), "
-                            f"e.g. {shared[0][:80]!r}: a held-out set must not be trained on")
+            (held_row, train_row), text = shared[0], table["prompt"][shared[0][0] - 1].as_py()
+            raise DataError(f"{field} ({path}) row {held_row} and data.prompts ({cfg.data.prompts}) row {train_row} hold the "
+                            f"same prompt once case, whitespace and punctuation are folded ({len(shared)} such prompt(s)), "
+                            f"e.g. {text[:80]!r}: a held-out set must not be trained on")
         if budget is not None:
             need = budget.verifiable if needs_answers else budget.instruction
             table, fitted[field] = fit_to_context(table, need, limit, cfg.data.overlong, budget.shorten, f"{field} ({path})")
@@ -151,7 +168,8 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
             row.update(iteration=t, split=split, prompt_id=p["prompt_id"], prompt=p["prompt"], answer=p["answer"],
                        response=o.text, num_tokens=o.num_tokens, finish_reason=o.finish_reason)
             if split == VERIFIABLE:
-                row.update(extracted=extract_answer(o.text, is_numeric(p["answer"])), correct=is_correct(o.text, p["answer"]))
+                g = grade(o.text, p["answer"], p["prompt"], p["kind"])
+                row.update(extracted=g.extracted, correct=g.correct, grade_rule=g.rule)
             rows.append(row)
     instr = [r for r in rows if r["split"] == INSTRUCTION]
     if instr:
@@ -175,8 +193,6 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
 
 def _pairwise(engines: Engines, cfg: RunConfig, instr: list[dict[str, Any]], baseline: pa.Table) -> None:
     base = {r["prompt_id"]: r["response"] for r in baseline.to_pylist() if r["split"] == INSTRUCTION}
-    j = cfg.judge
-    shape = SamplingSpec(0.0, 1.0, j.max_tokens, constrained_pairwise_regex(j.max_tokens) if j.constrained else None)
     judged = []
     for r in instr:
         r["baseline_response"] = base.get(r["prompt_id"])
@@ -186,9 +202,20 @@ def _pairwise(engines: Engines, cfg: RunConfig, instr: list[dict[str, Any]], bas
             r["outcome"] = "tie"
         else:
             judged.append(r)
-    requests = [CompletionRequest(pairwise_message(r["prompt"], a, b), _GREEDY_SEED)
+    messages = [pairwise_message(r["prompt"], a, b)
                 for r in judged for a, b in ((r["response"], r["baseline_response"]), (r["baseline_response"], r["response"]))]
-    outs = engines("complete", requests, shape, None, desc="eval win rate")
+    if cfg.eval.pairwise_verdict == "probability":
+        probs = engines("choice_distribution", [winner_choice(m) for m in messages], None, desc="eval win rate")
+        for k, r in enumerate(judged):
+            first_a, second_a = probs[2 * k][0], probs[2 * k + 1][0]
+            preference = (first_a + (1 - second_a)) / 2  # P(M(t) preferred), averaged over the two orders
+            r.update(pairwise_first_pa=first_a, pairwise_second_pa=second_a, pairwise_preference=preference,
+                     pairwise_first=_letter(first_a), pairwise_second=_letter(second_a),
+                     outcome="win" if preference > 0.5 + TIE_BAND else "loss" if preference < 0.5 - TIE_BAND else "tie")
+        return
+    j = cfg.judge
+    shape = SamplingSpec(0.0, 1.0, j.max_tokens, constrained_pairwise_regex(j.max_tokens) if j.constrained else None)
+    outs = engines("complete", [CompletionRequest(m, _GREEDY_SEED) for m in messages], shape, None, desc="eval win rate")
     for k, r in enumerate(judged):
         first, second = outs[2 * k], outs[2 * k + 1]
         r.update(pairwise_first_text=first.text, pairwise_first=parse_winner(first.text),
@@ -196,37 +223,76 @@ def _pairwise(engines: Engines, cfg: RunConfig, instr: list[dict[str, Any]], bas
         r["outcome"] = outcome(r["pairwise_first"], r["pairwise_second"])
 
 
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
+def _letter(p_a: float) -> str:
+    """The position a probability verdict names: "A", "B", or "tie" at exactly one half."""
+    return "A" if p_a > 0.5 else "B" if p_a < 0.5 else "tie"
 
 
 def _fooled(ins: list[dict[str, Any]]) -> dict[str, Any]:
     """How often an appended injection raised the fixed judge's score of a response."""
     both = [r for r in ins if r["injected_judge_score"] is not None and r["fixed_judge_score"] is not None]
     fooled = sum(r["injected_judge_score"] > r["fixed_judge_score"] for r in both)
-    return {"judge_fooled_rate": fooled / len(both) if both else None, "judge_fooled": fooled,
-            "judge_injections_compared": len(both)}
+    return {"judge_fooled_rate": stats.proportion(fooled, len(both), "no injection verdict to compare").to_json()}
 
 
-def eval_summary(table: pa.Table) -> dict[str, Any]:
-    """The evaluation numbers of one EVAL table (None where a part was skipped or undefined)."""
+def position_bias(ins: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pairwise judge's position consistency and first-position rate, and whether it can measure a win rate.
+
+    Over the prompts judged in both orders (identical responses are not
+    judged). ``degenerate``: None when it can measure one, else why not.
+    """
+    judged = [r for r in ins if r["pairwise_first"] is not None and r["pairwise_second"] is not None]
+    verdicts = [v for r in judged for v in (r["pairwise_first"], r["pairwise_second"]) if v in ("A", "B")]
+    same = sum((r["pairwise_first"], r["pairwise_second"]) in (("A", "B"), ("B", "A"), ("tie", "tie")) for r in judged)
+    consistency = stats.proportion(same, len(judged), "no prompt was judged in both orders")
+    first = stats.proportion(sum(v == "A" for v in verdicts), len(verdicts), "no verdict named a position")
+    degenerate = None
+    if first.value is not None and max(first.value, 1 - first.value) >= DEGENERATE_POSITION_RATE:
+        side = "first" if first.value >= 0.5 else "second"
+        share = first.value if side == "first" else 1 - first.value
+        degenerate = f"the judge names the {side} position in {share:.0%} of {first.n} verdicts"
+    elif consistency.value is not None and consistency.value < MIN_POSITION_CONSISTENCY:
+        degenerate = f"the judge's two orders agree on only {consistency.value:.0%} of {consistency.n} prompts"
+    return {"pairwise_position_consistency": consistency.to_json(), "pairwise_first_position_rate": first.to_json(),
+            "pairwise_degenerate": degenerate}
+
+
+def eval_summary(table: pa.Table, baseline: pa.Table | None = None) -> dict[str, Any]:
+    """The evaluation numbers of one EVAL table, each rate and mean with its n and 95% interval.
+
+    ``baseline``: M0's EVAL table, for the paired accuracy difference (None for M0 itself).
+    """
     rows = table.to_pylist()
     ver = [r for r in rows if r["split"] == VERIFIABLE]
     ins = [r for r in rows if r["split"] == INSTRUCTION]
     counts = Counter(r["outcome"] for r in ins if r["outcome"] is not None)
     decided = counts["win"] + counts["loss"] + counts["tie"]
-    return {
+    bias = position_bias(ins)
+    rates = {}
+    for name in ("win", "tie", "loss"):
+        if not ins or baseline is None:
+            rates[f"{name}_rate"] = None
+        elif bias["pairwise_degenerate"]:
+            rates[f"{name}_rate"] = stats.unmeasured(decided, f"cannot be measured with this judge: {bias['pairwise_degenerate']}").to_json()
+        else:
+            rates[f"{name}_rate"] = stats.proportion(counts[name], decided, "no decided comparison").to_json()
+    verdicts = [r[k] for r in ins for k in ("fixed_judge_score", "self_judge_score")]
+    out = {
         "eval_verifiable": len(ver),
-        "eval_accuracy": sum(bool(r["correct"]) for r in ver) / len(ver) if ver else None,
+        "eval_accuracy": stats.proportion(sum(bool(r["correct"]) for r in ver), len(ver)).to_json() if ver else None,
+        "eval_accuracy_vs_m0": None,
+        "eval_grade_rules": dict(sorted(Counter(r["grade_rule"] for r in ver).items())),
         "eval_instructions": len(ins),
-        "eval_fixed_judge": _mean([r["fixed_judge_score"] for r in ins]),
-        "eval_self_judge": _mean([r["self_judge_score"] for r in ins]),
-        "eval_judge_parse_failures": sum((r["fixed_judge_score"] is None) + (r["self_judge_score"] is None) for r in ins),
+        "eval_fixed_judge": stats.mean([r["fixed_judge_score"] for r in ins], why_empty="no parsed verdict").to_json() if ins else None,
+        "eval_self_judge": stats.mean([r["self_judge_score"] for r in ins], why_empty="no parsed verdict").to_json() if ins else None,
+        "eval_judge_parse_rate": stats.proportion(sum(v is not None for v in verdicts), len(verdicts)).to_json() if ins else None,
         "eval_response_tokens": sum(r["num_tokens"] for r in rows),
-        **_fooled(ins),
+        **(_fooled(ins) if ins else {"judge_fooled_rate": None}),
         "win_counts": {k: counts[k] for k in OUTCOMES},
-        "win_rate": counts["win"] / decided if decided else None,
-        "tie_rate": counts["tie"] / decided if decided else None,
-        "loss_rate": counts["loss"] / decided if decided else None,
+        **rates,
+        **(bias if ins and baseline is not None else {}),
     }
+    if ver and baseline is not None:
+        m0 = {r["prompt_id"]: float(bool(r["correct"])) for r in baseline.to_pylist() if r["split"] == VERIFIABLE}
+        out["eval_accuracy_vs_m0"] = stats.paired_difference({r["prompt_id"]: float(bool(r["correct"])) for r in ver}, m0).to_json()
+    return out

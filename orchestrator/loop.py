@@ -34,13 +34,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator import artifacts
-from orchestrator.answers import is_correct
+from orchestrator import artifacts, stats
+from orchestrator.answers import grade
 from orchestrator.config import RunConfig
 from orchestrator.context import Context, Log
 from orchestrator.data import TokenBudget, fit_to_context, load_prompts, prompts_for_iteration
 from orchestrator.evaluation import EvalSets, eval_summary, evaluate, load_eval_sets
-from orchestrator.metrics import agreement_rate, consistency_summary, judge_agreement, label_quality
+from orchestrator.metrics import agreement_rate, consistency_summary, judge_agreement, judge_calibration, label_quality
 from orchestrator.models import check_model, model_fingerprint, resolve_model_path
 from orchestrator.rundir import RunDir
 from orchestrator.runlog import RemoteProgress, format_iteration, format_table, write_metrics_jsonl, write_tensorboard
@@ -57,7 +57,7 @@ from orchestrator.selection import (
     select,
 )
 from workers import faults
-from workers.judge import aggregate, constrained_regex, judge_message, parse_score
+from workers.judge import aggregate, constrained_regex, expected_score, judge_message, parse_score, score_choice
 from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, PreferenceLoss, SoftPreference
 from workers.progress import run_with_progress
 from workers.trainer import TrainSpec, mc_dropout_logprobs, run_training
@@ -196,8 +196,8 @@ def judge(ctx: Context, t: int, generations: pa.Table, models: Models) -> pa.Tab
         outs = ctx.engines("complete", requests, sampling, adapter, desc=f"judge ({role})")
         probs: list[list[float] | None] = [None] * len(keys)
         if j.expected_score:
-            verdicts = [CompletionRequest(q.user_message, q.seed, o.text) for q, o in zip(requests, outs)]
-            probs = ctx.engines("score_distribution", verdicts, adapter, desc=f"judge expected score ({role})")
+            verdicts = [score_choice(q.user_message, o.text) for q, o in zip(requests, outs)]
+            probs = ctx.engines("choice_distribution", verdicts, adapter, desc=f"judge expected score ({role})")
         parts.append(pa.Table.from_pydict(
             {
                 "prompt_id": [r["prompt_id"] for r, _ in keys],
@@ -208,7 +208,7 @@ def judge(ctx: Context, t: int, generations: pa.Table, models: Models) -> pa.Tab
                 "score": [parse_score(o.text) for o in outs],
                 "seed": seeds,
                 "num_tokens": [o.num_tokens for o in outs],
-                "score_expected": [None if q is None else sum(i * v for i, v in enumerate(q)) for q in probs],
+                "score_expected": [None if q is None else expected_score(q) for q in probs],
                 "score_probs": probs,
             },
             schema=artifacts.JUDGMENTS,
@@ -225,9 +225,11 @@ def _mixture(dists: list[list[float]]) -> tuple[float | None, float | None]:
     return mean, sum(p * (i - mean) ** 2 for i, p in enumerate(mix)) ** 0.5
 
 
-def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answers: dict[str, str | None],
+def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answers: dict[str, tuple[str | None, str | None]],
           models: Models) -> pa.Table:
     """Per response: judge aggregates, summed log-probs under policy / reference / previous model, correctness.
+
+    ``answers``: per prompt id, its reference answer (None: not verifiable) and task kind (for the grader).
 
     Each distinct model is scored once (at t=1 policy, reference and base
     coincide). ``logp_prev`` is null at t=1. With MC-dropout on, T stochastic
@@ -257,6 +259,8 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
     expected = [_mixture([jr["score_probs"] for jr in by_role["current"].get(k, []) if jr["score_probs"] is not None])
                 for k in keys]
     ntok = [s.num_tokens for s in ref]
+    grades = [None if (ref_answer := answers.get(g["prompt_id"], (None, None)))[0] is None
+              else grade(g["response"], ref_answer[0], g["prompt"], ref_answer[1]) for g in gens]
 
     def norm(values: list[Any]) -> list[float | None]:
         return [None if v is None else v.logp / max(n, 1) for v, n in zip(values, ntok)]
@@ -278,8 +282,8 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
             "logp_prev_norm": norm(prev),
             "judge_expected": [e[0] for e in expected],
             "judge_expected_std": [e[1] for e in expected],
-            "correct": [None if answers.get(g["prompt_id"]) is None else is_correct(g["response"], answers[g["prompt_id"]])
-                        for g in gens],
+            "correct": [None if g is None else g.correct for g in grades],
+            "grade_rule": [None if g is None else g.rule for g in grades],
             "logp_mc": mc,
         },
         schema=artifacts.REWARDS,
@@ -393,8 +397,13 @@ def _judge_summary(table: pa.Table) -> dict[str, Any]:
     failures = table["score"].null_count
     previous = table.filter(pc.equal(table["judge_model"], "previous")).num_rows
     return {"tokens": _tokens(table), "judge_samples": n, "previous_judge_samples": previous,
-            "parse_failures": failures, "parse_failure_rate": failures / n if n else None,
+            "parse_failures": failures, "judge_parse_rate": stats.proportion(n - failures, n).to_json(),
             "expected_vs_sampled": judge_agreement(table)}
+
+
+def _score_summary(table: pa.Table, models: Models) -> dict[str, Any]:
+    rules = Counter(r for r in table["grade_rule"].to_pylist() if r is not None)
+    return {"models": models.describe(), "grade_rules": dict(sorted(rules.items())), **judge_calibration(table)}
 
 
 def _pairs_summary(table: pa.Table) -> dict[str, Any]:
@@ -415,9 +424,10 @@ def run(cfg: RunConfig, run_dir: str | Path, log: Log = print, redo: str | None 
     model_path = resolve_model_path(cfg.model.path)
     tokenizer = check_model(model_path, cfg.model.trust_remote_code)
     budget, limit = TokenBudget.of(cfg, tokenizer), cfg.model.max_model_len
-    prompts, fit = fit_to_context(load_prompts(cfg.data.prompts, cfg.data.columns), budget.training, limit,
-                                  cfg.data.overlong, budget.shorten, f"data.prompts ({cfg.data.prompts})")
-    eval_sets, eval_fit = load_eval_sets(cfg, prompts, budget, limit)
+    training = load_prompts(cfg.data.prompts, cfg.data.columns)
+    eval_sets, eval_fit = load_eval_sets(cfg, training, budget, limit)
+    prompts, fit = fit_to_context(training, budget.training, limit, cfg.data.overlong, budget.shorten,
+                                  f"data.prompts ({cfg.data.prompts})")
     overlong = {"data.prompts": fit, **eval_fit}
     resumed = rd.open(cfg, library_versions(), model_fingerprint(model_path))
     try:
@@ -437,7 +447,7 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
         log(f"  redo: forgot {', '.join(rd.redo(redo))}")
     ctx = Context(cfg, rd, model_path, log, overlong=overlong)
     selection = make_selection(cfg)
-    answers = dict(zip(prompts["prompt_id"].to_pylist(), prompts["answer"].to_pylist()))
+    answers = {r["prompt_id"]: (r["answer"], r["kind"]) for r in prompts.select(["prompt_id", "answer", "kind"]).to_pylist()}
     all_metrics = []
     try:
         baseline = _baseline(ctx, eval_sets)
@@ -455,7 +465,7 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
                                          lambda: judge(ctx, t, gens, models), _judge_summary)
             rewards, s_score = _table_stage(ctx, t, "score", "rewards", f"{d}/rewards.parquet",
                                             lambda: score(ctx, t, gens, judg, answers, models),
-                                            lambda _: {"models": models.describe()})
+                                            lambda table: _score_summary(table, models))
             pairs, s_select = _table_stage(ctx, t, "select", "pairs", f"{d}/pairs.parquet",
                                            lambda: select(gens, rewards, judg, selection, models.policy == models.reference),
                                            _pairs_summary)
@@ -464,7 +474,7 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
             if not eval_sets.empty:
                 _, stages["eval"] = _table_stage(ctx, t, "eval", "eval", f"{d}/eval.parquet",
                                                  lambda: evaluate(ctx.engines, cfg, t, adapter_of(rd, t), eval_sets, baseline),
-                                                 eval_summary)
+                                                 lambda table: eval_summary(table, baseline))
 
             metrics = _metrics_stage(ctx, t, stages, time.monotonic() - t_iter)
             all_metrics.append(metrics)
@@ -521,45 +531,54 @@ def _train_stage(ctx: Context, t: int, d: str, policy: AdapterRef | None) -> dic
 
 
 def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+    """metrics.json of iteration t: the stages' summaries in one row (see ``orchestrator.measures``)."""
     key = ctx.rd.stage_key(t, "metrics")
     path = f"{ctx.rd.iter_dir(t)}/metrics.json"
     if ctx.rd.record(key) is not None:
-        metrics = ctx.rd.read_json(path)
-    else:
-        gen_s, judge_s = s["generate"]["seconds"], s["judge"]["seconds"]
-        metrics = {
-            "iteration": t,
-            "stage_seconds": {name: v["seconds"] for name, v in s.items()},
-            "iteration_seconds": round(wall, 3),
-            "responses": s["generate"]["responses"],
-            "tokens_generated": s["generate"]["tokens"],
-            "generation_tokens_per_s": s["generate"]["tokens"] / gen_s if gen_s > 0 else None,
-            "judge_tokens": s["judge"]["tokens"],
-            "judge_tokens_per_s": s["judge"]["tokens"] / judge_s if judge_s > 0 else None,
-            "judge_parse_failure_rate": s["judge"]["parse_failure_rate"],
-            "pairs_built": s["select"]["pairs_built"],
-            "pairs_kept": s["select"]["pairs_kept"],
-            "drops": s["select"]["drops"],
-            # None at iteration 1 (no previous model) and wherever C is undefined: not guessed.
-            "mean_consistency": s["select"]["mean_consistency"],
-            "consistency_prompts": s["select"]["consistency_prompts"],
-            "agreement_rate": s["select"]["agreement_rate"],
-            "label_quality": s["select"]["label_quality"],
-            "kept_label_precision": s["select"]["label_quality"]["kept"]["precision"],
-            "dropped_label_precision": s["select"]["label_quality"]["dropped"]["precision"],
-            "judge_expected_vs_sampled": s["judge"]["expected_vs_sampled"],
-            "models": s["score"]["models"],
-            "dpo_loss": s["train"]["dpo_loss"],
-            "dpo_loss_first": s["train"]["dpo_loss_first"],
-            "epochs": s["train"]["epochs"],
-            "reward_accuracy": s["train"]["reward_accuracy"],
-            "reward_margin": s["train"]["reward_margin"],
-            "optimizer_steps": s["train"]["optimizer_steps"],
-            "effective_batch_pairs": s["train"].get("effective_batch_pairs"),
-            "prompts_overlong": ctx.overlong,
-            "engine_start_seconds": ctx.take_engine_start_seconds(),
-            **{k: v for k, v in s.get("eval", {}).items() if k != "seconds"},
-        }
-        ctx.rd.write_json(path, metrics)
-        ctx.rd.commit(key, path, None, 0.0, {})
+        return ctx.rd.read_json(path)
+    gen_s, judge_s, train = s["generate"]["seconds"], s["judge"]["seconds"], s["train"]
+    quality = s["select"]["label_quality"]
+    last_epoch_pairs = sum(st["pairs"] for st in train.get("steps", []) if st["epoch"] == train["epochs"] - 1)
+    metrics = {
+        "iteration": t,
+        "stage_seconds": {name: v["seconds"] for name, v in s.items()},
+        "iteration_seconds": round(wall, 3),
+        "responses": s["generate"]["responses"],
+        "tokens_generated": s["generate"]["tokens"],
+        "generation_tokens_per_s": s["generate"]["tokens"] / gen_s if gen_s > 0 else None,
+        "judge_tokens": s["judge"]["tokens"],
+        "judge_tokens_per_s": s["judge"]["tokens"] / judge_s if judge_s > 0 else None,
+        "judge_parse_rate": s["judge"]["judge_parse_rate"],
+        "judge_expected_vs_sampled": s["judge"]["expected_vs_sampled"],
+        "expected_vs_sampled_agreement": (s["judge"]["expected_vs_sampled"] or {}).get("pair_order_agreement"),
+        "models": s["score"]["models"],
+        "grade_rules": s["score"]["grade_rules"],
+        "graded_responses": s["score"]["graded_responses"],
+        **{k: s["score"][k] for k in ("judge_score_mean", "judge_auroc", "judge_auroc_expected", "judge_auroc_previous")},
+        "pairs_built": s["select"]["pairs_built"],
+        "pairs_kept": s["select"]["pairs_kept"],
+        "drops": s["select"]["drops"],
+        # Undefined at iteration 1 (no previous model) and wherever C is: never guessed.
+        "mean_consistency": s["select"]["mean_consistency"],
+        "consistency_prompts": s["select"]["consistency_prompts"],
+        "consistency_undefined_prompts": s["select"]["consistency_undefined_prompts"],
+        "agreement_rate": s["select"]["agreement_rate"],
+        "label_quality": quality,
+        "candidate_label_precision": quality["candidates"]["precision"],
+        "kept_label_precision": quality["kept"]["precision"],
+        "dropped_label_precision": quality["dropped"]["precision"],
+        "dpo_loss": train["dpo_loss"],
+        "dpo_loss_first": train["dpo_loss_first"],
+        "epochs": train["epochs"],
+        "reward_accuracy": None if train["reward_accuracy"] is None else stats.proportion(
+            round(train["reward_accuracy"] * last_epoch_pairs), last_epoch_pairs).to_json(),
+        "reward_margin": train["reward_margin"],
+        "optimizer_steps": train["optimizer_steps"],
+        "effective_batch_pairs": train.get("effective_batch_pairs"),
+        "prompts_overlong": ctx.overlong,
+        "engine_start_seconds": ctx.take_engine_start_seconds(),
+        **{k: v for k, v in s.get("eval", {}).items() if k != "seconds"},
+    }
+    ctx.rd.write_json(path, metrics)
+    ctx.rd.commit(key, path, None, 0.0, {})
     return metrics

@@ -1,10 +1,19 @@
 """Per-iteration numbers about the labels themselves: are the self-rewards trustworthy?
 
 Label precision is measured where the truth is known: prompts with a
-reference answer. A pair is *decided* when exactly one of its two responses
-is correct; its label is right when the chosen one is. Precision = right /
-decided, reported for kept vs dropped pairs and for each filter's passed vs
-failed pairs. A filter helps when its passed precision beats its failed one.
+reference answer. A pair is *decided* when the grader finds exactly one of
+its two responses correct (an ungradable response decides nothing); its
+label is right when the chosen one is. Precision = right / decided, with its
+Wilson 95% interval, for all candidates, kept vs dropped pairs and each
+filter's passed vs failed pairs. A filter is said to help only when the
+precision of the pairs it kept lies above what a random drop of the same
+size from the same candidates gives (``stats.random_drop``), beyond that
+baseline's 95% range.
+
+Judge calibration: how well the judge's score of a response separates
+correct from incorrect responses (AUROC over the responses with a gradable
+answer; the 95% interval bootstraps prompts), for the sampled mean score,
+the expected score and the previous judge where the run has them.
 """
 
 from __future__ import annotations
@@ -15,54 +24,96 @@ from typing import Any
 
 import pyarrow as pa
 
+from orchestrator import stats
+from orchestrator.answers import UNGRADABLE
+
+
+def _truth(r: dict[str, Any]) -> bool | None:
+    """The pair's truth: True when chosen is the correct one, False when rejected is, None when undecided."""
+    c, j = r["chosen_correct"], r["rejected_correct"]
+    return None if c is None or j is None or c == j else bool(c)
+
 
 def _precision(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    decided = [r for r in rows if r["chosen_correct"] is not None and r["rejected_correct"] is not None
-               and r["chosen_correct"] != r["rejected_correct"]]
-    right = sum(1 for r in decided if r["chosen_correct"])
+    truths = [_truth(r) for r in rows]
+    decided = [t for t in truths if t is not None]
+    right = sum(decided)
     return {"pairs": len(rows), "decided": len(decided), "right": right,
-            "precision": right / len(decided) if decided else None}
+            "precision": stats.proportion(right, len(decided), "no decided pair").to_json()}
+
+
+def _against_chance(subset: list[dict[str, Any]], pool: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """The precision of ``subset`` and of random subsets of ``pool`` of its size, and the verdict between them."""
+    out = _precision(subset)
+    observed = stats.Estimate.from_json(out["precision"])
+    baseline = stats.random_drop([_truth(r) for r in pool], len(subset), observed.value, seed)
+    return {**out, "random_drop": baseline.to_json(), "verdict": stats.verdict(observed, baseline)}
 
 
 def label_quality(pairs: pa.Table) -> dict[str, Any]:
-    """Label precision of all candidate pairs, kept and dropped ones, and per filter (passed / failed).
+    """Label precision of all candidate pairs, kept and dropped ones (kept against a random drop), and per filter.
 
     Candidates are pairs not dropped for a structural reason (too few
-    scores, tie, margin, cap): those a filter could judge.
+    scores, tie, margin, cap): those a filter could judge. Per filter, the
+    candidates it applied to are split into passed and failed, and the passed
+    ones are compared with a random drop of the same size from those.
     """
     rows = pairs.to_pylist()
     filters = [name[len("pass_"):] for name in pairs.schema.names if name.startswith("pass_")]
     structural_ok = [r for r in rows if r["drop_reason"] is None or r["drop_reason"] in filters]
     out: dict[str, Any] = {
         "candidates": _precision(structural_ok),
-        "kept": _precision([r for r in structural_ok if r["kept"]]),
+        "kept": _against_chance([r for r in structural_ok if r["kept"]], structural_ok, seed=0),
         "dropped": _precision([r for r in structural_ok if not r["kept"]]),
         "by_filter": {},
     }
-    for f in filters:
+    for k, f in enumerate(filters, start=1):
         col = f"pass_{f}"
+        applied = [r for r in structural_ok if r[col] is not None]
         out["by_filter"][f] = {
-            "passed": _precision([r for r in structural_ok if r[col] is True]),
-            "failed": _precision([r for r in structural_ok if r[col] is False]),
-            "not_applicable": sum(1 for r in structural_ok if r[col] is None),
+            "passed": _against_chance([r for r in applied if r[col]], applied, seed=k),
+            "failed": _precision([r for r in applied if not r[col]]),
+            "not_applicable": len(structural_ok) - len(applied),
         }
     return out
 
 
 def consistency_summary(pairs: pa.Table) -> dict[str, Any]:
-    """Mean consistency C over prompts where it is defined (None, with the count 0, where it never is)."""
+    """Mean consistency C over the prompts where it is defined (bootstrap interval), and how many prompts had none."""
     per_prompt = {r["prompt_id"]: r["consistency"] for r in pairs.select(["prompt_id", "consistency"]).to_pylist()}
     defined = [c for c in per_prompt.values() if c is not None]
-    return {"mean_consistency": sum(defined) / len(defined) if defined else None,
-            "consistency_prompts": len(defined)}
+    return {"mean_consistency": stats.mean(defined, why_empty="undefined on every prompt").to_json() if per_prompt else None,
+            "consistency_prompts": len(defined), "consistency_undefined_prompts": len(per_prompt) - len(defined)}
 
 
 def agreement_rate(pairs: pa.Table) -> dict[str, Any]:
-    """Share of candidate pairs where the implicit reward prefers the judge's chosen response too."""
+    """Share of candidate pairs where the implicit reward prefers the judge's chosen response too (Wilson interval)."""
     rows = [r for r in pairs.select(["implicit_margin", "margin"]).to_pylist()
             if r["implicit_margin"] is not None and r["margin"] is not None and r["margin"] > 0]
     agree = sum(1 for r in rows if r["implicit_margin"] > 0)
-    return {"agreement_rate": agree / len(rows) if rows else None, "agreement_pairs": len(rows)}
+    return {"agreement_rate": stats.proportion(agree, len(rows), "implicit reward undefined (policy = reference)").to_json()}
+
+
+def judge_calibration(rewards: pa.Table) -> dict[str, Any]:
+    """AUROC of each judge signal at separating correct from incorrect responses (None where the run lacks it).
+
+    Responses without a reference answer or with an ungradable one are left
+    out: the truth of the first is unknown, and the second has no answer to
+    be right or wrong about.
+    """
+    cols = ["prompt_id", "correct", "grade_rule", "judge_mean", "judge_expected", "judge_mean_prev"]
+    rows = [r for r in rewards.select(cols).to_pylist() if r["correct"] is not None and r["grade_rule"] != UNGRADABLE]
+    out = {}
+    for key, col in (("judge_auroc", "judge_mean"), ("judge_auroc_expected", "judge_expected"),
+                     ("judge_auroc_previous", "judge_mean_prev")):
+        if rewards.num_rows and rewards[col].null_count == rewards.num_rows and key != "judge_auroc":
+            out[key] = None  # the run does not collect this signal (at this iteration)
+            continue
+        out[key] = stats.auroc([r[col] for r in rows], [r["correct"] for r in rows], [r["prompt_id"] for r in rows]).to_json()
+    all_scores = rewards["judge_mean"].to_pylist()
+    out["judge_score_mean"] = stats.mean(all_scores, why_empty="no parsed verdict").to_json()
+    out["graded_responses"] = len(rows)
+    return out
 
 
 def _pearson(x: list[float], y: list[float]) -> float | None:
@@ -83,7 +134,7 @@ def judge_agreement(judgments: pa.Table) -> dict[str, Any] | None:
     sampled estimate is the mean parsed score of all K verdicts. Reports
     their Pearson correlation, mean absolute difference, and the share of
     within-prompt response pairs both order the same way (ties in either
-    excluded). None when the judgments carry no expected scores.
+    excluded; Wilson interval). None when the judgments carry no expected scores.
     """
     cur = [r for r in judgments.select(["prompt_id", "sample_idx", "judge_model", "judge_idx", "score", "score_expected"]).to_pylist()
            if r["judge_model"] == "current"]
@@ -111,6 +162,6 @@ def judge_agreement(judgments: pa.Table) -> dict[str, Any] | None:
         "responses": len(keys),
         "pearson": _pearson(s, e),
         "mean_abs_diff": sum(abs(a - b) for a, b in zip(s, e)) / len(keys) if keys else None,
-        "pair_order_agreement": same / total if total else None,
+        "pair_order_agreement": stats.proportion(same, total, "no pair ordered by both").to_json(),
         "pairs_compared": total,
     }

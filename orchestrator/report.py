@@ -1,17 +1,22 @@
 """`selfreward report RUN_DIR` and `selfreward compare RUN_A RUN_B ...`: what a researcher reads after a run.
 
-``write_report`` renders ``RUN_DIR/report.html`` with PNG plots in
-``RUN_DIR/plots/`` (matplotlib, Agg backend): evaluation accuracy, judge
-scores (fixed judge M0, self judge, and the self-judged training responses),
-win/tie/loss vs M0, the trust numbers (consistency, agreement, label
-precision), pairs built/kept with drop reasons, judge-score histograms, the
-DPO loss per step, stage times, and a table of sample pairs with their
-verdicts. The page is self-contained: no script, style or font is fetched
-from anywhere, and every text from the run (prompts, responses, verdicts) is
-HTML-escaped. A small inline script marks plots that failed to load.
+``write_report`` renders ``RUN_DIR/report.html`` with SVG plots in
+``RUN_DIR/plots/`` (matplotlib, Agg backend), inlined in the page:
+evaluation accuracy and its paired difference from M0, judge scores (fixed
+judge M0, self judge, the self-judged training responses), judge
+calibration (AUROC), win/tie/loss vs M0 with the judge's position
+consistency, the trust numbers (consistency, agreement, label precision
+against a random drop), pairs built/kept with drop reasons, judge-score
+histograms, the DPO loss per step, stage times, and a table of sample pairs
+with their verdicts. Every rate and mean is drawn with its 95% interval; a
+point resting on fewer than ``stats.SMALL_N`` items is hollow, labelled with
+its n and joined to nothing. The page is self-contained: no script, style,
+image or font is fetched from anywhere, and every text from the run
+(prompts, responses, verdicts) is HTML-escaped. A small inline script marks
+plots that did not render.
 
 ``compare_runs`` puts several runs side by side, one row per metric and
-iteration, one column per run.
+iteration, one column per run, each value with its interval and n.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from orchestrator.rundir import RunDir, RunDirError
-from orchestrator.runlog import TABLE_COLUMNS, _cell, metrics_rows
+from orchestrator import stats
+from orchestrator.measures import BY_KEY, METRICS, show, table_rows
+from orchestrator.runlog import metrics_rows
 from orchestrator.storage import Storage
 
 PLOTS_DIR = "plots"
@@ -76,22 +84,58 @@ def _save(fig, ax, path: tuple[Storage, str], has_data: bool) -> None:
     elif ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
     plt.close(fig)
     storage, rel = path
-    storage.write_bytes(rel, buf.getvalue())
+    storage.write_text(rel, buf.getvalue())
 
 
-def _line_plot(rows: list[dict[str, Any]], lines: list[tuple[str, str]], title: str, ylabel: str, path: tuple[Storage, str],
-               ylim: tuple[float, float] | None = None) -> None:
+def _estimate_plot(rows: list[dict[str, Any]], keys: list[str], title: str, ylabel: str, path: tuple[Storage, str],
+                   ylim: tuple[float, float] | None = None, reference: float | None = None,
+                   bands: dict[int, tuple[float, float]] | None = None) -> None:
+    """Declared metrics per iteration, each point with its 95% interval as an error bar.
+
+    A point resting on fewer than ``stats.SMALL_N`` items is hollow and
+    labelled with its n, and no line joins it; a number that could not be
+    measured is marked "n/a" on the axis. ``reference``: a dashed horizontal
+    line (chance); ``bands``: per iteration, a shaded range (a random drop's).
+    """
     fig, ax = _figure(title, ylabel)
     has = False
-    for key, label in lines:
-        x, y = _series(rows, key)
-        if x:
-            ax.plot(x, y, marker="o", label=label)
+    for k, key in enumerate(keys):
+        metric = BY_KEY[key]
+        color = f"C{k}"
+        points = [(r["iteration"], metric.get(r)) for r in rows if r.get(key) is not None]
+        if not points:
+            continue
+        ax.plot([], [], "o", color=color, label=metric.label)
+        confident: list[tuple[int, float]] = []
+        for x, est in points:
             has = True
+            if est.value is None:
+                ax.annotate("n/a", (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 4 + 9 * k),
+                            textcoords="offset points", ha="center", fontsize=7, color=color)
+                continue
+            if est.lo is not None:
+                bars = ax.errorbar([x], [est.value], yerr=[[est.value - est.lo], [est.hi - est.value]], fmt="none",
+                                   ecolor=color, capsize=3, linewidth=1)
+                bars[2][0].set_gid(f"ci-{key}-{x}")
+            small = est.n < stats.SMALL_N
+            (marker,) = ax.plot([x], [est.value], "o", color=color, markerfacecolor="white" if small else color)
+            if small:
+                marker.set_gid(f"small-n-{key}-{x}")
+                ax.annotate(f"n={est.n}", (x, est.value), xytext=(5, 3), textcoords="offset points", fontsize=7, color=color)
+            else:
+                confident.append((x, est.value))
+        for (x0, y0), (x1, y1) in zip(confident, confident[1:]):
+            if x1 == x0 + 1:
+                ax.plot([x0, x1], [y0, y1], "-", color=color, linewidth=1)
+    for x, (lo, hi) in (bands or {}).items():
+        ax.fill_between([x - 0.2, x + 0.2], lo, hi, color="gray", alpha=0.25, linewidth=0, gid=f"chance-{x}",
+                        label="random drop, 95% range" if x == min(bands) else None)
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", linewidth=1)
     if ylim:
         ax.set_ylim(*ylim)
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -110,6 +154,10 @@ def _stacked_bars(iterations: list[int], parts: dict[str, list[float]], title: s
     _save(fig, ax, path, bool(iterations) and any(bottom))
 
 
+SMALL_NOTE = (f" Error bars are 95% intervals; a hollow point rests on fewer than {stats.SMALL_N} items (its n is "
+              "written beside it) and is never joined by a line; n/a marks a number that could not be measured.")
+
+
 def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Write every plot; returns (file name, caption) in page order."""
     st = rd.storage
@@ -119,50 +167,59 @@ def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
     its = [r for r in rows if r["kind"] == "iteration"]
     runs = _runs(rows)
-    judged: dict[int, list[float]] = {}
-    for r in its:
-        # Self-judge scores of the responses trained on, from rewards.parquet.
-        rewards = f"{rd.iter_dir(r['iteration'])}/rewards.parquet"
-        judged[r["iteration"]] = [v for v in rd.read_table(rewards).column("judge_mean").to_pylist() if v is not None] \
-            if rd.exists(rewards) else []
-        vals = judged[r["iteration"]]
-        r["_train_judge"] = sum(vals) / len(vals) if vals else None
     plots = []
-
-    _line_plot(runs, [("eval_accuracy", "held-out verifiable accuracy")], "Accuracy (greedy, exact match)", "accuracy",
-               out("accuracy.png"), (0, 1))
-    plots.append(("accuracy.png", "Held-out verifiable accuracy of M0 (iteration 0) and of each M(t)."))
-    _line_plot(runs, [("eval_fixed_judge", "fixed judge M0 (held-out)"), ("eval_self_judge", "self judge (held-out)"),
-                           ("_train_judge", "self judge (training responses)")],
-               "Judge scores (0-5 rubric)", "mean score", out("judge_scores.png"), (0, 5))
-    plots.append(("judge_scores.png", "Mean rubric score of held-out responses by the fixed judge M0 and by the model "
+    _estimate_plot(runs, ["eval_accuracy"], "Held-out accuracy (greedy)", "accuracy", out("accuracy.svg"), (0, 1))
+    plots.append(("accuracy.svg", "Held-out verifiable accuracy of M0 (iteration 0) and of each M(t)." + SMALL_NOTE))
+    _estimate_plot(its, ["eval_accuracy_vs_m0"], "Accuracy minus M0's, same prompts", "difference", out("accuracy_vs_m0.svg"),
+                   reference=0.0)
+    plots.append(("accuracy_vs_m0.svg", "Paired difference in held-out accuracy between M(t) and M0 (bootstrap over "
+                  "prompts): an interval covering 0 is no evidence of a change." + SMALL_NOTE))
+    _estimate_plot(runs, ["eval_fixed_judge", "eval_self_judge", "judge_score_mean"], "Judge scores (0-5 rubric)",
+                   "mean score", out("judge_scores.svg"), (0, 5))
+    plots.append(("judge_scores.svg", "Mean rubric score of held-out responses by the fixed judge M0 and by the model "
                   "itself, and the mean self-judged score of each iteration's training responses. A self score rising "
-                  "faster than the fixed score is reward inflation."))
-    wins = [r for r in its if r.get("win_counts")]
-    _stacked_bars([r["iteration"] for r in wins],
-                  {k: [r["win_counts"][k] for r in wins] for k in ("win", "tie", "loss", "invalid")},
-                  "M(t) vs M0, position-swapped pairwise judging by M0", "held-out prompts", out("win_rate.png"))
-    plots.append(("win_rate.png", "Outcomes of M(t) against M0 on held-out instructions (win, tie, loss, invalid "
-                  "verdict)."))
-    _line_plot(its, [("mean_consistency", "mean consistency C"), ("agreement_rate", "judge/implicit agreement"),
-                     ("kept_label_precision", "kept-pair label precision"),
-                     ("dropped_label_precision", "dropped-pair label precision")],
-               "Trust in the self-rewards", "rate", out("trust.png"), (0, 1))
-    plots.append(("trust.png", "Cross-iteration consistency, internal-reward agreement, and label precision of kept vs "
-                  "dropped pairs (on prompts with reference answers)."))
+                  "faster than the fixed score is reward inflation." + SMALL_NOTE))
+    _estimate_plot(its, ["judge_auroc", "judge_auroc_expected", "judge_auroc_previous"],
+                   "Judge calibration: correct vs incorrect responses", "AUROC", out("judge_calibration.svg"), (0, 1),
+                   reference=0.5)
+    plots.append(("judge_calibration.svg", "How well the judge's score separates the iteration's correct from its "
+                  "incorrect responses (0.5, dashed, is chance): does the model's own reward track the truth, and does "
+                  "that drift across iterations?" + SMALL_NOTE))
+    degenerate = [f"iteration {r['iteration']}: {r['pairwise_degenerate']}" for r in its if r.get("pairwise_degenerate")]
+    _estimate_plot(its, ["win_rate", "tie_rate", "loss_rate", "pairwise_position_consistency", "pairwise_first_position_rate"],
+                   "M(t) vs M0, judged by M0 in both orders", "rate", out("win_rate.svg"), (0, 1))
+    plots.append(("win_rate.svg", "Win, tie and loss rates of M(t) against M0 on held-out instructions, with the "
+                  "judge's position consistency and first-position rate. "
+                  + (("The win rate cannot be measured with this judge: " + "; ".join(degenerate) + ".") if degenerate else "")
+                  + SMALL_NOTE))
+    bands = {}
+    for r in its:
+        chance = r.get("label_quality", {}).get("kept", {}).get("random_drop") or {}
+        if chance.get("range95") and r["label_quality"]["kept"]["verdict"] != "no drop":
+            bands[r["iteration"]] = tuple(chance["range95"])
+    _estimate_plot(its, ["mean_consistency", "agreement_rate", "kept_label_precision", "dropped_label_precision"],
+                   "Trust in the self-rewards", "rate", out("trust.svg"), (0, 1), bands=bands)
+    plots.append(("trust.svg", "Cross-iteration consistency, internal-reward agreement, and label precision of kept vs "
+                  "dropped pairs (on prompts with reference answers); the gray range is the precision of a random drop "
+                  "of the same size from the same candidates: a filter helps only above it." + SMALL_NOTE))
     reasons = sorted({k for r in its for k in r.get("drops", {})})
     _stacked_bars([r["iteration"] for r in its],
                   {"kept": [r["pairs_kept"] for r in its], **{k: [r["drops"].get(k, 0) for r in its] for k in reasons}},
-                  "Candidate pairs: kept and drop reasons", "pairs", out("pairs.png"))
-    plots.append(("pairs.png", "Every candidate pair per iteration: kept, or dropped with its reason."))
+                  "Candidate pairs: kept and drop reasons", "pairs", out("pairs.svg"))
+    plots.append(("pairs.svg", "Every candidate pair per iteration: kept, or dropped with its reason."))
+    judged: dict[int, list[float]] = {}
+    for r in its:
+        rewards = f"{rd.iter_dir(r['iteration'])}/rewards.parquet"
+        judged[r["iteration"]] = [v for v in rd.read_table(rewards).column("judge_mean").to_pylist() if v is not None] \
+            if rd.exists(rewards) else []
     fig, ax = _figure("Self-judge scores of training responses", "responses", "mean judge score")
     has = False
     for t, vals in judged.items():
         if vals:
             ax.hist(vals, bins=[i * 0.5 for i in range(11)], histtype="step", linewidth=1.5, label=f"iter {t}")
             has = True
-    _save(fig, ax, out("score_hist.png"), has)
-    plots.append(("score_hist.png", "Distribution of the mean self-judge score per response, per iteration."))
+    _save(fig, ax, out("score_hist.svg"), has)
+    plots.append(("score_hist.svg", "Distribution of the mean self-judge score per response, per iteration."))
     fig, ax = _figure("DPO loss per optimizer step", "loss", "optimizer step (all iterations)")
     steps = [r for r in rows if r["kind"] == "train_step"]
     if steps:
@@ -171,13 +228,13 @@ def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         for t in sorted({s["iteration"] for s in steps})[:-1]:
             n += sum(1 for s in steps if s["iteration"] == t)
             ax.axvline(n + 0.5, color="gray", linestyle=":")
-    _save(fig, ax, out("dpo_loss.png"), bool(steps))
-    plots.append(("dpo_loss.png", "Weighted preference loss of each optimizer step; dotted lines separate iterations."))
+    _save(fig, ax, out("dpo_loss.svg"), bool(steps))
+    plots.append(("dpo_loss.svg", "Weighted preference loss of each optimizer step; dotted lines separate iterations."))
     stages = [s for s in ("generate", "judge", "score", "select", "train", "eval")
               if any(s in r.get("stage_seconds", {}) for r in runs)]
     _stacked_bars([r["iteration"] for r in runs], {s: [r.get("stage_seconds", {}).get(s, 0.0) for r in runs] for s in stages},
-                  "Time per stage", "seconds", out("stage_seconds.png"))
-    plots.append(("stage_seconds.png", "Wall time of each stage (iteration 0: M0's evaluation)."))
+                  "Time per stage", "seconds", out("stage_seconds.svg"))
+    plots.append(("stage_seconds.svg", "Wall time of each stage (iteration 0: M0's evaluation)."))
     return plots
 
 
@@ -190,27 +247,36 @@ td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { display: inline-block; margin: 0.5em; width: 40em; vertical-align: top; }
+figure svg { width: 100%; height: auto; }
 figcaption { font-size: 0.85em; color: #555; }
 pre { background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; max-height: 24em; overflow: auto; }
 .text { white-space: pre-wrap; max-width: 28em; }
 .missing { color: #b00; }
 """
 
-# Marks every plot that did not load (and counts them in data attributes, read by the tests).
+# Counts, once the page has laid out, the plots that rendered (an inline SVG with a non-empty box), their error bars
+# and their small-n points, in data attributes of <body> (read by the tests); marks a plot that did not render.
 _CHECK_SCRIPT = """
 window.addEventListener("load", function () {
-  var imgs = Array.prototype.slice.call(document.querySelectorAll("img.plot"));
-  var loaded = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  imgs.forEach(function (i) {
-    if (loaded.indexOf(i) < 0) {
-      var note = document.createElement("p");
-      note.className = "missing";
-      note.textContent = "plot missing: " + i.getAttribute("src");
-      i.parentNode.insertBefore(note, i);
-    }
+  var plots = Array.prototype.slice.call(document.querySelectorAll("figure.plot"));
+  var shown = plots.filter(function (f) {
+    var svg = f.querySelector("svg");
+    if (svg) { var box = svg.getBBox(); if (box.width > 0 && box.height > 0) return true; }
+    var note = document.createElement("p");
+    note.className = "missing";
+    note.textContent = "plot missing: " + f.getAttribute("data-name");
+    f.insertBefore(note, f.firstChild);
+    return false;
   });
-  document.body.setAttribute("data-plots-total", imgs.length);
-  document.body.setAttribute("data-plots-loaded", loaded.length);
+  var drawn = function (sel) {
+    return Array.prototype.slice.call(document.querySelectorAll(sel)).filter(function (g) {
+      var box = g.getBBox(); return box.width > 0 || box.height > 0;
+    }).length;
+  };
+  document.body.setAttribute("data-plots-total", plots.length);
+  document.body.setAttribute("data-plots-loaded", shown.length);
+  document.body.setAttribute("data-errorbars", drawn("figure.plot g[id^='ci-']"));
+  document.body.setAttribute("data-small-n", drawn("figure.plot g[id^='small-n-']"));
 });
 """
 
@@ -228,10 +294,16 @@ def _num(v: Any, spec: str = ".3f") -> str:
 
 
 def _metrics_table(runs: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h, _, _ in TABLE_COLUMNS)
-    body = "".join("<tr>" + "".join(f'<td class="num">{_e(_cell(r, k, s))}</td>' for _, k, s in TABLE_COLUMNS) + "</tr>"
-                   for r in runs)
+    head = "<th>metric</th>" + "".join(f"<th>M{r['iteration']}</th>" for r in runs)
+    body = "".join(f"<tr><th>{_e(label)}</th>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>"
+                   for label, cells in table_rows(runs))
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _inline(svg: str) -> str:
+    """A matplotlib SVG file as an element of the page: without its XML prolog, doctype and metadata."""
+    svg = svg[svg.index("<svg"):]
+    return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.DOTALL)
 
 
 def _sample_pairs(rd: RunDir, t: int) -> str:
@@ -282,7 +354,8 @@ def write_report(run_dir: str | Path) -> str:
     last = its[-1] if its else None
     config = rd.storage.read_text(rd.config_path) if rd.exists(rd.config_path) else ""
     figures = "".join(
-        f'<figure><img class="plot" src="{PLOTS_DIR}/{name}" alt="{_e(caption)}" width="640" height="360">'
+        f'<figure class="plot" data-name="{PLOTS_DIR}/{name}">'
+        f"{_inline(rd.storage.read_text(f'{PLOTS_DIR}/{name}')) if rd.exists(f'{PLOTS_DIR}/{name}') else ''}"
         f"<figcaption>{_e(caption)}</figcaption></figure>"
         for name, caption in plots
     )
@@ -299,9 +372,12 @@ def write_report(run_dir: str | Path) -> str:
 <code>{_e(str(state.get("config_hash", ""))[:12])}</code>; {len(its)} iteration(s) committed.
 Library versions: {_e(", ".join(f"{k} {v}" for k, v in sorted(state.get("library_versions", {}).items())))}.</p>
 <h2>Per iteration</h2>
-<p>Iteration 0 is the base model M0. <em>fixed judge</em>: M0's rubric score of held-out responses; <em>self judge</em>:
-the model's own; <em>win</em>/<em>tie</em>: against M0, position-swapped; <em>kept prec</em>: label precision of kept
-pairs on prompts with reference answers. Drops over all iterations: {_e(", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")}.</p>
+<p>M0 is the base model. Every rate and mean is given with its 95% interval and n (k/n for a proportion); "n/a" is a
+number that could not be measured (the per-iteration lines of <code>selfreward status</code> say why), "-" one the
+iteration does not have. <em>fixed judge</em>: M0's rubric score of held-out responses; <em>self judge</em>: the model's
+own; win/tie/loss: against M0, judged by M0 in both orders; <em>kept-label precision</em>: decided kept pairs (one
+response correct, one not) whose chosen response is the correct one, read against a random drop of the same size.
+Drops over all iterations: {_e(", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")}.</p>
 {_metrics_table(runs)}
 <h2>Plots</h2>
 {figures}
@@ -317,19 +393,11 @@ pairs on prompts with reference answers. Drops over all iterations: {_e(", ".joi
 
 # --- compare -------------------------------------------------------------------------
 
-COMPARE_METRICS = [
-    ("accuracy", "eval_accuracy", ".3f"), ("fixed judge", "eval_fixed_judge", ".2f"),
-    ("self judge", "eval_self_judge", ".2f"), ("win rate", "win_rate", ".2f"), ("tie rate", "tie_rate", ".2f"),
-    ("mean consistency", "mean_consistency", ".2f"), ("agreement", "agreement_rate", ".2f"),
-    ("kept-label precision", "kept_label_precision", ".2f"), ("pairs kept", "pairs_kept", "d"),
-    ("pairs built", "pairs_built", "d"), ("DPO loss", "dpo_loss", ".4f"), ("seconds", "iteration_seconds", ".0f"),
-]
-
-
 def compare_runs(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]], dict[str, Any]]:
-    """(header, rows, data) of the side-by-side table: one row per metric and iteration, one column per run.
+    """(header, rows, data) of the side-by-side table: one row per table metric and iteration, one column per run.
 
-    Raises RunDirError for a directory that is not a run directory.
+    Cells carry the 95% interval and n (``measures.show``); ``data`` has the
+    full values. Raises RunDirError for a directory that is not a run directory.
     """
     if len(run_dirs) < 1:
         raise RunDirError("compare needs at least one run directory")
@@ -343,13 +411,15 @@ def compare_runs(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]]
     iterations = sorted({t for runs in per_run.values() for t in runs})
     header = ["metric", "iter", *names]
     rows, data = [], {}
-    for label, key, spec in COMPARE_METRICS:
+    for metric in METRICS:
+        if not metric.table:
+            continue
         for t in iterations:
-            values = [per_run[n].get(t, {}).get(key) for n in names]
+            values = [per_run[n].get(t, {}).get(metric.key) for n in names]
             if all(v is None for v in values):
                 continue
-            rows.append([label, str(t), *["-" if v is None else format(v, spec) for v in values]])
-            data.setdefault(key, {})[str(t)] = dict(zip(names, values))
+            rows.append([metric.label, str(t), *[show(metric.get(per_run[n].get(t, {})), metric.fmt) for n in names]])
+            data.setdefault(metric.key, {})[str(t)] = dict(zip(names, values))
     return header, rows, {"runs": dict(zip(names, map(str, run_dirs))), "metrics": data}
 
 

@@ -16,7 +16,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from orchestrator.measures import METRICS, cell, chance, show, table_rows
 from orchestrator.rundir import RunDir
+from orchestrator.stats import Estimate
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -69,54 +71,36 @@ class RemoteProgress:
             self._bar = None
 
 
-def _fmt(v: Any, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
 def format_iteration(m: dict[str, Any]) -> str:
-    """One summary line: responses, judge parse rate, pairs, label trust numbers, loss, evaluation, timings."""
-    fail = m["judge_parse_failure_rate"]
-    parse = None if fail is None else 100 * (1 - fail)
+    """One summary line: responses, judge, pairs, label trust numbers, loss, evaluation, timings; every rate and mean
+    with its 95% interval and n, and a number that cannot be measured with the reason."""
     drops = ", ".join(f"{k} {v}" for k, v in m["drops"].items()) or "none dropped"
-    loss = _fmt(m["dpo_loss"], ".4f")
+    loss = show(m["dpo_loss"], ".4f")
     if m.get("epochs", 0) > 1:
         loss = f"{m['dpo_loss_first']:.4f} (epoch 1) -> {loss} (epoch {m['epochs']})"
-    kept = m["label_quality"]["kept"]
-    precision = "n/a" if kept["precision"] is None else f"{kept['precision']:.2f} ({kept['right']}/{kept['decided']})"
-    return (
+    line = (
         f"iter {m['iteration']}: {m['responses']} responses ({m['tokens_generated']} tokens, "
-        f"{_fmt(m['generation_tokens_per_s'], '.0f')} tok/s) | judge parse {_fmt(parse, '.1f')}% "
-        f"({_fmt(m['judge_tokens_per_s'], '.0f')} tok/s) | pairs {m['pairs_built']} built, {m['pairs_kept']} kept "
-        f"({drops}) | consistency {_fmt(m['mean_consistency'], '.2f')}, agreement {_fmt(m['agreement_rate'], '.2f')}, "
-        f"kept-label precision {precision} | loss {loss}, {m['optimizer_steps']} steps | "
-        f"eval: accuracy {_fmt(m.get('eval_accuracy'), '.3f')}, fixed judge {_fmt(m.get('eval_fixed_judge'), '.2f')}, "
-        f"win rate {_fmt(m.get('win_rate'), '.2f')} | {m['iteration_seconds']:.0f}s"
+        f"{show(m['generation_tokens_per_s'], '.0f')} tok/s) | judge parse {cell(m, 'judge_parse_rate')}, "
+        f"AUROC {cell(m, 'judge_auroc', why=True)} | pairs {m['pairs_built']} built, {m['pairs_kept']} kept ({drops}) | "
+        f"consistency {cell(m, 'mean_consistency', why=True)}, agreement {cell(m, 'agreement_rate', why=True)}, "
+        f"kept-label precision {cell(m, 'kept_label_precision', why=True)}, against a random drop: {chance(m)} | loss {loss}, {m['optimizer_steps']} steps"
     )
+    if "eval_accuracy" in m:
+        line += (f" | eval: accuracy {cell(m, 'eval_accuracy')} ({cell(m, 'eval_accuracy_vs_m0')} vs M0), "
+                 f"fixed judge {cell(m, 'eval_fixed_judge', why=True)}, win rate {cell(m, 'win_rate', why=True)}")
+    return line + f" | {m['iteration_seconds']:.0f}s"
 
 
-# (header, key, format) of the compact table; a key missing from a row prints as "-".
-TABLE_COLUMNS = [
-    ("t", "iteration", "d"), ("accuracy", "eval_accuracy", ".3f"), ("fixed judge", "eval_fixed_judge", ".2f"),
-    ("self judge", "eval_self_judge", ".2f"), ("win", "win_rate", ".2f"), ("tie", "tie_rate", ".2f"),
-    ("consistency", "mean_consistency", ".2f"), ("kept prec", "kept_label_precision", ".2f"),
-    ("kept/built", None, ""), ("loss", "dpo_loss", ".4f"), ("seconds", "iteration_seconds", ".0f"),
-]
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str = "metric") -> str:
+    """The table metrics (``measures.table_rows``) as rows, one column per metrics row (M0 first, as "M0").
 
-
-def _cell(row: dict[str, Any], key: str | None, spec: str) -> str:
-    if key is None:
-        return f"{row['pairs_kept']}/{row['pairs_built']}" if "pairs_built" in row else "-"
-    if key not in row:
-        return "-"
-    return _fmt(row[key], spec)
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A compact fixed-width table, one row per metrics row (the baseline M0 first, as iteration 0)."""
-    cells = [[h for h, _, _ in TABLE_COLUMNS]] + [[_cell(r, k, s) for _, k, s in TABLE_COLUMNS] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_COLUMNS))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    ``columns``: the column headers (default M0, M1, ...).
+    """
+    lines = [[title, *(columns or [f"M{r['iteration']}" for r in rows])]]
+    lines += [[label, *cells] for label, cells in table_rows(rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
+    return "\n".join([out[0], "  ".join("-" * w for w in widths), *out[1:]])
 
 
 def metrics_rows(rd: RunDir) -> list[dict[str, Any]]:
@@ -140,19 +124,6 @@ def write_metrics_jsonl(rd: RunDir) -> list[dict[str, Any]]:
     lines = metrics_rows(rd)
     rd.storage.write_text("metrics.jsonl", "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
     return lines
-
-
-# Scalars written per iteration (and for the baseline, at step 0): (tag, key).
-_SCALARS = [
-    ("eval/accuracy", "eval_accuracy"), ("eval/fixed_judge", "eval_fixed_judge"), ("eval/self_judge", "eval_self_judge"),
-    ("eval/win_rate", "win_rate"), ("eval/tie_rate", "tie_rate"), ("eval/loss_rate", "loss_rate"),
-    ("trust/mean_consistency", "mean_consistency"), ("trust/agreement_rate", "agreement_rate"),
-    ("trust/kept_label_precision", "kept_label_precision"), ("trust/dropped_label_precision", "dropped_label_precision"),
-    ("pairs/built", "pairs_built"), ("pairs/kept", "pairs_kept"), ("judge/parse_failure_rate", "judge_parse_failure_rate"),
-    ("generate/tokens", "tokens_generated"), ("generate/tokens_per_s", "generation_tokens_per_s"),
-    ("train/dpo_loss", "dpo_loss"), ("train/reward_accuracy", "reward_accuracy"), ("train/reward_margin", "reward_margin"),
-    ("time/iteration_seconds", "iteration_seconds"),
-]
 
 
 def write_tensorboard(rd: RunDir, rows: list[dict[str, Any]]) -> None:
@@ -181,9 +152,16 @@ def _write_events(writer: Any, rows: list[dict[str, Any]]) -> None:
                 writer.add_scalar(f"step/{key}", row[key], global_step)
             continue
         step = 0 if row["kind"] == "baseline" else row["iteration"]
-        for tag, key in _SCALARS:
-            if row.get(key) is not None:
-                writer.add_scalar(tag, row[key], step)
+        for metric in METRICS:
+            value = metric.get(row) if metric.tag else None
+            if isinstance(value, Estimate):
+                if value.value is not None:
+                    writer.add_scalar(metric.tag, value.value, step)
+                if value.lo is not None:
+                    writer.add_scalar(f"{metric.tag}/ci95_lo", value.lo, step)
+                    writer.add_scalar(f"{metric.tag}/ci95_hi", value.hi, step)
+            elif value is not None:
+                writer.add_scalar(metric.tag, value, step)
         for stage, seconds in row.get("stage_seconds", {}).items():
             writer.add_scalar(f"time/{stage}_seconds", seconds, step)
     writer.close()

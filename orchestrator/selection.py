@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 
+from orchestrator.answers import UNGRADABLE
 from orchestrator.artifacts import PAIRS
 from orchestrator.consistency import consistency
 from orchestrator.uncertainty import bald, p_chosen_beats_rejected, sigmoid, variance
@@ -292,10 +293,15 @@ def select(
                 "chosen_finish_reason": c["finish_reason"], "rejected_finish_reason": r["finish_reason"],
                 "implicit_margin": None if ic is None or ir is None else sel.beta * (ic - ir),
                 "uncertainty": _mc_uncertainty(rew[kc], rew[kr], sel),
-                "chosen_correct": rew[kc].get("correct"), "rejected_correct": rew[kr].get("correct"),
+                "chosen_correct": _truth(rew[kc]), "rejected_correct": _truth(rew[kr]),
                 "drop_reason": reason,
             })
     return _decide(rows, sel)
+
+
+def _truth(reward: Row) -> bool | None:
+    """Whether a response is correct, where the grader could tell (None: no reference answer, or ungradable)."""
+    return None if reward.get("grade_rule") == UNGRADABLE else reward.get("correct")
 
 
 def _mixture_beats(pc: list[list[float]], pr: list[list[float]]) -> float | None:

@@ -12,10 +12,11 @@ import os
 from typing import Any
 
 from workers.files import local_copy
-from workers.judge import expected_score, score_prefix, score_token_ids
+from workers.judge import choice_token_ids, renormalise
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.types import (
     AdapterRef,
+    ChoiceRequest,
     Completion,
     CompletionRequest,
     EngineInfo,
@@ -136,25 +137,21 @@ class VLLMEngine:
             for o in outs
         ]
 
-    def score_distribution(self, requests: list[CompletionRequest], adapter: AdapterRef | None) -> list[list[float]]:
-        """P(score = 0..5) of each judge verdict, from one forward pass: the next-token log-probs of the digits.
-
-        ``user_message`` is the judge prompt and the request's verdict text is
-        cut at its score line (``score_prefix``); the seed is unused.
-        """
+    def choice_distribution(self, requests: list[ChoiceRequest], adapter: AdapterRef | None) -> list[list[float]]:
+        """Per request, the probabilities of its one-token options after its line (see ``ChoiceRequest``), from one
+        forward pass each."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        line, digits = score_token_ids(self.tokenizer)
-        prompts = [
-            TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, r.user_message)
-                         + list(self.tokenizer(score_prefix(r.assistant_prefix), add_special_tokens=False).input_ids)
-                         + line)
-            for r in requests
-        ]
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(digits), logprob_token_ids=digits)
+        prompts, params, option_ids = [], [], []
+        for r in requests:
+            line, options = choice_token_ids(self.tokenizer, r.line, r.options)
+            prefix = list(self.tokenizer(r.reply_prefix, add_special_tokens=False).input_ids) if r.reply_prefix else []
+            prompts.append(TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, r.user_message) + prefix + line))
+            params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(options), logprob_token_ids=options))
+            option_ids.append(options)
         outs = self.llm.generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
-        return [expected_score([o.outputs[0].logprobs[0][d].logprob for d in digits])[1] for o in outs]
+        return [renormalise([o.outputs[0].logprobs[0][t].logprob for t in ids]) for o, ids in zip(outs, option_ids)]
 
     def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None) -> list[ScoreResult]:
         """Summed log-prob of each response given its prompt, under ``adapter`` (None = base)."""

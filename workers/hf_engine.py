@@ -2,7 +2,8 @@
 
 For machines without vLLM (``resources.engine_backend: hf``): it samples
 completions with its own batched decode loop over the model's KV cache,
-reads judge score distributions and scores log-probs. Each request keeps its
+reads next-token probabilities of a few options (judge scores, pairwise
+verdicts) and scores log-probs. Each request keeps its
 own seed (one ``torch.Generator`` per row), so a request's sample does not
 depend on what else is in its batch. LoRA adapters load by name with PEFT
 and are switched per call; at most ``max_loras`` stay loaded. It runs on one
@@ -20,11 +21,12 @@ from typing import Any
 import torch
 
 from workers.files import local_copy
-from workers.judge import expected_score, score_prefix, score_token_ids
+from workers.judge import choice_token_ids, renormalise
 from workers.logprobs import sequence_logprobs
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.types import (
     AdapterRef,
+    ChoiceRequest,
     Completion,
     CompletionRequest,
     EngineInfo,
@@ -185,12 +187,14 @@ class HFEngine:
 
     # --- judging and scoring --------------------------------------------------
     @torch.no_grad()
-    def score_distribution(self, requests: list[CompletionRequest], adapter: AdapterRef | None) -> list[list[float]]:
-        """P(score = 0..5) of each judge verdict: the digits' next-token log-probs after its score line."""
-        line, digits = score_token_ids(self.tokenizer)
-        seqs = [prompt_token_ids(self.tokenizer, r.user_message)
-                + list(self.tokenizer(score_prefix(r.assistant_prefix), add_special_tokens=False).input_ids) + line
-                for r in requests]
+    def choice_distribution(self, requests: list[ChoiceRequest], adapter: AdapterRef | None) -> list[list[float]]:
+        """Per request, the probabilities of its one-token options after its line (see ``ChoiceRequest``)."""
+        seqs, option_ids = [], []
+        for r in requests:
+            line, options = choice_token_ids(self.tokenizer, r.line, r.options)
+            prefix = list(self.tokenizer(r.reply_prefix, add_special_tokens=False).input_ids) if r.reply_prefix else []
+            seqs.append(prompt_token_ids(self.tokenizer, r.user_message) + prefix + line)
+            option_ids.append(options)
         out: list[list[float]] = []
         with self._using(adapter) as model:
             for i in range(0, len(seqs), self.batch_size):
@@ -198,9 +202,8 @@ class HFEngine:
                 for s in chunk:
                     self._check_length(len(s), 0)
                 ids, mask, pos = self._left_padded(chunk)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-                logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, digits]
-                out += [expected_score(row)[1] for row in logp.tolist()]
+                logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float(), -1)
+                out += [renormalise(logp[r, option_ids[i + r]].tolist()) for r in range(len(chunk))]
         return out
 
     @torch.no_grad()

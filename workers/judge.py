@@ -12,6 +12,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from workers.types import ChoiceRequest
+
 OPEN_Q, CLOSE_Q = "<<<QUESTION>>>", "<<<END QUESTION>>>"
 OPEN_R, CLOSE_R = "<<<RESPONSE>>>", "<<<END RESPONSE>>>"
 
@@ -173,28 +175,44 @@ def score_prefix(judge_completion: str) -> str:
 
 
 SCORE_LINE = "Score:"
+WINNER_LINE = "Winner:"
+WINNER_OPTIONS = ("A", "B")
 
 
-def score_token_ids(tokenizer: object) -> tuple[list[int], list[int]]:
-    """(ids of the score line before the digit, one id per score 0..5) for ``tokenizer``.
+def score_choice(judge_prompt: str, verdict: str) -> ChoiceRequest:
+    """The judge's score distribution over 0..5 at the score line of its own ``verdict``."""
+    return ChoiceRequest(judge_prompt, score_prefix(verdict), SCORE_LINE, tuple(str(v) for v in SCORE_VALUES))
 
-    Found by encoding "Score: 0" .. "Score: 5": their common prefix is the
-    line, and each must then end in exactly one token, the digit's. Raises
-    ValueError for a tokenizer where a digit is not one token there.
+
+def winner_choice(pairwise_prompt: str) -> ChoiceRequest:
+    """The pairwise judge's P(A), P(B) for the first token of its verdict line (the reply starts with it)."""
+    return ChoiceRequest(pairwise_prompt, "", WINNER_LINE, WINNER_OPTIONS)
+
+
+def choice_token_ids(tokenizer: object, line: str, options: tuple[str, ...]) -> tuple[list[int], list[int]]:
+    """(ids of ``line`` before the option, one id per option) for ``tokenizer``.
+
+    Found by encoding "<line> <option>" for every option: their common prefix
+    is the line, and each must then end in exactly one token, the option's.
+    Raises ValueError for a tokenizer where an option is not one token there.
     """
-    encoded = [list(tokenizer(f"{SCORE_LINE} {d}", add_special_tokens=False).input_ids) for d in SCORE_VALUES]
+    encoded = [list(tokenizer(f"{line} {o}", add_special_tokens=False).input_ids) for o in options]
     n = 0
     while all(len(e) > n for e in encoded) and len({e[n] for e in encoded}) == 1:
         n += 1
     if any(len(e) != n + 1 for e in encoded):
-        raise ValueError(f"tokenizer splits the score digits into several tokens after {SCORE_LINE!r}: {encoded}")
+        raise ValueError(f"tokenizer splits the options {options} into several tokens after {line!r}: {encoded}")
     return encoded[0][:n], [e[n] for e in encoded]
 
 
-def expected_score(logprobs: list[float]) -> tuple[float, list[float]]:
-    """(E[score], P(score = 0..5)) from the log-probs of the six digit tokens, renormalised over them."""
+def renormalise(logprobs: list[float]) -> list[float]:
+    """Probabilities of the options from their log-probs, renormalised over them."""
     top = max(logprobs)
     weights = [math.exp(lp - top) for lp in logprobs]
     total = sum(weights)
-    probs = [w / total for w in weights]
-    return sum(p * v for p, v in zip(probs, SCORE_VALUES)), probs
+    return [w / total for w in weights]
+
+
+def expected_score(probs: list[float]) -> float:
+    """E[score] of a distribution over the scores 0..5."""
+    return sum(p * v for p, v in zip(probs, SCORE_VALUES))

@@ -25,15 +25,26 @@ class SamplingSpec:
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """One chat user message to complete once, with its own seed.
-
-    ``assistant_prefix``: text the assistant's reply already holds (used by
-    the judge's score-distribution pass).
-    """
+    """One chat user message to complete once, with its own seed."""
 
     user_message: str
     seed: int
-    assistant_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class ChoiceRequest:
+    """The model's next-token probabilities of a few one-token ``options``, read after ``line``.
+
+    The chat-templated ``user_message``, then ``reply_prefix`` (the
+    assistant's reply so far), then ``line`` (e.g. "Score:"): the returned
+    distribution is the softmax of the options' logits there, renormalised
+    over the options.
+    """
+
+    user_message: str
+    reply_prefix: str
+    line: str
+    options: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """Writes jobs/data/tiny.jsonl: the small prompt set of the embedded default.
 
-Half are arithmetic word problems generated from a fixed seed, with exact
-answers (verifiable); half are short open instructions.
+Half are short open instructions; half are verifiable tasks with exact
+answers, taken from verifiable_train.jsonl (two or one of each of its 12
+kinds), so the held-out verifiable set never holds one of their signatures.
 Run: python -m jobs.data.build_tiny
 """
 
 import json
-import random
 from pathlib import Path
 
 INSTRUCTIONS = [
@@ -32,34 +32,28 @@ INSTRUCTIONS = [
     "Explain what photosynthesis is in simple words.",
 ]
 
-NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jules"]
-ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells"]
+VERIFIABLE_PER_KIND = 2  # of the 12 kinds; 4 kinds get one fewer, so the set has 20
 
 
-def arithmetic(rng: random.Random) -> tuple[str, int]:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    kind = rng.randrange(3)
-    if kind == 0:
-        a, b, c = rng.randint(10, 60), rng.randint(5, 40), rng.randint(2, 9)
-        return (f"{name} has {a} {item}, buys {b} more, then gives away {c}. "
-                f"How many {item} does {name} have now? Answer with a number."), a + b - c
-    if kind == 1:
-        a, b = rng.randint(3, 12), rng.randint(4, 15)
-        return (f"{name} packs {a} boxes with {b} {item} in each box. "
-                f"How many {item} are there in total? Answer with a number."), a * b
-    a, b = rng.randint(11, 29), rng.randint(11, 29)
-    return f"What is {a} * {b}? Answer with a number.", a * b
+def verifiable() -> list[dict]:
+    """20 tasks of verifiable_train.jsonl, spread over its kinds (so never a held-out task)."""
+    from jobs.data.build_verifiable import KIND_NAMES, build
+
+    train, _ = build()
+    rows = []
+    for k, kind in enumerate(KIND_NAMES):
+        of_kind = [r for r in train if r["kind"] == kind]
+        rows += of_kind[: VERIFIABLE_PER_KIND - (k >= 8)]
+    return rows
+
+
+def build() -> list[dict]:
+    """The rows of tiny.jsonl: the instructions, then the verifiable tasks."""
+    return [{"prompt": p} for p in INSTRUCTIONS] + verifiable()
 
 
 def main() -> None:
-    rng = random.Random(20261123)
-    rows = [{"prompt": p} for p in INSTRUCTIONS]
-    seen = set()
-    while len(rows) < 2 * len(INSTRUCTIONS):
-        q, a = arithmetic(rng)
-        if q not in seen:
-            seen.add(q)
-            rows.append({"prompt": q, "answer": str(a)})
+    rows = build()
     out = Path(__file__).with_name("tiny.jsonl")
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} prompts to {out}")

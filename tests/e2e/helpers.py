@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from orchestrator import artifacts
 
@@ -97,7 +98,9 @@ def check_run_dir(run_dir: Path, iterations: int, prompts: int, samples: int, ju
     if evals is not None:
         for x in lines:
             if x["kind"] != "train_step":
-                assert 0 <= x["eval_accuracy"] <= 1 and x["eval_verifiable"] == evals[0]
+                acc = x["eval_accuracy"]  # every rate with its n and 95% interval
+                assert 0 <= acc["value"] <= 1 and acc["n"] == x["eval_verifiable"] == evals[0]
+                assert acc["ci95"][0] <= acc["value"] <= acc["ci95"][1]
                 assert x["eval_instructions"] == evals[1] and "judge_fooled_rate" in x
         assert (run_dir / "tensorboard").is_dir() and list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(run_dir.rglob(".*.tmp-*")), "temporary files left in the run dir"
@@ -111,7 +114,7 @@ def check_eval(path: Path, t: int, evals: tuple[int, int]) -> None:
     ver = [r for r in rows if r["split"] == "verifiable"]
     ins = [r for r in rows if r["split"] == "instruction"]
     assert (len(ver), len(ins)) == evals and all(r["iteration"] == t for r in rows)
-    assert all(r["correct"] is not None and r["answer"] for r in ver)
+    assert all(r["correct"] is not None and r["answer"] and r["grade_rule"] for r in ver)
     assert all(r["fixed_judge_text"] for r in ins)
     # Each instruction response is judged again with an injection appended (eval.injections).
     assert all(r["injection_id"] and r["injected_judge_text"] for r in ins)
@@ -119,5 +122,11 @@ def check_eval(path: Path, t: int, evals: tuple[int, int]) -> None:
         assert all(r["outcome"] is None and r["self_judge_text"] == r["fixed_judge_text"] for r in ins)
     else:
         assert all(r["outcome"] in ("win", "loss", "tie", "invalid") and r["baseline_response"] is not None for r in ins)
-        # Identical responses are a tie without judging; different ones are judged in both orders.
-        assert all((r["pairwise_first_text"] is None) == (r["response"] == r["baseline_response"]) for r in ins)
+        # Identical responses are a tie without judging; different ones are judged in both orders, by M0's
+        # next-token P("A") in each (eval.pairwise_verdict: probability), averaged from M(t)'s side.
+        for r in ins:
+            judged = r["response"] != r["baseline_response"]
+            assert (r["pairwise_first_pa"] is not None) == judged == (r["pairwise_second_pa"] is not None)
+            if judged:
+                assert r["pairwise_preference"] == pytest.approx((r["pairwise_first_pa"] + 1 - r["pairwise_second_pa"]) / 2)
+                assert r["pairwise_first"] == ("A" if r["pairwise_first_pa"] > 0.5 else "B")

@@ -1,6 +1,7 @@
 """The real CLI end to end on the tiny model: a full run with evaluation, its resume, status and report."""
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,11 +25,14 @@ def test_two_iterations_through_the_cli(tmp_path):
     assert res.stdout.count("engine pool: 1 engine(s) ready") == 3  # M0's evaluation, after training 1, after training 2
     summaries = [line for line in res.stdout.splitlines() if line.startswith("iter ")]
     assert [s.split(":")[0] for s in summaries] == ["iter 1", "iter 2"]
-    assert all("judge parse" in s and "pairs 4 built" in s and "kept-label precision" in s and "| loss " in s
-               and "eval: accuracy" in s for s in summaries)
-    # After each iteration, the compact table of every model so far (M0 first).
-    tables = [line for line in res.stdout.splitlines() if line.lstrip().startswith(("0 ", "1 ", "2 "))]
-    assert [t.split()[0] for t in tables] == ["0", "1", "0", "1", "2"]
+    assert all("judge parse" in s and "AUROC" in s and "pairs 4 built" in s and "kept-label precision" in s
+               and "against a random drop" in s and "| loss " in s and "eval: accuracy" in s for s in summaries)
+    # Rates carry their interval and n: "accuracy 0.333 [0.061, 0.792] 1/3".
+    assert all(re.search(r"eval: accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \d/3", s) for s in summaries)
+    # After each iteration, the table of every model so far (M0 first), a row per metric.
+    headers = [line.split() for line in res.stdout.splitlines() if line.startswith("metric ")]
+    assert headers == [["metric", "M0", "M1"], ["metric", "M0", "M1", "M2"]]
+    assert re.search(r"^accuracy \(held-out\) .*\d/3 .*\d/3 .*\d/3$", res.stdout, re.MULTILINE)
     # Progress bars (stderr) for the engine stages and for training, with token rates.
     for bar in ("generate", "judge (current)", "score log-probs", "train", "eval verifiable", "eval win rate"):
         assert f"  {bar}" in res.stderr, bar
@@ -62,8 +66,10 @@ def test_two_iterations_through_the_cli(tmp_path):
     if CHROMIUM:
         dom = render(page)
         assert f'data-plots-loaded="{len(PLOTS)}"' in dom and f'data-plots-total="{len(PLOTS)}"' in dom
+    assert int(re.search(r'data-errorbars="(\d+)"', dom).group(1)) > 0 if CHROMIUM else True
     compare = selfreward("compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp.md"))
-    assert compare.returncode == 0 and "| accuracy" in compare.stdout and (tmp_path / "cmp.json").is_file()
+    assert compare.returncode == 0 and "| accuracy (held-out)" in compare.stdout and (tmp_path / "cmp.json").is_file()
+    assert re.search(r"\| accuracy \(held-out\) +\| 0 +\| \d\.\d{3} \[", compare.stdout)
 
 
 def test_one_iteration_on_the_transformers_fallback_engine(tmp_path):

@@ -1,7 +1,13 @@
-"""Every shipped recipe, 3 iterations on the tiny model and the verifiable set, through the real CLI.
+"""Every shipped recipe on identical data: one real run that collects every signal, each recipe's selection replayed on it.
 
-Each run must produce every column its methods promise, with values that
-agree with the definitions (recomputed here from the run's own artifacts).
+``jobs/configs/study-cpu.yaml`` runs 3 iterations on the tiny model and the
+verifiable set through the real CLI, collecting the previous judge's
+verdicts, expected scores, MC-dropout passes and implicit rewards. Each
+recipe's select stage is then recomputed from that run's committed
+generations, judgments and rewards alone, and its pairs must carry every
+column its methods promise, with values that agree with the definitions
+(recomputed here). Each loss of the family is trained in
+tests/workers/test_tiny_model.py.
 """
 
 import json
@@ -10,11 +16,17 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator.config import load_config
 from orchestrator.consistency import consistency
+from orchestrator.loop import make_selection
+from orchestrator.metrics import label_quality
+from orchestrator.selection import select
 from tests.e2e.helpers import NO_EVAL, ROOT, check_run_dir, selfreward
 
 pytestmark = pytest.mark.e2e
 
+CONFIGS = ROOT / "jobs" / "configs"
+RECIPES = ["srlm", "cream", "scir", "upo", "trusted"]
 PROMPTS, SAMPLES, K = 3, 3, 2
 TINY = [
     f"data.prompts_per_iteration={PROMPTS}",
@@ -23,114 +35,128 @@ TINY = [
     f"judge.judge_samples={K}",
     "judge.max_tokens=40",
     "resources.kv_cache_gib=2",
-    # The recipes' selection and losses are under test here; the evaluation stage is tested in test_cli.
+    # The recipes' selection is under test here; the evaluation stage is tested in test_cli.
     *NO_EVAL,
 ]
+STRUCTURAL = {"fewer_than_2_valid_scores", "tie", "below_margin", "over_cap"}
 
 
-def run_recipe(name: str, tmp_path) -> tuple:
-    run_dir = tmp_path / name
-    res = selfreward("run", str(ROOT / "jobs" / "configs" / f"{name}.yaml"), "--run-dir", str(run_dir), *TINY)
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("study") / "run"
+    res = selfreward("run", str(CONFIGS / "study-cpu.yaml"), "--run-dir", str(run_dir), *TINY)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return run_dir, res.stdout
+    return run_dir
 
 
-def load(run_dir, t):
+def tables(run_dir, t):
     d = run_dir / f"iter_{t:03d}"
-    tables = {k: pq.read_table(d / f"{k}.parquet").to_pylist() for k in ("judgments", "rewards", "pairs")}
-    return tables, json.loads((d / "metrics.json").read_text())
+    return {k: pq.read_table(d / f"{k}.parquet") for k in ("generations", "judgments", "rewards", "pairs")}
+
+
+def replay(run_dir, recipe: str, t: int):
+    """The recipe's select stage on the run's committed tables of iteration t (reference = base in every recipe)."""
+    cfg = load_config(CONFIGS / f"{recipe}.yaml", TINY)
+    assert cfg.scoring.reference == "base"
+    tab = tables(run_dir, t)
+    return select(tab["generations"], tab["rewards"], tab["judgments"], make_selection(cfg), policy_is_reference=t == 1)
 
 
 def candidates(pairs):
     """Pairs a filter could judge: not dropped for a structural reason."""
-    structural = {"fewer_than_2_valid_scores", "tie", "below_margin", "over_cap"}
-    return [p for p in pairs if p["drop_reason"] not in structural]
+    return [p for p in pairs if p["drop_reason"] not in STRUCTURAL]
 
 
-def check_common(run_dir, judges=1, one_pair_per_prompt=True):
-    check_run_dir(run_dir, 3, PROMPTS, SAMPLES, K, judges, one_pair_per_prompt)
+def test_the_study_run_collects_every_signal(study):
+    check_run_dir(study, 3, PROMPTS, SAMPLES, K, judges=2)
     for t in (1, 2, 3):
-        tab, m = load(run_dir, t)
-        # Verifiable set: every response is checked, every candidate pair labelled.
-        assert all(r["correct"] is not None for r in tab["rewards"])
-        assert all(p["chosen_correct"] is not None and p["rejected_correct"] is not None for p in candidates(tab["pairs"]))
-        assert set(m["label_quality"]) == {"candidates", "kept", "dropped", "by_filter"}
-        assert all((r["logp_prev"] is None) == (t == 1) for r in tab["rewards"])
-        assert all(r["logp_policy_norm"] == pytest.approx(r["logp_policy"] / r["num_tokens"]) for r in tab["rewards"])
-        # The implicit reward is undefined while the policy is the reference (iteration 1).
-        assert all((p["implicit_margin"] is None) == (t == 1) for p in candidates(tab["pairs"]))
-        assert m["models"]["policy"] == ("base" if t == 1 else f"iter_{t - 1:03d}")
-        if t == 1:
-            assert m["mean_consistency"] is None and m["agreement_rate"] is None
-
-
-def test_srlm(tmp_path):
-    run_dir, out = run_recipe("srlm", tmp_path)
-    check_common(run_dir)
-    for t in (1, 2, 3):
-        tab, _ = load(run_dir, t)
-        assert all(p["label_p"] == 1.0 for p in candidates(tab["pairs"]))
-        assert all(p["consistency"] is None for p in tab["pairs"])  # no previous judge: not computed, not invented
-
-
-def test_cream(tmp_path):
-    run_dir, _ = run_recipe("cream", tmp_path)
-    check_common(run_dir, judges=2)
-    for t in (1, 2, 3):
-        tab, m = load(run_dir, t)
-        prev_rows = [j for j in tab["judgments"] if j["judge_model"] == "previous"]
-        assert len(prev_rows) == (0 if t == 1 else PROMPTS * SAMPLES * K)
-        assert all((r["judge_mean_prev"] is None) == (t == 1) for r in tab["rewards"] if r["judge_valid"])
-        for p in tab["pairs"]:
-            rs = sorted((r for r in tab["rewards"] if r["prompt_id"] == p["prompt_id"]), key=lambda r: r["sample_idx"])
-            c = consistency([r["judge_mean"] for r in rs], [r["judge_mean_prev"] for r in rs])
-            assert p["consistency"] == (pytest.approx(c) if c is not None else None)
-            if p["drop_reason"] is None:
-                assert p["label_p"] == (1.0 if c is None else pytest.approx(c))  # CREAM 'dyn': C is the soft label
-        if t == 1:
-            assert m["consistency_prompts"] == 0
-
-
-def test_scir(tmp_path):
-    run_dir, _ = run_recipe("scir", tmp_path)
-    check_common(run_dir)
-    for t in (1, 2, 3):
-        tab, m = load(run_dir, t)
-        for p in candidates(tab["pairs"]):
-            verdict = p["pass_reward_disagreement"]
-            assert verdict == (None if t == 1 else p["implicit_margin"] > 0)
-            assert p["kept"] == (verdict is not False)
-        if t > 1:
-            assert m["agreement_rate"] is not None or not candidates(tab["pairs"])
-
-
-def test_upo(tmp_path):
-    run_dir, _ = run_recipe("upo", tmp_path)
-    check_common(run_dir)
-    for t in (1, 2, 3):
-        tab, m = load(run_dir, t)
-        assert all(len(r["logp_mc"]) == 8 for r in tab["rewards"])
-        for p in candidates(tab["pairs"]):
-            assert p["uncertainty"] is not None and 0 <= p["uncertainty"] <= math.log(2)
-            assert p["pass_judge_uncertain"] == (p["p_correct"] >= 0.75)
-            if p["kept"]:
-                assert p["pass_judge_uncertain"] and p["pass_mc_dropout_uncertain"]
-        assert set(m["label_quality"]["by_filter"]) == {"judge_uncertain", "mc_dropout_uncertain"}
-
-
-def test_trusted(tmp_path):
-    run_dir, _ = run_recipe("trusted", tmp_path)
-    check_common(run_dir, judges=2, one_pair_per_prompt=False)
-    for t in (1, 2, 3):
-        tab, m = load(run_dir, t)
+        tab = {k: v.to_pylist() for k, v in tables(study, t).items()}
+        m = json.loads((study / f"iter_{t:03d}" / "metrics.json").read_text())
+        rewards = tab["rewards"]
+        # Verifiable set: every response graded, with the rule that graded it.
+        assert all(r["correct"] is not None and r["grade_rule"] for r in rewards)
+        assert sum(m["grade_rules"].values()) == PROMPTS * SAMPLES
+        assert all((r["logp_prev"] is None) == (t == 1) for r in rewards)
+        assert all(r["logp_policy_norm"] == pytest.approx(r["logp_policy"] / r["num_tokens"]) for r in rewards)
+        assert all(len(r["logp_mc"]) == 8 for r in rewards)
+        assert all(r["judge_expected"] is not None for r in rewards)
         for j in tab["judgments"]:
             assert sum(j["score_probs"]) == pytest.approx(1.0)
             assert j["score_expected"] == pytest.approx(sum(i * q for i, q in enumerate(j["score_probs"])))
-        assert all(r["judge_expected"] is not None for r in tab["rewards"])
-        assert m["judge_expected_vs_sampled"]["responses"] == PROMPTS * SAMPLES
-        per_prompt = {}
-        for p in tab["pairs"]:
-            per_prompt[p["prompt_id"]] = per_prompt.get(p["prompt_id"], 0) + (p["drop_reason"] not in ("tie", "below_margin", "over_cap"))
-            if p["kept"]:
-                assert p["weight"] in (1.0, 0.5) and p["margin"] >= 1.0
-        assert max(per_prompt.values()) <= 2  # margin pairs, capped per prompt
+        previous = [j for j in tab["judgments"] if j["judge_model"] == "previous"]
+        assert len(previous) == (0 if t == 1 else PROMPTS * SAMPLES * K)
+        assert all((r["judge_mean_prev"] is None) == (t == 1) for r in rewards if r["judge_valid"])
+        assert m["models"]["policy"] == ("base" if t == 1 else f"iter_{t - 1:03d}")
+        # Judge calibration, with its n; undefined signals said so rather than guessed.
+        assert m["judge_auroc"]["n"] == m["graded_responses"] <= PROMPTS * SAMPLES
+        assert m["judge_auroc_expected"] is not None and (m["judge_auroc_previous"] is None) == (t == 1)
+        if t == 1:
+            assert m["mean_consistency"]["value"] is None and m["agreement_rate"]["value"] is None
+        # The run's own pairs are what its own selection gives on its committed tables: replay is faithful.
+        own = replay(study, "study-cpu", t)
+        assert own.to_pylist() == tables(study, t)["pairs"].to_pylist()
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_replays_on_the_study_run(study, recipe):
+    for t in (1, 2, 3):
+        pairs = replay(study, recipe, t)
+        rows = pairs.to_pylist()
+        rewards = tables(study, t)["rewards"].to_pylist()
+        by_response = {(r["prompt_id"], r["sample_idx"]): r for r in rewards}
+        assert {p["prompt_id"] for p in rows} == {r["prompt_id"] for r in rewards}
+        assert all((p["drop_reason"] is None) == p["kept"] for p in rows)
+        for p in candidates(rows):
+            # Truth per response, as the grader found it; an ungradable one decides nothing.
+            for side in ("chosen", "rejected"):
+                r = by_response[(p["prompt_id"], p[f"{side}_idx"])]
+                assert p[f"{side}_correct"] == (None if r["grade_rule"] == "ungradable" else r["correct"])
+            # The implicit reward is undefined while the policy is the reference (iteration 1).
+            assert (p["implicit_margin"] is None) == (t == 1)
+        quality = label_quality(pairs)
+        assert quality["kept"]["verdict"] in ("helps", "hurts", "no evidence", "not measurable", "no drop")
+        CHECKS[recipe](rows, rewards, t)
+
+
+def _srlm(rows, rewards, t):
+    assert len(rows) == PROMPTS  # best vs worst: one pair per prompt
+    assert all(p["label_p"] == 1.0 and p["weight"] in (0.0, 1.0) for p in candidates(rows))
+    assert all(p["kept"] for p in candidates(rows))  # no filter
+
+
+def _cream(rows, rewards, t):
+    for p in rows:
+        rs = sorted((r for r in rewards if r["prompt_id"] == p["prompt_id"]), key=lambda r: r["sample_idx"])
+        c = consistency([r["judge_mean"] for r in rs], [r["judge_mean_prev"] for r in rs])
+        assert p["consistency"] == (pytest.approx(c) if c is not None else None)
+        if p["drop_reason"] is None:
+            assert p["label_p"] == (1.0 if c is None else pytest.approx(c))  # CREAM 'dyn': C is the soft label
+    if t == 1:
+        assert all(p["consistency"] is None for p in rows)
+
+
+def _scir(rows, rewards, t):
+    for p in candidates(rows):
+        verdict = p["pass_reward_disagreement"]
+        assert verdict == (None if t == 1 else p["implicit_margin"] > 0)
+        assert p["kept"] == (verdict is not False)
+
+
+def _upo(rows, rewards, t):
+    for p in candidates(rows):
+        assert p["uncertainty"] is not None and 0 <= p["uncertainty"] <= math.log(2)
+        assert p["pass_judge_uncertain"] == (p["p_correct"] >= 0.75)
+        if p["kept"]:
+            assert p["pass_judge_uncertain"] and p["pass_mc_dropout_uncertain"]
+
+
+def _trusted(rows, rewards, t):
+    per_prompt = {}
+    for p in rows:
+        per_prompt[p["prompt_id"]] = per_prompt.get(p["prompt_id"], 0) + (p["drop_reason"] not in STRUCTURAL)
+        if p["kept"]:
+            assert p["weight"] in (1.0, 0.5) and p["margin"] >= 1.0
+    assert max(per_prompt.values()) <= 2  # margin pairs on the expected score, capped per prompt
+
+
+CHECKS = {"srlm": _srlm, "cream": _cream, "scir": _scir, "upo": _upo, "trusted": _trusted}

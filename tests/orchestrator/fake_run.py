@@ -8,11 +8,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from orchestrator import artifacts
+from orchestrator import artifacts, stats
 from orchestrator.config import load_config
+from orchestrator.metrics import label_quality
 from orchestrator.rundir import RunDir
 
 EVIL = "<script>alert('x')</script> & <img src=http://example.com/x.png>"
+N = 10  # held-out verifiable prompts of the made-up evaluations
+
+
+def _acc(value: float) -> dict:
+    return stats.proportion(round(value * N), N).to_json()
 
 
 def _table(schema: pa.Schema, rows: list[dict]) -> pa.Table:
@@ -22,9 +28,10 @@ def _table(schema: pa.Schema, rows: list[dict]) -> pa.Table:
 def make_run(root: Path | str, iterations: int = 2, accuracy: tuple[float, ...] = (0.2, 0.3, 0.4)) -> Path:
     rd = RunDir(root)
     rd.open(load_config(None, [f"iterations={iterations}"]), {"selfreward-test": "1"})
-    rd.write_json(f"{rd.iter_dir(0)}/metrics.json", {"iteration": 0, "eval_accuracy": accuracy[0], "eval_fixed_judge": 2.0,
-                                                   "eval_self_judge": 2.0, "stage_seconds": {"eval": 3.0},
-                                                   "iteration_seconds": 3.0})
+    rd.write_json(f"{rd.iter_dir(0)}/metrics.json", {"iteration": 0, "eval_accuracy": _acc(accuracy[0]),
+                                                   "eval_fixed_judge": stats.mean([1.0, 2.0, 3.0]).to_json(),
+                                                   "eval_self_judge": stats.mean([1.0, 2.0, 3.0]).to_json(),
+                                                   "stage_seconds": {"eval": 3.0}, "iteration_seconds": 3.0})
     rd.commit(rd.stage_key(0, "metrics"), f"{rd.iter_dir(0)}/metrics.json", None, 0.0, {})
     for t in range(1, iterations + 1):
         d = rd.iter_dir(t)
@@ -52,11 +59,22 @@ def make_run(root: Path | str, iterations: int = 2, accuracy: tuple[float, ...] 
         steps = [{"step": s, "epoch": 0, "loss": 0.69 - 0.1 * s, "reward_accuracy": 0.5, "reward_margin": 0.1 * s,
                   "pairs": 1, "tokens": 20} for s in (1, 2)]
         rd.commit(rd.stage_key(t, "train"), adapter, None, 5.0, {"steps": steps, "optimizer_steps": 2})
+        quality = label_quality(pairs)
         rd.write_json(f"{d}/metrics.json", {
-            "iteration": t, "eval_accuracy": accuracy[t], "eval_fixed_judge": 2.0 + t / 10, "eval_self_judge": 2.5 + t / 5,
-            "win_rate": 0.5, "tie_rate": 0.25, "loss_rate": 0.25,
-            "win_counts": {"win": 2, "tie": 1, "loss": 1, "invalid": 0}, "mean_consistency": 0.5 if t > 1 else None,
-            "agreement_rate": 0.6 if t > 1 else None, "kept_label_precision": 1.0, "dropped_label_precision": None,
+            "iteration": t, "eval_accuracy": _acc(accuracy[t]),
+            "eval_accuracy_vs_m0": stats.paired_difference({k: float(k < accuracy[t] * N) for k in range(N)},
+                                                           {k: float(k < accuracy[0] * N) for k in range(N)}).to_json(),
+            "eval_fixed_judge": stats.mean([2.0, 2.0 + t / 5, 2.0]).to_json(),
+            "eval_self_judge": stats.mean([2.5, 2.5 + 2 * t / 5, 2.5]).to_json(),
+            "win_rate": stats.proportion(2, 4).to_json(), "tie_rate": stats.proportion(1, 4).to_json(),
+            "loss_rate": stats.proportion(1, 4).to_json(), "win_counts": {"win": 2, "tie": 1, "loss": 1, "invalid": 0},
+            "pairwise_position_consistency": stats.proportion(3, 4).to_json(),
+            "pairwise_first_position_rate": stats.proportion(4, 8).to_json(), "pairwise_degenerate": None,
+            "judge_auroc": stats.auroc([3, 2, 1, 2, 4, 1], [True, True, False, False, True, False], "aabbcc").to_json(),
+            "mean_consistency": stats.mean([0.25, 0.75]).to_json() if t > 1 else stats.unmeasured(0, "no previous judge").to_json(),
+            "agreement_rate": stats.proportion(3, 5).to_json() if t > 1 else stats.unmeasured(0, "policy = reference").to_json(),
+            "label_quality": quality, "kept_label_precision": quality["kept"]["precision"],
+            "dropped_label_precision": quality["dropped"]["precision"],
             "pairs_built": 2, "pairs_kept": 1, "drops": {"judge_uncertain": 1}, "dpo_loss": 0.5, "iteration_seconds": 20.0,
             "stage_seconds": {"generate": 5.0, "judge": 5.0, "score": 2.0, "select": 0.1, "train": 5.0, "eval": 2.9},
         })

@@ -1,12 +1,16 @@
 import csv
 import json
+import random
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.data import build_verifiable
+from orchestrator.answers import KINDS, grade
 from orchestrator.config import ColumnsConfig
-from orchestrator.data import DataError, load_prompts, prompt_id, prompts_for_iteration
+from orchestrator.data import DataError, load_prompts, normalised, prompt_id, prompts_for_iteration
 from orchestrator.models import ModelError, resolve_model_path
 from tests.e2e.helpers import ROOT
 
@@ -36,50 +40,96 @@ def test_shipped_sets_are_large_varied_and_their_splits_never_overlap():
     assert len(instr_train | instr_held) >= 300
     categories = {json.loads(line)["category"] for line in (DATA / "instructions_train.jsonl").read_text().splitlines()}
     assert categories == {"writing", "explanation", "advice", "coding", "reasoning"}
-    kinds = {json.loads(line)["kind"] for line in (DATA / "verifiable_heldout.jsonl").read_text().splitlines()}
-    assert {"multi_step", "word_difference", "unit_conversion", "count_letter", "backwards"} <= kinds
-    # Held-out means held out: no prompt of a held-out split is trained on by any shipped training set.
+    for name in ("verifiable_train.jsonl", "verifiable_heldout.jsonl"):
+        assert {r["kind"] for r in _rows(name)} == set(KINDS), name
+    # Held-out means held out: no prompt of a held-out split is trained on by any shipped training set, not even
+    # with case, whitespace or punctuation changed.
     training = instr_train | ver_train | tiny
-    assert not instr_held & training and not ver_held & training
+    folded = {normalised(t) for t in training}
+    for held in (instr_held, ver_held):
+        assert not {normalised(t) for t in held} & folded
     assert not instr_held & ver_held
     for name in ("verifiable_train.jsonl", "verifiable_heldout.jsonl"):
         t = load_prompts(DATA / name, require_answers=True)
         assert t.num_rows == len(_texts(name))
 
 
+def _rows(name):
+    return [json.loads(line) for line in (DATA / name).read_text().splitlines()]
+
+
 def test_shipped_sets_are_what_their_builders_write():
-    from jobs.data import build_instructions, build_verifiable
+    from jobs.data import build_instructions, build_tiny
 
     for builder, stem in ((build_instructions, "instructions"), (build_verifiable, "verifiable")):
         train, held = builder.build()
-        assert [json.loads(x) for x in (DATA / f"{stem}_train.jsonl").read_text().splitlines()] == train
-        assert [json.loads(x) for x in (DATA / f"{stem}_heldout.jsonl").read_text().splitlines()] == held
+        assert _rows(f"{stem}_train.jsonl") == train
+        assert _rows(f"{stem}_heldout.jsonl") == held
+    assert _rows("tiny.jsonl") == build_tiny.build()
+
+
+def test_verifiable_splits_share_no_task_signature():
+    """Kind and operands (names ignored, commutative operands in either order) never cross from training to held-out."""
+    train = _rows("verifiable_train.jsonl") + [r for r in _rows("tiny.jsonl") if "answer" in r]
+    held = _rows("verifiable_heldout.jsonl")
+    assert not {r["signature"] for r in train} & {r["signature"] for r in held}
+    assert len({r["signature"] for r in held}) == len(held)  # no twin inside the held-out set either
+    for r in train + held:
+        # The signature holds every number and quoted word of the prompt (so no operand is left out of it) and
+        # no name or item (so renaming does not make a new task).
+        question = r["prompt"].split(" End your reply")[0]
+        numbers = sorted(re.findall(r"\d+", question))
+        assert sorted(re.findall(r"\d+", r["signature"].split(":", 1)[1])) == numbers, r
+        assert all(w in r["signature"] for w in re.findall(r"'([a-z]+)'", question)), r
+        assert not set(re.findall(r"[A-Za-z]+", r["signature"])) & set(build_verifiable.NAMES + build_verifiable.ITEMS), r
+        value = "word" if r["kind"] == "backwards" else "letter" if r["kind"] == "last_letter" else "number"
+        assert r["prompt"].endswith(f"End your reply with a line of the form 'Answer: <{value}>'."), r
+    rng = random.Random(0)
+    sums = [build_verifiable.single_digit_sum(rng) for _ in range(100)] + [build_verifiable.word_sum(rng) for _ in range(100)]
+    for a in sums:
+        for b in sums:
+            x, y = (sorted(map(int, re.findall(r"\d+", t.prompt.split(" End")[0]))) for t in (a, b))
+            assert (a.signature == b.signature) == (x == y)  # "4 + 9", "9 + 4" and Ana's 4 and 9 apples: one task
 
 
 def test_verifiable_answers_are_right():
-    from orchestrator.answers import is_correct
-
-    for row in map(json.loads, (DATA / "verifiable_heldout.jsonl").read_text().splitlines()):
-        # A response stating exactly the reference answer is judged correct by the extractor.
-        assert is_correct(f"The answer is {row['answer']}.", row["answer"]), row
-    ex = {json.loads(x)["prompt"]: json.loads(x)["answer"] for x in (DATA / "verifiable_train.jsonl").read_text().splitlines()}
-    for q, a in ex.items():
+    for row in _rows("verifiable_heldout.jsonl") + _rows("verifiable_train.jsonl"):
+        # The requested final-answer line with the reference answer is graded correct, by the explicit rule.
+        g = grade(f"Answer: {row['answer']}", row["answer"], row["prompt"], row["kind"])
+        assert g.correct and g.rule == "explicit", row
+        q = row["prompt"]
         if q.startswith("What is (") and "*" in q:
             x, rest = q[len("What is ("):].split(" + ")
             y, z = rest.split(") * ")
-            assert int(a) == (int(x) + int(y)) * int(z.split("?")[0])
+            assert int(row["answer"]) == (int(x) + int(y)) * int(z.split("?")[0])
+
+
+def test_held_out_prompts_equal_to_training_ones_up_to_case_and_punctuation_are_refused(tmp_path):
+    from orchestrator.config import load_config
+    from orchestrator.evaluation import load_eval_sets
+
+    train = _write(tmp_path / "train.jsonl", [{"prompt": "Explain gravity to a child."}, {"prompt": "What is 9 - 4?"}])
+    held = _write(tmp_path / "held.jsonl", [{"prompt": "What is 9 + 4?"}, {"prompt": "  explain GRAVITY, to a child  "}])
+    cfg = load_config(None, [f"data.prompts={train}", f"eval.instructions={held}", "eval.verifiable=null"])
+    with pytest.raises(DataError, match=r"eval.instructions \(.*held.jsonl\) row 2 and data.prompts \(.*train.jsonl\) row 1 "
+                                        r"hold the same prompt once case, whitespace and punctuation are folded"):
+        load_eval_sets(cfg, load_prompts(train))
+    # Operators are not punctuation: "9 + 4" held out beside "9 - 4" trained is fine.
+    fine = _write(tmp_path / "fine.jsonl", [{"prompt": "What is 9 + 4?"}, {"prompt": "What is (9 - 4) * 2?"}])
+    cfg = load_config(None, [f"data.prompts={train}", f"eval.instructions={fine}", "eval.verifiable=null"])
+    assert load_eval_sets(cfg, load_prompts(train))[0].instructions.num_rows == 2
 
 
 def test_ids_are_stable_hashes_or_given(tmp_path):
     t = load_prompts(_write(tmp_path / "p.jsonl", [{"prompt": "hi"}, {"prompt": "yo", "id": 7, "answer": 3}]))
-    assert t.to_pylist() == [{"prompt_id": prompt_id("hi"), "prompt": "hi", "answer": None},
-                             {"prompt_id": "7", "prompt": "yo", "answer": "3"}]
+    assert t.to_pylist() == [{"prompt_id": prompt_id("hi"), "prompt": "hi", "answer": None, "kind": None},
+                             {"prompt_id": "7", "prompt": "yo", "answer": "3", "kind": None}]
 
 
 ROWS = [{"q": "What is 2 + 2?", "sol": "4", "key": "a"}, {"q": "Say hi.", "sol": None, "key": "b"}]
 MAPPED = ColumnsConfig(prompt="q", answer="sol", id="key")
-EXPECTED = [{"prompt_id": "a", "prompt": "What is 2 + 2?", "answer": "4"},
-            {"prompt_id": "b", "prompt": "Say hi.", "answer": None}]
+EXPECTED = [{"prompt_id": "a", "prompt": "What is 2 + 2?", "answer": "4", "kind": None},
+            {"prompt_id": "b", "prompt": "Say hi.", "answer": None, "kind": None}]
 
 
 def test_every_format_with_a_column_mapping(tmp_path):
@@ -114,6 +164,9 @@ def test_a_datasets_save_to_disk_directory(tmp_path):
         ([{"prompt": "a", "id": 1}, {"prompt": "a", "id": 2}], r"p.jsonl:2: duplicate prompt \(first at .*p.jsonl:1\)"),
         ([{"prompt": "a", "answer": [1]}], r"p.jsonl:1: column 'answer' must be str or int or float, got list"),
         ([{"prompt": "a", "id": 1.5}], r"p.jsonl:1: column 'id' must be str or int"),
+        ([{"prompt": "a", "answer": "1", "kind": "sums"}],
+         r"p.jsonl:1: column 'kind' is 'sums', a kind without validated grading rules; expected one of single_digit_sum"),
+        ([{"prompt": "a", "kind": 3}], r"p.jsonl:1: column 'kind' must be str, got int"),
         (["[1, 2]"], "expected a JSON object"),
     ],
 )

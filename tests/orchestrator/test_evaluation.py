@@ -27,32 +27,58 @@ def test_position_swapped_outcome(first, second, expected):
     assert outcome(first, second) == expected
 
 
+def _eval_table(rows):
+    return pa.Table.from_pylist([{**{n: None for n in artifacts.EVAL.names}, **r} for r in rows], schema=artifacts.EVAL)
+
+
 def test_eval_summary_counts_by_hand():
     rows = [
-        {"split": "verifiable", "correct": True, "num_tokens": 3},
-        {"split": "verifiable", "correct": False, "num_tokens": 4},
-        {"split": "verifiable", "correct": True, "num_tokens": 5},
-        {"split": "instruction", "fixed_judge_score": 4.0, "self_judge_score": 5.0, "outcome": "win", "num_tokens": 10},
+        {"split": "verifiable", "prompt_id": "v1", "correct": True, "grade_rule": "explicit", "num_tokens": 3},
+        {"split": "verifiable", "prompt_id": "v2", "correct": False, "grade_rule": "ungradable", "num_tokens": 4},
+        {"split": "verifiable", "prompt_id": "v3", "correct": True, "grade_rule": "counted_noun", "num_tokens": 5},
+        {"split": "instruction", "fixed_judge_score": 4.0, "self_judge_score": 5.0, "outcome": "win", "num_tokens": 10,
+         "pairwise_first": "A", "pairwise_second": "B"},
         {"split": "instruction", "fixed_judge_score": None, "self_judge_score": 3.0, "outcome": "tie", "num_tokens": 10},
-        {"split": "instruction", "fixed_judge_score": 2.0, "self_judge_score": None, "outcome": "invalid", "num_tokens": 10},
-        {"split": "instruction", "fixed_judge_score": 3.0, "self_judge_score": 4.0, "outcome": "loss", "num_tokens": 10},
+        {"split": "instruction", "fixed_judge_score": 2.0, "self_judge_score": None, "outcome": "invalid", "num_tokens": 10,
+         "pairwise_first": None, "pairwise_second": "A"},
+        {"split": "instruction", "fixed_judge_score": 3.0, "self_judge_score": 4.0, "outcome": "loss", "num_tokens": 10,
+         "pairwise_first": "B", "pairwise_second": "A"},
     ]
-    table = pa.Table.from_pylist([{**{n: None for n in artifacts.EVAL.names}, **r} for r in rows], schema=artifacts.EVAL)
-    s = eval_summary(table)
-    assert s["eval_accuracy"] == pytest.approx(2 / 3)
-    assert s["eval_fixed_judge"] == pytest.approx(3.0) and s["eval_self_judge"] == pytest.approx(4.0)
-    assert s["eval_judge_parse_failures"] == 2
+    baseline = _eval_table([{"split": "verifiable", "prompt_id": p, "correct": c, "num_tokens": 1}
+                            for p, c in (("v1", False), ("v2", False), ("v3", True))])
+    s = eval_summary(_eval_table(rows), baseline)
+    acc = s["eval_accuracy"]
+    assert (acc["value"], acc["k"], acc["n"]) == (pytest.approx(2 / 3), 2, 3) and acc["interval"] == "wilson"
+    assert s["eval_accuracy_vs_m0"]["value"] == pytest.approx(1 / 3) and s["eval_accuracy_vs_m0"]["n"] == 3
+    assert s["eval_grade_rules"] == {"counted_noun": 1, "explicit": 1, "ungradable": 1}
+    assert s["eval_fixed_judge"]["value"] == pytest.approx(3.0) and s["eval_fixed_judge"]["n"] == 3
+    assert s["eval_self_judge"]["value"] == pytest.approx(4.0)
+    assert (s["eval_judge_parse_rate"]["k"], s["eval_judge_parse_rate"]["n"]) == (6, 8)
     assert s["win_counts"] == {"win": 1, "loss": 1, "tie": 1, "invalid": 1}
     # Rates are over decided outcomes (invalid apart): 1 win, 1 tie, 1 loss.
-    assert s["win_rate"] == s["tie_rate"] == s["loss_rate"] == pytest.approx(1 / 3)
+    for name in ("win_rate", "tie_rate", "loss_rate"):
+        assert (s[name]["value"], s[name]["k"], s[name]["n"]) == (pytest.approx(1 / 3), 1, 3)
+    # Two prompts judged in both orders, both consistent; their 4 verdicts name A twice.
+    assert (s["pairwise_position_consistency"]["k"], s["pairwise_position_consistency"]["n"]) == (2, 2)
+    assert s["pairwise_first_position_rate"]["value"] == 0.5 and s["pairwise_degenerate"] is None
     assert s["eval_response_tokens"] == 52
 
 
-def test_eval_summary_of_a_baseline_has_no_win_rate():
-    table = pa.Table.from_pylist([{**{n: None for n in artifacts.EVAL.names}, "split": "instruction",
-                                   "fixed_judge_score": 2.0, "self_judge_score": 2.0, "num_tokens": 1}], schema=artifacts.EVAL)
-    s = eval_summary(table)
-    assert s["win_rate"] is None and s["eval_accuracy"] is None and s["eval_verifiable"] == 0
+def test_a_judge_that_always_answers_a_gives_no_win_rate():
+    """M0 naming the first answer whatever it is: the debiased verdicts give no spurious wins, and the summary
+    says the win rate cannot be measured instead of printing 0."""
+    rows = []
+    for k in range(16):
+        first_a = second_a = 0.97 - 0.01 * (k % 3)  # P("A") in both orders, whichever answer is shown first
+        preference = (first_a + 1 - second_a) / 2
+        rows.append({"split": "instruction", "prompt_id": f"i{k}", "num_tokens": 1, "pairwise_first_pa": first_a,
+                     "pairwise_second_pa": second_a, "pairwise_preference": preference, "pairwise_first": "A",
+                     "pairwise_second": "A", "outcome": "win" if preference > 0.55 else "loss" if preference < 0.45 else "tie"})
+    s = eval_summary(_eval_table(rows), _eval_table([]))
+    assert s["win_counts"]["win"] == 0 and s["win_counts"]["tie"] == 16
+    assert s["win_rate"]["value"] is None and "names the first position in 100% of 32 verdicts" in s["win_rate"]["why"]
+    assert s["pairwise_first_position_rate"]["value"] == 1.0 and s["pairwise_position_consistency"]["value"] == 0.0
+    assert s["pairwise_degenerate"]
 
 
 def test_eval_sets_take_the_first_n_and_refuse_training_prompts(tmp_path):
@@ -67,7 +93,7 @@ def test_eval_sets_take_the_first_n_and_refuse_training_prompts(tmp_path):
     leaky = tmp_path / "leaky.jsonl"
     leaky.write_text(json.dumps({"prompt": "held 9"}) + "\n" + json.dumps({"prompt": "train 3"}) + "\n")
     cfg = load_config(None, [f"data.prompts={train}", f"eval.instructions={leaky}", "eval.verifiable=null"])
-    with pytest.raises(DataError, match=r"eval.instructions .*leaky.jsonl.* shares 1 prompt\(s\) with data.prompts"):
+    with pytest.raises(DataError, match=r"eval.instructions .*leaky.jsonl.* row 2 and data.prompts .*train.jsonl.* row 4 hold"):
         load_eval_sets(cfg, load_prompts(train))
     no_answer = tmp_path / "na.jsonl"
     no_answer.write_text(json.dumps({"prompt": "held x"}) + "\n")

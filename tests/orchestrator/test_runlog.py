@@ -1,5 +1,6 @@
 import struct
 
+from orchestrator import stats
 from orchestrator.rundir import RunDir
 from orchestrator.runlog import format_table, metrics_rows, write_metrics_jsonl, write_tensorboard
 from tests.orchestrator.fake_run import make_run
@@ -35,17 +36,24 @@ def test_metrics_rows_and_tensorboard_are_rebuilt_from_committed_metrics(tmp_pat
     write_tensorboard(rd, metrics_rows(rd))  # rebuilt, not appended: no duplicate points
     scalars = read_scalars(root / "tensorboard")
     assert scalars["eval/accuracy"] == [(0, 0.2), (1, 0.3), (2, 0.4)]
+    assert [step for step, _ in scalars["eval/accuracy/ci95_lo"]] == [0, 1, 2]  # the interval goes along
+    assert all(lo < v for (_, lo), (_, v) in zip(scalars["eval/accuracy/ci95_lo"], scalars["eval/accuracy"]))
     assert scalars["step/loss"] == [(1, 0.59), (2, 0.49), (3, 0.59), (4, 0.49)]
     assert scalars["trust/mean_consistency"] == [(2, 0.5)]  # undefined at iteration 1: no point, not a zero
     assert not list(root.glob(".tensorboard.tmp-*"))
 
 
-def test_compact_table_has_a_row_per_model():
-    rows = [{"iteration": 0, "eval_accuracy": 0.25, "eval_fixed_judge": 2.0},
-            {"iteration": 1, "eval_accuracy": 0.5, "win_rate": 0.75, "pairs_kept": 3, "pairs_built": 4,
-             "mean_consistency": None, "dpo_loss": 0.5, "iteration_seconds": 61.2}]
+def test_table_has_a_row_per_metric_and_a_column_per_model():
+    rows = [{"iteration": 0, "eval_accuracy": stats.proportion(8, 32).to_json(),
+             "eval_fixed_judge": stats.mean([2.0, 2.0]).to_json()},
+            {"iteration": 1, "eval_accuracy": stats.proportion(16, 32).to_json(), "win_rate": stats.proportion(3, 4).to_json(),
+             "pairs_kept": 3, "pairs_built": 4, "mean_consistency": stats.unmeasured(0, "no previous judge").to_json(),
+             "dpo_loss": 0.5, "iteration_seconds": 61.2}]
     lines = format_table(rows).splitlines()
-    assert lines[0].split()[:3] == ["t", "accuracy", "fixed"]
-    assert lines[2].split()[:3] == ["0", "0.250", "2.00"]
-    cells = lines[3].split()
-    assert cells[0] == "1" and "0.500" in cells and "0.75" in cells and "3/4" in cells and "n/a" in cells and "61" in cells
+    assert lines[0].split() == ["metric", "M0", "M1"]
+    acc = next(line for line in lines if line.startswith("accuracy (held-out)"))
+    assert "0.250 [0.133, 0.421] 8/32" in acc and "0.500 [0.336, 0.664] 16/32" in acc
+    win = next(line for line in lines if line.startswith("win rate vs M0"))
+    assert win.split()[-5:] == ["-", "0.75", "[0.30,", "0.95]", "3/4"]
+    assert next(line for line in lines if line.startswith("mean consistency C")).split()[-2:] == ["-", "n/a"]
+    assert next(line for line in lines if line.startswith("seconds")).split()[-1] == "61"

@@ -35,6 +35,7 @@ class R:
     logp: float = -10.0  # logp_policy
     ref: float = -10.0  # logp_ref
     correct: bool | None = None
+    rule: str | None = None  # grade_rule (default: "explicit" where correct is known)
     mc: list[float] | None = None
     tokens: int = 5
     probs: list[list[float]] = field(default_factory=list)
@@ -50,6 +51,7 @@ def tables(spec: dict[str, list[R]]):
             rewards.append({"prompt_id": pid, "sample_idx": k, "judge_mean": sum(valid) / len(valid) if valid else None,
                             "judge_std": 0.0, "judge_valid": len(valid), "judge_mean_prev": r.prev,
                             "logp_policy": r.logp, "logp_ref": r.ref, "num_tokens": r.tokens, "correct": r.correct,
+                            "grade_rule": r.rule or (None if r.correct is None else "explicit"),
                             "logp_mc": r.mc,
                             "judge_expected": (sum(i * p for i, p in enumerate(r.probs[0])) if r.probs else None)})
             for j, s in enumerate(r.scores):
@@ -105,7 +107,9 @@ def test_consistency_per_prompt_and_filter():
     assert (by["same"]["consistency"], by["same"]["kept"], by["same"]["pass_low_consistency"]) == (1.0, True, True)
     assert (by["flip"]["consistency"], by["flip"]["kept"], by["flip"]["drop_reason"]) == (0.0, False, "low_consistency")
     assert (by["new"]["consistency"], by["new"]["kept"], by["new"]["pass_low_consistency"]) == (None, True, None)
-    assert consistency_summary(table) == {"mean_consistency": 0.5, "consistency_prompts": 2}
+    summary = consistency_summary(table)
+    assert summary["mean_consistency"]["value"] == 0.5 and summary["mean_consistency"]["n"] == 2
+    assert (summary["consistency_prompts"], summary["consistency_undefined_prompts"]) == (2, 1)
 
 
 def test_cream_soft_labels_dyn_and_avg():
@@ -134,7 +138,8 @@ def test_agreement_filter_and_rate():
     by = {x["prompt_id"]: x for x in out}
     assert by["yes"]["implicit_margin"] == pytest.approx(0.1 * (2.0 - (-2.0)))
     assert by["yes"]["kept"] and not by["no"]["kept"] and by["no"]["drop_reason"] == "reward_disagreement"
-    assert agreement_rate(table) == {"agreement_rate": 0.5, "agreement_pairs": 2}
+    rate = agreement_rate(table)["agreement_rate"]
+    assert (rate["value"], rate["k"], rate["n"]) == (0.5, 1, 2) and rate["ci95"] == pytest.approx([0.0945, 0.9055], abs=1e-4)
     # At iteration 1 the policy is the reference: no implicit reward, the filter does not apply.
     _, first = rows(spec, sel, policy_is_reference=True)
     assert all(x["kept"] and x["implicit_margin"] is None and x["pass_reward_disagreement"] is None for x in first)
@@ -190,15 +195,26 @@ def test_label_quality_by_filter():
         "wrong_dropped": [R([1.0], correct=True, prev=5.0), R([5.0], correct=False, prev=1.0)],
         "both_correct": [R([1.0], correct=True, prev=1.0), R([5.0], correct=True, prev=5.0)],
         "no_answer": [R([1.0]), R([5.0])],
+        # The rejected response states no answer: the pair decides nothing, though it counts as incorrect.
+        "ungradable": [R([1.0], correct=False, prev=1.0, rule="ungradable"), R([5.0], correct=True, prev=5.0)],
     }
     table, out = rows(spec, Selection(filters=(ConsistencyFilter(0.5),)))
     by = {x["prompt_id"]: x for x in out}
     assert (by["right_kept"]["chosen_correct"], by["right_kept"]["rejected_correct"]) == (True, False)
+    assert (by["ungradable"]["chosen_correct"], by["ungradable"]["rejected_correct"]) == (True, None)
     q = label_quality(table)
-    assert q["kept"] == {"pairs": 3, "decided": 1, "right": 1, "precision": 1.0}
-    assert q["dropped"] == {"pairs": 1, "decided": 1, "right": 0, "precision": 0.0}
-    assert q["by_filter"]["low_consistency"]["failed"]["precision"] == 0.0
+    assert {k: q["kept"][k] for k in ("pairs", "decided", "right")} == {"pairs": 4, "decided": 1, "right": 1}
+    assert q["kept"]["precision"]["value"] == 1.0 and q["kept"]["precision"]["k"] == 1
+    # Kept 4 of 5 candidates, whose decided ones are one right and one wrong pair.
+    assert q["kept"]["random_drop"]["size"] == 4 and q["kept"]["random_drop"]["of"] == 5
+    assert q["kept"]["verdict"] == "no evidence"
+    assert {k: q["dropped"][k] for k in ("pairs", "decided", "right")} == {"pairs": 1, "decided": 1, "right": 0}
+    assert q["dropped"]["precision"]["value"] == 0.0
+    assert q["by_filter"]["low_consistency"]["failed"]["precision"]["value"] == 0.0
     assert q["by_filter"]["low_consistency"]["not_applicable"] == 1
+    empty = label_quality(rows({"no_answer": [R([1.0]), R([5.0])]}, Selection())[0])
+    assert empty["kept"]["precision"] == {"value": None, "n": 0, "ci95": None, "interval": "none", "why": "no decided pair"}
+    assert empty["kept"]["verdict"] == "no drop"
 
 
 # --- properties ------------------------------------------------------------------

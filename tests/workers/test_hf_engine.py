@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workers.hf_engine import HFEngine
-from workers.judge import score_prefix, score_token_ids
+from workers.judge import choice_token_ids, pairwise_message, score_choice, winner_choice
 from workers.logprobs import pack_rows, pair_logprobs, sequence_logprobs
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
@@ -129,12 +129,14 @@ def test_pair_logprobs_score_each_response_as_if_it_followed_the_prompt_alone(en
 
 
 @pytest.mark.integration
-def test_score_distribution_is_the_digit_softmax(engine):
-    verdicts = [("Rate this.", "Clear and correct.\nScore: 4"), ("Rate that, please, carefully.", "Off topic")]
-    probs = engine.score_distribution([CompletionRequest(q, 0, v) for q, v in verdicts], None)
-    line, digits = score_token_ids(engine.tokenizer)
-    for (q, v), got in zip(verdicts, probs):
-        ids = prompt_token_ids(engine.tokenizer, q) + list(engine.tokenizer(score_prefix(v), add_special_tokens=False).input_ids) + line
+def test_choice_distribution_is_the_options_softmax(engine):
+    requests = [score_choice("Rate this.", "Clear and correct.\nScore: 4"),
+                score_choice("Rate that, please, carefully.", "Off topic"), winner_choice(pairwise_message("Q?", "x", "y"))]
+    probs = engine.choice_distribution(requests, None)
+    for r, got in zip(requests, probs):
+        line, options = choice_token_ids(engine.tokenizer, r.line, r.options)
+        ids = prompt_token_ids(engine.tokenizer, r.user_message) + list(
+            engine.tokenizer(r.reply_prefix, add_special_tokens=False).input_ids) + line
         with torch.no_grad(), engine._using(None) as base:  # an earlier test loaded an adapter into it
             logits = base(input_ids=torch.tensor([ids])).logits[0, -1]
-        assert sum(got) == pytest.approx(1.0) and got == pytest.approx(torch.softmax(logits[digits].double(), 0).tolist(), abs=1e-4)
+        assert sum(got) == pytest.approx(1.0) and got == pytest.approx(torch.softmax(logits[options].double(), 0).tolist(), abs=1e-4)

@@ -12,8 +12,11 @@ from workers.judge import (
     pairwise_message,
     parse_score,
     parse_winner,
+    choice_token_ids,
+    renormalise,
+    score_choice,
     score_prefix,
-    score_token_ids,
+    winner_choice,
 )
 
 
@@ -87,17 +90,24 @@ def test_score_prefix_cuts_at_the_last_score_cue():
 def test_expected_score_renormalises_over_the_digits():
     import math
 
-    mean, probs = expected_score([math.log(0.1), math.log(0.1), -50.0, -50.0, math.log(0.2), -50.0])
+    probs = renormalise([math.log(0.1), math.log(0.1), -50.0, -50.0, math.log(0.2), -50.0])
     assert probs == pytest.approx([0.25, 0.25, 0.0, 0.0, 0.5, 0.0], abs=1e-12)
-    assert mean == pytest.approx(0.25 * 1 + 0.5 * 4)
+    assert expected_score(probs) == pytest.approx(0.25 * 1 + 0.5 * 4)
 
 
-def test_score_token_ids_on_the_tiny_tokenizer(tiny_model_path):
+def test_choice_token_ids_on_the_tiny_tokenizer(tiny_model_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
-    line, digits = score_token_ids(tok)
+    score = score_choice("q", "fine.\nScore: 3")
+    line, digits = choice_token_ids(tok, score.line, score.options)
     assert tok.decode(line).strip() == "Score:" and [tok.decode([d]).strip() for d in digits] == list("012345")
+    assert score.reply_prefix == "fine.\n"
+    winner = winner_choice("q")
+    line, letters = choice_token_ids(tok, winner.line, winner.options)
+    assert tok.decode(line).strip() == "Winner:" and [tok.decode([d]).strip() for d in letters] == ["A", "B"]
+    with pytest.raises(ValueError, match="several tokens"):
+        choice_token_ids(tok, "Winner:", ("A", "a draw"))
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,14 @@
 """Integration on the real tiny model: vLLM engine and DPO trainer, no mocks."""
 
+import math
+
 import pytest
 import torch
 
 from tests.workers.pairs_table import pairs_table
 from workers.engine import VLLMEngine
-from workers.judge import score_prefix, score_token_ids
-from workers.losses import DPO, RDPO
+from workers.judge import choice_token_ids, pairwise_message, score_choice, winner_choice
+from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, SoftPreference
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.trainer import DPOTrainerCore, TrainSpec, mc_dropout_logprobs
 from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
@@ -113,19 +115,22 @@ def test_reference_previous_is_the_adapter_training_starts_from(tiny_model_path,
     assert first["loss"] < 0.6931 - 1e-3 and first["reward_accuracy"] == 1.0
 
 
-def test_score_distribution_reads_the_judges_digit_probabilities(engine, trained):
-    """The engine's one-pass score distribution equals the trainer-side model's next-token softmax over 0..5."""
+def test_choice_distribution_reads_the_judges_next_token_probabilities(engine, trained):
+    """The engine's one-pass option distribution equals the trainer-side model's next-token softmax over the
+    options: the digits of a score line, and A / B of a pairwise verdict."""
     core, *_ = trained
-    verdicts = [("Rate this.", "Clear and correct.\nScore: 4"), ("Rate that.", "Off topic, nothing useful")]
-    probs = engine.score_distribution([CompletionRequest(q, 0, v) for q, v in verdicts], None)
-    line, digits = score_token_ids(core.tokenizer)
-    for (q, v), got in zip(verdicts, probs):
-        ids = prompt_token_ids(core.tokenizer, q) + list(core.tokenizer(score_prefix(v), add_special_tokens=False).input_ids) + line
+    requests = [score_choice("Rate this.", "Clear and correct.\nScore: 4"), score_choice("Rate that.", "Off topic"),
+                winner_choice(pairwise_message("Q?", "one", "two"))]
+    probs = engine.choice_distribution(requests, None)
+    for r, got in zip(requests, probs):
+        line, options = choice_token_ids(core.tokenizer, r.line, r.options)
+        ids = prompt_token_ids(core.tokenizer, r.user_message) + list(
+            core.tokenizer(r.reply_prefix, add_special_tokens=False).input_ids) + line
         with torch.no_grad(), core.model.disable_adapter():
             core.model.eval()
             logits = core.model(input_ids=torch.tensor([ids])).logits[0, -1]
-        expected = torch.softmax(logits[digits].double(), dim=0).tolist()
-        assert sum(got) == pytest.approx(1.0) and got == pytest.approx(expected, abs=2e-3)
+        expected = torch.softmax(logits[options].double(), dim=0).tolist()
+        assert len(got) == len(r.options) and sum(got) == pytest.approx(1.0) and got == pytest.approx(expected, abs=2e-3)
 
 
 def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path):
@@ -141,3 +146,22 @@ def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path):
     with torch.no_grad():
         exact = core.sequence_logprobs(core.model, seqs).tolist()
     assert [row[0] for row in nearly_off] == pytest.approx(exact, abs=1e-4)
+
+
+@pytest.mark.parametrize("loss, at_zero", [
+    (DPO(0.1), math.log(2)), (CDPO(0.1, 0.2), math.log(2)), (RDPO(0.1, 0.2), math.log(2)),
+    (IPO(0.1), (1 / (2 * 0.1)) ** 2), (SoftPreference(0.1), math.log(2)), (CREAM(0.1), math.log(2)),
+], ids=lambda x: type(x).__name__ if not isinstance(x, float) else "")
+def test_every_loss_of_the_family_trains_the_tiny_model(tiny_model_path, loss, at_zero):
+    """One short training per loss: the first step starts at the loss's value at margin 0 (a fresh adapter is the
+    reference), every step is finite, and the first update moves the policy toward the chosen responses."""
+    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="", learning_rate=5e-3,
+                     micro_batch_pairs=len(PAIRS), epochs=2, loss=loss)
+    core = DPOTrainerCore(spec)
+    before = {n: p.detach().clone() for n, p in core.model.named_parameters() if "lora_" in n}
+    result = core.fit(core.encode(pairs_table(PAIRS)))
+    assert [s["step"] for s in result.steps] == [1, 2] and all(math.isfinite(s["loss"]) for s in result.steps)
+    first, second = result.steps
+    assert first["loss"] == pytest.approx(at_zero, abs=1e-4) and first["reward_margin"] == pytest.approx(0, abs=1e-6)
+    assert second["reward_margin"] > 0 and second["reward_accuracy"] == 1.0
+    assert any(not torch.equal(p, before[n]) for n, p in core.model.named_parameters() if "lora_" in n)
