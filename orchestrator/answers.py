@@ -167,7 +167,7 @@ _FORWARD_CUE_RE = re.compile(
 # Answer-first: "86 is the answer", "The number 44 is answer", "4.45 is an answer".
 _BACKWARD_CUE_RE = re.compile(
     r"(?P<before>[^\s.!?:]+(?:[ \t]+[^\s.!?:]+){0,3})[ \t]+is[ \t]+(?:the[ \t]+|an?[ \t]+|my[ \t]+|our[ \t]+)?"
-    r"(?:final[ \t]+|correct[ \t]+|right[ \t]+)?answer\b(?![ \t]+(?:to|is|of)\b)",
+    r"(?:final[ \t]+|correct[ \t]+|right[ \t]+)?answer\b",
     re.IGNORECASE,
 )
 # A value ends at a sentence end (a period not inside a number), a line end, or the next statement.
@@ -203,14 +203,17 @@ def _explicit_values(response: str, task: _Task) -> list[str]:
     return [value for _, value in sorted(found)]
 
 
-def _number_value(text: str, task: _Task) -> tuple[str, ...] | None:
-    """The number(s) an answer value commits to: one, or two for alternatives; None when it holds no number."""
-    if _PLACEHOLDER_RE.match(text):
+def _statement_value(text: str, task: _Task, numeric: bool) -> tuple[str, ...] | None:
+    """What an explicit statement's value commits to; None when it is no answer (a placeholder, "not ...")."""
+    if _PLACEHOLDER_RE.match(text) or _NO_VALUE_RE.match(text):
         return None
     if _NEGATION_RE.match(text):
         return (NONE_ANSWER,)
-    if _NO_VALUE_RE.match(text):
-        return None
+    return _number_value(text) if numeric else _word_value(text, task)
+
+
+def _number_value(text: str) -> tuple[str, ...] | None:
+    """The number(s) an answer value commits to: one, or two for alternatives; None when it holds no number."""
     if "=" in text:
         text = text.rsplit("=", 1)[1]
     nums = _numbers(text)
@@ -239,12 +242,6 @@ _FILLER = {
 def _word_value(text: str, task: _Task) -> tuple[str, ...] | None:
     """The word(s) an answer value commits to: quoted ones first, then plain ones; the prompt's own words and filler
     words only when nothing else is there ("Answer: kite" for "kite" backwards commits to kite)."""
-    if _PLACEHOLDER_RE.match(text):
-        return None
-    if _NEGATION_RE.match(text):
-        return (NONE_ANSWER,)
-    if _NO_VALUE_RE.match(text):
-        return None
     tokens = [w.lower() for w in _QUOTED_RE.findall(text)] or [w.lower() for w in _TOKEN_RE.findall(text)]
     if not tokens:
         return None
@@ -416,7 +413,7 @@ def grade(response: str, answer: str, prompt: str = "", kind: str | None = None)
     committed: tuple[str, ...] | None = None
     rule = UNGRADABLE
     for value in reversed(_explicit_values(response, task)):
-        committed = _number_value(value, task) if numeric else _word_value(value, task)
+        committed = _statement_value(value, task, numeric)
         if committed is not None:
             rule = "explicit"
             break

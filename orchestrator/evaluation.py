@@ -43,8 +43,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator import artifacts
-from orchestrator import stats
+from orchestrator import artifacts, stats
 from orchestrator.answers import grade
 from orchestrator.config import RunConfig
 from orchestrator.data import DataError, TokenBudget, fit_to_context, load_prompts, shared_prompts
@@ -257,6 +256,10 @@ def position_bias(ins: list[dict[str, Any]]) -> dict[str, Any]:
             "pairwise_degenerate": degenerate}
 
 
+def _judge_mean(ins: list[dict[str, Any]], column: str) -> dict[str, Any] | None:
+    return stats.mean([r[column] for r in ins], why_empty="no parsed verdict").to_json() if ins else None
+
+
 def eval_summary(table: pa.Table, baseline: pa.Table | None = None) -> dict[str, Any]:
     """The evaluation numbers of one EVAL table, each rate and mean with its n and 95% interval.
 
@@ -273,7 +276,8 @@ def eval_summary(table: pa.Table, baseline: pa.Table | None = None) -> dict[str,
         if not ins or baseline is None:
             rates[f"{name}_rate"] = None
         elif bias["pairwise_degenerate"]:
-            rates[f"{name}_rate"] = stats.unmeasured(decided, f"cannot be measured with this judge: {bias['pairwise_degenerate']}").to_json()
+            why = f"cannot be measured with this judge: {bias['pairwise_degenerate']}"
+            rates[f"{name}_rate"] = stats.unmeasured(decided, why).to_json()
         else:
             rates[f"{name}_rate"] = stats.proportion(counts[name], decided, "no decided comparison").to_json()
     verdicts = [r[k] for r in ins for k in ("fixed_judge_score", "self_judge_score")]
@@ -283,8 +287,8 @@ def eval_summary(table: pa.Table, baseline: pa.Table | None = None) -> dict[str,
         "eval_accuracy_vs_m0": None,
         "eval_grade_rules": dict(sorted(Counter(r["grade_rule"] for r in ver).items())),
         "eval_instructions": len(ins),
-        "eval_fixed_judge": stats.mean([r["fixed_judge_score"] for r in ins], why_empty="no parsed verdict").to_json() if ins else None,
-        "eval_self_judge": stats.mean([r["self_judge_score"] for r in ins], why_empty="no parsed verdict").to_json() if ins else None,
+        "eval_fixed_judge": _judge_mean(ins, "fixed_judge_score"),
+        "eval_self_judge": _judge_mean(ins, "self_judge_score"),
         "eval_judge_parse_rate": stats.proportion(sum(v is not None for v in verdicts), len(verdicts)).to_json() if ins else None,
         "eval_response_tokens": sum(r["num_tokens"] for r in rows),
         **(_fooled(ins) if ins else {"judge_fooled_rate": None}),
@@ -294,5 +298,6 @@ def eval_summary(table: pa.Table, baseline: pa.Table | None = None) -> dict[str,
     }
     if ver and baseline is not None:
         m0 = {r["prompt_id"]: float(bool(r["correct"])) for r in baseline.to_pylist() if r["split"] == VERIFIABLE}
-        out["eval_accuracy_vs_m0"] = stats.paired_difference({r["prompt_id"]: float(bool(r["correct"])) for r in ver}, m0).to_json()
+        now = {r["prompt_id"]: float(bool(r["correct"])) for r in ver}
+        out["eval_accuracy_vs_m0"] = stats.paired_difference(now, m0).to_json()
     return out

@@ -406,10 +406,14 @@ def _score_summary(table: pa.Table, models: Models) -> dict[str, Any]:
     return {"models": models.describe(), "grade_rules": dict(sorted(rules.items())), **judge_calibration(table)}
 
 
-def _pairs_summary(table: pa.Table) -> dict[str, Any]:
+def _pairs_summary(table: pa.Table, cfg: RunConfig, t: int) -> dict[str, Any]:
     drops = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
+    c = cfg.selection.consistency
+    why = ("no previous model at iteration 1" if t == 1 else
+           "no previous judge: judge.previous_judge is off" if c.source == "judge" and not cfg.judge.previous_judge else
+           "undefined on every prompt (a constant ranking, or fewer than 2 comparable responses)")
     return {"pairs_built": table.num_rows, "pairs_kept": int(pc.sum(table["kept"]).as_py() or 0),
-            "drops": dict(sorted(drops.items())), **consistency_summary(table), **agreement_rate(table),
+            "drops": dict(sorted(drops.items())), **consistency_summary(table, why), **agreement_rate(table),
             "label_quality": label_quality(table)}
 
 
@@ -468,7 +472,7 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
                                             lambda table: _score_summary(table, models))
             pairs, s_select = _table_stage(ctx, t, "select", "pairs", f"{d}/pairs.parquet",
                                            lambda: select(gens, rewards, judg, selection, models.policy == models.reference),
-                                           _pairs_summary)
+                                           lambda table: _pairs_summary(table, cfg, t))
             s_train = _train_stage(ctx, t, d, models.policy)
             stages = {"generate": s_gen, "judge": s_judge, "score": s_score, "select": s_select, "train": s_train}
             if not eval_sets.empty:

@@ -56,7 +56,7 @@ METRICS: list[Metric] = [
            "Share of judged prompts whose two orders name the same response (a judge reading content, not position)."),
     Metric("pairwise_first_position_rate", "pairwise first-position rate", ".2f", "wilson", "eval/first_position_rate",
            False, "Share of pairwise verdicts naming the answer shown first (0.5 for a judge without position bias)."),
-    Metric("judge_fooled_rate", "judge fooled by injections", ".2f", "wilson", "eval/judge_fooled_rate", False,
+    Metric("judge_fooled_rate", "judge fooled by injections", ".2f", "wilson", "eval/judge_fooled_rate", True,
            "Share of held-out responses whose fixed-judge score rose when an injection text was appended."),
     # The iteration's own labels.
     Metric("judge_parse_rate", "judge parse rate", ".3f", "wilson", "judge/parse_rate", False,
@@ -122,13 +122,27 @@ def cell(row: dict[str, Any], key: str, why: bool = False) -> str:
 def chance(row: dict[str, Any]) -> str:
     """How the kept pairs' label precision reads against a random drop of the same size (``metrics.label_quality``)."""
     kept = row.get("label_quality", {}).get("kept")
-    if kept is None:
-        return "-"
-    baseline = kept["random_drop"]
-    if baseline["precision"] is None or kept["verdict"] == "no drop":
-        return kept["verdict"]
+    return "-" if kept is None else against_chance(kept)
+
+
+def against_chance(entry: dict[str, Any]) -> str:
+    """A ``label_quality`` entry with a random-drop baseline: its verdict and the baseline's mean and 95% range."""
+    baseline = entry["random_drop"]
+    if baseline["precision"] is None or entry["verdict"] == "no drop":
+        return entry["verdict"]
     lo, hi = baseline["range95"]
-    return f"{kept['verdict']} (chance {baseline['precision']:.2f} [{lo:.2f}, {hi:.2f}])"
+    return f"{entry['verdict']} (chance {baseline['precision']:.2f} [{lo:.2f}, {hi:.2f}])"
+
+
+def filter_lines(row: dict[str, Any]) -> list[str]:
+    """Per filter of an iteration: the precision of the pairs it passed against a random drop, and of those it failed."""
+    out = []
+    for name, f in row.get("label_quality", {}).get("by_filter", {}).items():
+        passed, failed = (Estimate.from_json(f[k]["precision"]) for k in ("passed", "failed"))
+        out.append(f"  filter {name}: passed precision {show(passed, '.2f', why=True)}, against a random drop: "
+                   f"{against_chance(f['passed'])}; failed precision {show(failed, '.2f', why=True)}; "
+                   f"not applicable to {f['not_applicable']} pair(s)")
+    return out
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:

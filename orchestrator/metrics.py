@@ -78,11 +78,14 @@ def label_quality(pairs: pa.Table) -> dict[str, Any]:
     return out
 
 
-def consistency_summary(pairs: pa.Table) -> dict[str, Any]:
-    """Mean consistency C over the prompts where it is defined (bootstrap interval), and how many prompts had none."""
+def consistency_summary(pairs: pa.Table, why_undefined: str = "undefined on every prompt") -> dict[str, Any]:
+    """Mean consistency C over the prompts where it is defined (bootstrap interval), and how many prompts had none.
+
+    ``why_undefined``: what the summary says when C is defined on no prompt.
+    """
     per_prompt = {r["prompt_id"]: r["consistency"] for r in pairs.select(["prompt_id", "consistency"]).to_pylist()}
     defined = [c for c in per_prompt.values() if c is not None]
-    return {"mean_consistency": stats.mean(defined, why_empty="undefined on every prompt").to_json() if per_prompt else None,
+    return {"mean_consistency": stats.mean(defined, why_empty=why_undefined).to_json() if per_prompt else None,
             "consistency_prompts": len(defined), "consistency_undefined_prompts": len(per_prompt) - len(defined)}
 
 
@@ -91,7 +94,7 @@ def agreement_rate(pairs: pa.Table) -> dict[str, Any]:
     rows = [r for r in pairs.select(["implicit_margin", "margin"]).to_pylist()
             if r["implicit_margin"] is not None and r["margin"] is not None and r["margin"] > 0]
     agree = sum(1 for r in rows if r["implicit_margin"] > 0)
-    return {"agreement_rate": stats.proportion(agree, len(rows), "implicit reward undefined (policy = reference)").to_json()}
+    return {"agreement_rate": stats.proportion(agree, len(rows), "the implicit reward is undefined while the policy is the reference").to_json()}
 
 
 def judge_calibration(rewards: pa.Table) -> dict[str, Any]:

@@ -31,8 +31,9 @@ from typing import Any
 
 from orchestrator.rundir import RunDir, RunDirError
 from orchestrator import stats
-from orchestrator.measures import BY_KEY, METRICS, show, table_rows
+from orchestrator.measures import BY_KEY, METRICS, against_chance, show, table_rows
 from orchestrator.runlog import metrics_rows
+from orchestrator.stats import Estimate
 from orchestrator.storage import Storage
 
 PLOTS_DIR = "plots"
@@ -138,7 +139,10 @@ def _estimate_plot(rows: list[dict[str, Any]], keys: list[str], title: str, ylab
         ax.axhline(reference, color="gray", linestyle="--", linewidth=1)
     if ylim:
         ax.set_ylim(*ylim)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    iterations = [r["iteration"] for r in rows]
+    if iterations:  # every iteration on the axis, also one whose numbers are all n/a
+        ax.set_xlim(min(iterations) - 0.5, max(iterations) + 0.5)
+        ax.set_xticks(range(min(iterations), max(iterations) + 1))
     _save(fig, ax, path, has)
 
 
@@ -300,6 +304,26 @@ def _metrics_table(runs: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _chance_table(its: list[dict[str, Any]]) -> str:
+    """Per iteration, the kept pairs and each filter's passed pairs against a random drop of the same size."""
+    rows = []
+    for r in its:
+        q = r.get("label_quality")
+        if not q:
+            continue
+        entries = [("all filters (kept vs dropped)", q["kept"], q["dropped"])]
+        entries += [(f"filter {name}", f["passed"], f["failed"]) for name, f in q["by_filter"].items()]
+        for label, passed, failed in entries:
+            cells = [str(r["iteration"]), label, show(Estimate.from_json(passed["precision"]), ".2f", why=True),
+                     against_chance(passed), show(Estimate.from_json(failed["precision"]), ".2f", why=True)]
+            rows.append("<tr>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>")
+    if not rows:
+        return "<p>No iteration committed yet.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("iteration", "pairs", "label precision of the pairs kept (passed)",
+                                             "against a random drop of the same size", "of the pairs dropped (failed)"))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
 def _inline(svg: str) -> str:
     """A matplotlib SVG file as an element of the page: without its XML prolog, doctype and metadata."""
     svg = svg[svg.index("<svg"):]
@@ -379,6 +403,11 @@ own; win/tie/loss: against M0, judged by M0 in both orders; <em>kept-label preci
 response correct, one not) whose chosen response is the correct one, read against a random drop of the same size.
 Drops over all iterations: {_e(", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")}.</p>
 {_metrics_table(runs)}
+<h2>Label precision against chance</h2>
+<p>On prompts with reference answers, a pair is decided when exactly one of its responses is correct; its label is
+right when that one was chosen. A filter helps only if the pairs it kept are more often right than random subsets of
+the same size from the same candidates (2.5-97.5% range in brackets).</p>
+{_chance_table([r for r in rows if r["kind"] == "iteration"])}
 <h2>Plots</h2>
 {figures}
 <h2>Sample pairs{"" if last is None else f" (iteration {last})"}</h2>

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from orchestrator.measures import METRICS, cell, chance, show, table_rows
+from orchestrator.measures import METRICS, cell, chance, filter_lines, show, table_rows
 from orchestrator.rundir import RunDir
 from orchestrator.stats import Estimate
 
@@ -73,7 +73,7 @@ class RemoteProgress:
 
 def format_iteration(m: dict[str, Any]) -> str:
     """One summary line: responses, judge, pairs, label trust numbers, loss, evaluation, timings; every rate and mean
-    with its 95% interval and n, and a number that cannot be measured with the reason."""
+    with its 95% interval and n, and a number that cannot be measured with the reason. Then a line per filter."""
     drops = ", ".join(f"{k} {v}" for k, v in m["drops"].items()) or "none dropped"
     loss = show(m["dpo_loss"], ".4f")
     if m.get("epochs", 0) > 1:
@@ -88,7 +88,7 @@ def format_iteration(m: dict[str, Any]) -> str:
     if "eval_accuracy" in m:
         line += (f" | eval: accuracy {cell(m, 'eval_accuracy')} ({cell(m, 'eval_accuracy_vs_m0')} vs M0), "
                  f"fixed judge {cell(m, 'eval_fixed_judge', why=True)}, win rate {cell(m, 'win_rate', why=True)}")
-    return line + f" | {m['iteration_seconds']:.0f}s"
+    return "\n".join([line + f" | {m['iteration_seconds']:.0f}s", *filter_lines(m)])
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str = "metric") -> str:

@@ -109,3 +109,48 @@ def test_shipped_configs_evaluate_on_held_out_sets():
         cfg = load_config(path)
         sets, _ = load_eval_sets(cfg, load_prompts(cfg.data.prompts, cfg.data.columns))  # raises on any overlap
         assert sets.verifiable is not None and sets.instructions is not None, path.name
+
+
+def test_a_judge_always_answering_a_through_the_evaluate_stage(tmp_path):
+    """The eval stage's own bookkeeping with a stand-in engine: M0 as pairwise judge puts P("A") = 0.9 on whichever
+    answer is shown first. Averaged over both orders that is no preference: every comparison is a tie, no spurious
+    win, and the win rate is reported as not measurable, naming the judge's position bias."""
+    from orchestrator.evaluation import EvalSets, evaluate
+    from workers.types import Completion
+
+    calls = []
+
+    def engines(method, items, *args, desc):
+        calls.append((method, desc, len(items)))
+        if method == "choice_distribution":
+            return [[0.9, 0.1] for _ in items]
+        model = args[1]
+        tag = "M0" if model is None else "M1"
+        return [Completion(f"{tag} says: Score: 3" if "grading" in r.user_message else f"{tag} answer {k}", 4, "stop")
+                for k, r in enumerate(items)]
+
+    prompts = pa.Table.from_pylist([{"prompt_id": f"i{k}", "prompt": f"Explain thing {k}.", "answer": None, "kind": None}
+                                    for k in range(6)])
+    sets = EvalSets(None, prompts)
+    cfg = load_config(None, ["eval.injections=null"])
+    baseline = evaluate(engines, cfg, 0, None, sets, None)
+    table = evaluate(engines, cfg, 1, artifacts_adapter(), sets, baseline)
+    assert ("choice_distribution", "eval win rate", 12) in calls  # 6 prompts, both orders, one token each
+    rows = [r for r in table.to_pylist() if r["split"] == "instruction"]
+    assert all(r["pairwise_first"] == r["pairwise_second"] == "A" for r in rows)
+    assert all(r["pairwise_preference"] == pytest.approx(0.5) and r["outcome"] == "tie" for r in rows)
+    s = eval_summary(table, baseline)
+    assert s["win_counts"] == {"win": 0, "loss": 0, "tie": 6, "invalid": 0}
+    assert s["win_rate"]["value"] is None and "first position in 100% of 12 verdicts" in s["win_rate"]["why"]
+    # The sampled-text verdict stays available, with the same position statistics.
+    sampled = load_config(None, ["eval.injections=null", "eval.pairwise_verdict=sampled"])
+    text = evaluate(lambda m, items, *a, desc: [Completion("Fine.\nWinner: A", 3, "stop") for _ in items]
+                    if desc == "eval win rate" else engines(m, items, *a, desc=desc), sampled, 1, artifacts_adapter(), sets,
+                    baseline)
+    assert eval_summary(text, baseline)["pairwise_degenerate"]
+
+
+def artifacts_adapter():
+    from workers.types import AdapterRef
+
+    return AdapterRef("iter_001", "/nonexistent/adapter")

@@ -27,6 +27,7 @@ def test_report_writes_every_plot_and_escapes_run_text(tmp_path):
     # Self-contained: nothing is fetched from the network (SVG namespace names are not fetched).
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.replace(html.escape(EVIL), ""))
     assert "judge_uncertain" in page and "Sample pairs (iteration 2)" in page
+    assert "Label precision against chance" in page and "all filters (kept vs dropped)" in page
     # Every rate and mean carries its interval and n; a metric is declared once, so the labels are the declared ones.
     assert "accuracy (held-out)" in page and "0.300 [0.108, 0.603] 3/10" in page
     # The accuracy plot has an error bar per model; the 2-item kept precision and 1-item judge means are hollow.
