@@ -69,7 +69,7 @@ def test_two_iterations_through_the_cli(tmp_path):
     assert int(re.search(r'data-errorbars="(\d+)"', dom).group(1)) > 0 if CHROMIUM else True
     compare = selfreward("compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp.md"))
     assert compare.returncode == 0 and "| accuracy (held-out)" in compare.stdout and (tmp_path / "cmp.json").is_file()
-    assert re.search(r"\| accuracy \(held-out\) +\| 0 +\| \d\.\d{3} \[", compare.stdout)
+    assert re.search(r"\| accuracy \(held-out\) +\| 0 +\| +\d\.\d{3} \[", compare.stdout)
 
 
 def test_one_iteration_on_the_transformers_fallback_engine(tmp_path):

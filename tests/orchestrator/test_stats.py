@@ -22,6 +22,11 @@ def test_wilson_against_scipy(k, n):
     assert stats.wilson(k, n) == pytest.approx((ref.low, ref.high), abs=1e-9)
 
 
+def test_wilson_bounds_are_exact_at_zero_and_all():
+    for n in (1, 3, 7, 32, 1000):
+        assert stats.wilson(0, n)[0] == 0.0 and stats.wilson(n, n)[1] == 1.0
+
+
 def test_an_empty_proportion_is_unmeasured_not_zero():
     got = stats.proportion(0, 0, "no decided pair")
     assert got.value is None and got.n == 0 and got.why == "no decided pair"
