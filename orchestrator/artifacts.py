@@ -35,8 +35,9 @@ REWARDS = pa.schema([
     # Whether the response matches the prompt's reference answer (null when the prompt has none; an ungradable
     # response is False) and the grading rule (orchestrator/answers.py; "ungradable": no final answer found).
     ("correct", pa.bool_()), ("grade_rule", pa.string()),
-    # Summed log-probs of T MC-dropout passes of the policy (null when off).
-    ("logp_mc", pa.list_(pa.float64())),
+    # Summed log-probs of T MC-dropout passes of the policy, and the reference's by the same model code without
+    # dropout (null when off, and while the policy is the reference).
+    ("logp_mc", pa.list_(pa.float64())), ("logp_mc_ref", pa.float64()),
 ])
 
 PAIRS = pa.schema([
@@ -47,6 +48,9 @@ PAIRS = pa.schema([
     ("chosen_finish_reason", pa.string()), ("rejected_finish_reason", pa.string()),
     # beta * (implicit reward of chosen - of rejected); null while the policy is the reference.
     ("implicit_margin", pa.float64()),
+    # Per-token log-likelihood of chosen minus rejected under the policy, and the same of its change since the
+    # previous model (null at iteration 1): internal signals defined without a reference.
+    ("likelihood_margin", pa.float64()), ("likelihood_change_margin", pa.float64()),
     # MC-dropout uncertainty of the pair (BALD or variance; null when off).
     ("uncertainty", pa.float64()),
     # Whether chosen / rejected is correct; null when the prompt has no reference answer or the response has no

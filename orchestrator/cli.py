@@ -1,4 +1,4 @@
-"""`selfreward` command line: run (or resume) a loop, show its status, report on it, compare runs."""
+"""`selfreward` command line: run (or resume) a loop, show its status, report on it, replay recipes on it, compare runs."""
 
 from __future__ import annotations
 
@@ -25,6 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     rep = sub.add_parser("report", help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")
     rep.add_argument("run_dir")
+    rp = sub.add_parser("replay", help="recompute each recipe's selection on one run's committed labels and compare "
+                        "their label quality side by side (printed, and written as Markdown + JSON)")
+    rp.add_argument("run_dir")
+    rp.add_argument("--recipe", action="append", required=True, metavar="CONFIG",
+                    help="a recipe config (repeat for several), e.g. jobs/configs/cream.yaml")
+    rp.add_argument("--out", help="Markdown file to write, a .json beside it (default: RUN_DIR/replay.md)")
+    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="a dotted config override applied to every recipe, e.g. selection.strategy=margin")
     c = sub.add_parser("compare", help="put runs side by side (printed, and written as Markdown + JSON)")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", default="compare.md", help="Markdown file to write; a .json beside it (default: compare.md)")
@@ -106,6 +114,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from orchestrator.replay import write_replay
+
+    text, where = write_replay(args.run_dir, args.recipe, args.out, tuple(args.overrides))
+    print(text)
+    print(f"wrote {where} and its .json")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from orchestrator.report import write_compare
 
@@ -118,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
     from orchestrator.models import ModelError
+    from orchestrator.replay import ReplayError
     from orchestrator.rundir import RunDirError
     from orchestrator.storage import StorageError
     from workers.tokens import TokenizerError
@@ -132,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         args.overrides = [*args.overrides, *extra]
     try:
-        commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "compare": cmd_compare}
+        commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare}
         return commands[args.command](args)
-    except (ConfigError, DataError, ModelError, RunDirError, StorageError, TokenizerError, PoolError) as e:
+    except (ConfigError, DataError, ModelError, ReplayError, RunDirError, StorageError, TokenizerError, PoolError) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (TrainingError, FloatingPointError, OSError) as e:

@@ -175,10 +175,11 @@ class ConsistencyConfig(_Strict):
         "'dyn' feeds each pair's C to the CREAM loss, 'avg' the dataset mean C, 'filter' drops pairs of "
         "prompts with C below `threshold`. Undefined (null) at iteration 1.",
     )
-    source: Literal["judge", "implicit"] = Field(
+    source: Literal["judge", "implicit", "likelihood"] = Field(
         "judge",
-        description="Rewards that rank the responses: judge means (current vs previous judge) or implicit "
-        "rewards (log pi/pi_ref of M(t-1) vs of M(t-2)).",
+        description="Rewards that rank the responses: judge means (current vs previous judge), implicit rewards "
+        "(log pi/pi_ref of M(t-1) vs of M(t-2); where M(t-2) is the reference itself, its per-token likelihood, as "
+        "CREAM ranks a model without a reference), or per-token likelihoods under M(t-1) vs M(t-2).",
     )
     threshold: float = Field(0.5, ge=0, le=1, description="Minimum C of a kept pair in mode 'filter'.")
 
@@ -186,8 +187,14 @@ class ConsistencyConfig(_Strict):
 class AgreementConfig(_Strict):
     enabled: bool = Field(
         False,
-        description="SCIR-style: keep a pair only if the implicit reward prefers its chosen response too "
-        "(not applied while the implicit reward is undefined, i.e. policy = reference).",
+        description="SCIR-style: keep a pair only if a second internal reward prefers its chosen response too "
+        "(not applied where that reward is undefined).",
+    )
+    signal: Literal["implicit", "likelihood", "likelihood_change"] = Field(
+        "implicit",
+        description="The second reward: the DPO implicit reward beta * log pi/pi_ref (undefined while the policy is "
+        "the reference, i.e. at iteration 1), the policy's per-token log-likelihood (defined from iteration 1), or "
+        "its change since the previous model (from iteration 2).",
     )
     require_confident: bool = Field(
         False, description="Also require P(chosen wins) >= `confidence` under both the judge and the implicit reward."
@@ -201,7 +208,8 @@ class JudgeUncertaintyConfig(_Strict):
         ge=0,
         le=1,
         description="Drop pairs whose judge-sample estimate of P(chosen beats rejected) is below p_min; "
-        "None = off.",
+        "None = off. The estimate comes from the odd-numbered verdicts and the pairs are ranked on the others, so "
+        "the estimate is not inflated by the selection it judges (needs judge.judge_samples >= 2).",
     )
 
 
@@ -217,6 +225,11 @@ class MCDropoutConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
+    rank_by: Literal["judge", "likelihood"] = Field(
+        "judge",
+        description="What ranks a prompt's responses into pairs: the judge (judge.score_source), or the policy's "
+        "per-token log-likelihood of each response.",
+    )
     strategy: Literal["best_vs_worst", "margin"] = Field(
         "best_vs_worst",
         description="Candidate pairs: highest vs lowest judge score per prompt, or every pair whose score "
@@ -234,10 +247,11 @@ class SelectionConfig(_Strict):
 
 
 class DPOConfig(_Strict):
-    loss: Literal["dpo", "cdpo", "cream", "rdpo", "ipo", "soft"] = Field(
+    loss: Literal["dpo", "cdpo", "cream", "rdpo", "ipo", "ipo_sum", "soft"] = Field(
         "dpo",
         description="Preference loss: DPO, cDPO (label smoothing epsilon), CREAM (consistency as soft "
-        "label), rDPO (flip rate epsilon), IPO, or soft preference (target from the judge-score margin).",
+        "label), rDPO (flip rate epsilon), IPO on per-token log-probs (as TRL computes it; 'ipo_sum': on summed "
+        "log-probs), or soft preference (target from the judge-score margin).",
     )
     epsilon: float = Field(0.1, ge=0, lt=0.5, description="cDPO label smoothing / rDPO flip rate.")
     soft_temperature: float = Field(
@@ -330,7 +344,8 @@ class RunConfig(_Strict):
                 f"selection.consistency.mode={c.mode!r} and dpo.loss={self.dpo.loss!r} conflict: consistency "
                 "modes 'dyn'/'avg' feed the CREAM loss, and dpo.loss='cream' needs one of them"
             )
-        if self.iterations < 2 and (c.mode != "off" or self.selection.agreement.enabled):
+        a = self.selection.agreement
+        if self.iterations < 2 and (c.mode != "off" or (a.enabled and a.signal != "likelihood")):
             which = "selection.consistency.mode" if c.mode != "off" else "selection.agreement.enabled"
             raise ValueError(
                 f"{which} needs a previous model (consistency) or a policy that differs from the reference "
@@ -346,6 +361,11 @@ class RunConfig(_Strict):
                 "selection.consistency.source='implicit' ranks by the previous model's reward against the "
                 "base model: set scoring.reference=base"
             )
+        if (self.selection.judge_uncertainty.p_min is not None or a.require_confident) and self.judge.judge_samples < 2:
+            which = ("selection.judge_uncertainty.p_min" if self.selection.judge_uncertainty.p_min is not None
+                     else "selection.agreement.require_confident")
+            raise ValueError(f"{which} estimates P(chosen wins) on verdicts the pair was not chosen on: set "
+                             f"judge.judge_samples >= 2 (got {self.judge.judge_samples})")
         if self.judge.score_source == "expected" and not self.judge.expected_score:
             raise ValueError("judge.score_source='expected' needs judge.expected_score=true")
         r = self.resources

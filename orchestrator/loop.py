@@ -88,7 +88,8 @@ def make_loss(cfg: RunConfig) -> PreferenceLoss:
     d = cfg.dpo
     losses: dict[str, PreferenceLoss] = {
         "dpo": DPO(d.beta), "cdpo": CDPO(d.beta, d.epsilon), "rdpo": RDPO(d.beta, d.epsilon),
-        "ipo": IPO(d.beta), "soft": SoftPreference(d.beta), "cream": CREAM(d.beta),
+        "ipo": IPO(d.beta, length_normalized=True), "ipo_sum": IPO(d.beta), "soft": SoftPreference(d.beta),
+        "cream": CREAM(d.beta),
     }
     return losses[d.loss]
 
@@ -100,7 +101,8 @@ def make_selection(cfg: RunConfig) -> Selection:
     if s.consistency.mode == "filter":
         filters.append(ConsistencyFilter(s.consistency.threshold))
     if s.agreement.enabled:
-        filters.append(AgreementFilter(s.agreement.confidence if s.agreement.require_confident else None))
+        filters.append(AgreementFilter(s.agreement.confidence if s.agreement.require_confident else None,
+                                       s.agreement.signal))
     if s.judge_uncertainty.p_min is not None:
         filters.append(JudgeUncertaintyFilter(s.judge_uncertainty.p_min))
     downweighted: tuple[str, ...] = ()
@@ -114,8 +116,8 @@ def make_selection(cfg: RunConfig) -> Selection:
     )
     return Selection(
         strategy=BestVsWorst() if s.strategy == "best_vs_worst" else MarginPairs(s.min_margin, s.max_pairs_per_prompt),
-        filters=tuple(filters), label=label, beta=cfg.dpo.beta,
-        score_column="judge_expected" if cfg.judge.score_source == "expected" else "judge_mean",
+        filters=tuple(filters), label=label, beta=cfg.dpo.beta, judge_signal=cfg.judge.score_source, rank_by=s.rank_by,
+        holdout_verdicts=s.judge_uncertainty.p_min is not None or (s.agreement.enabled and s.agreement.require_confident),
         length_normalized=s.length_normalized, consistency_source=s.consistency.source,
         mc_measure=s.mc_dropout.measure, downweight_filters=downweighted, downweight=s.mc_dropout.downweight,
     )
@@ -233,7 +235,8 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
 
     Each distinct model is scored once (at t=1 policy, reference and base
     coincide). ``logp_prev`` is null at t=1. With MC-dropout on, T stochastic
-    passes of the policy run in a Ray task beside the engines.
+    passes of the policy and one reference pass run in a Ray task beside the
+    engines, from iteration 2 on (``_mc_dropout``).
     """
     gens = generations.select(["prompt_id", "prompt", "sample_idx", "response", "finish_reason"]).to_pylist()
     by_role: dict[str, dict[tuple[str, int], list[dict[str, Any]]]] = {"current": {}, "previous": {}}
@@ -252,7 +255,7 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
                                          f"{g['sample_idx']} under model {_name(adapter)} (iteration {t}, score stage)")
     pol, ref = logps[_name(models.policy)], logps[_name(models.reference)]
     prev = logps[_name(models.previous)] if models.has_previous else [None] * len(gens)
-    mc = _mc_dropout(ctx, t, requests, models.policy)
+    mc, mc_ref = _mc_dropout(ctx, t, requests, models)
     keys = [(g["prompt_id"], g["sample_idx"]) for g in gens]
     cur = [aggregate([jr["score"] for jr in by_role["current"].get(k, [])]) for k in keys]
     prev_judge = [aggregate([jr["score"] for jr in by_role["previous"].get(k, [])]) for k in keys]
@@ -285,6 +288,7 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
             "correct": [None if g is None else g.correct for g in grades],
             "grade_rule": [None if g is None else g.rule for g in grades],
             "logp_mc": mc,
+            "logp_mc_ref": mc_ref,
         },
         schema=artifacts.REWARDS,
     )
@@ -305,20 +309,29 @@ def _train_spec(ctx: Context, t: int, policy: AdapterRef | None, pairs_path: str
     )
 
 
-def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest], policy: AdapterRef | None) -> list[list[float] | None]:
+def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
+                models: Models) -> tuple[list[list[float] | None], list[float | None]]:
+    """MC-dropout passes of the policy and the reference's log-probs by the same code, per response.
+
+    Only where the policy differs from the reference: while they are the same
+    model (iteration 1) every implicit margin is 0 and the passes would
+    measure nothing but dropout noise, so none are run (None).
+    """
     mc = ctx.cfg.selection.mc_dropout
-    if mc.passes == 0:
-        return [None] * len(requests)
+    if mc.passes == 0 or models.policy == models.reference:
+        return [None] * len(requests), [None] * len(requests)
     import ray
 
     r = ctx.cfg.resources
-    spec = replace(_train_spec(ctx, t, policy), seed=derive_seed(ctx.cfg.seed, "mc_dropout", t))
+    spec = replace(_train_spec(ctx, t, models.policy), seed=derive_seed(ctx.cfg.seed, "mc_dropout", t))
     task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=_train_gpus(ctx))(mc_dropout_logprobs)
     bar = RemoteProgress("score MC-dropout")
+    reference = None if models.reference is None else models.reference.path
     try:
-        return run_with_progress(lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q)), bar)
+        passes, ref = run_with_progress(lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference)), bar)
     finally:
         bar.close()
+    return list(passes), list(ref)
 
 
 def train(ctx: Context, t: int, pairs: str, policy: AdapterRef | None, staged: str) -> dict[str, Any]:
@@ -471,7 +484,8 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
                                             lambda: score(ctx, t, gens, judg, answers, models),
                                             lambda table: _score_summary(table, models))
             pairs, s_select = _table_stage(ctx, t, "select", "pairs", f"{d}/pairs.parquet",
-                                           lambda: select(gens, rewards, judg, selection, models.policy == models.reference),
+                                           lambda: select(gens, rewards, judg, selection, models.policy == models.reference,
+                                                          models.has_previous and models.previous == models.reference),
                                            lambda table: _pairs_summary(table, cfg, t))
             s_train = _train_stage(ctx, t, d, models.policy)
             stages = {"generate": s_gen, "judge": s_judge, "score": s_score, "select": s_select, "train": s_train}
@@ -558,7 +572,8 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
         "models": s["score"]["models"],
         "grade_rules": s["score"]["grade_rules"],
         "graded_responses": s["score"]["graded_responses"],
-        **{k: s["score"][k] for k in ("judge_score_mean", "judge_auroc", "judge_auroc_expected", "judge_auroc_previous")},
+        **{k: s["score"][k] for k in ("judge_score_mean", "judge_auroc", "judge_auroc_expected", "judge_auroc_previous",
+                                      "likelihood_auroc")},
         "pairs_built": s["select"]["pairs_built"],
         "pairs_kept": s["select"]["pairs_kept"],
         "drops": s["select"]["drops"],
@@ -567,6 +582,7 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
         "consistency_prompts": s["select"]["consistency_prompts"],
         "consistency_undefined_prompts": s["select"]["consistency_undefined_prompts"],
         "agreement_rate": s["select"]["agreement_rate"],
+        "likelihood_agreement_rate": s["select"]["likelihood_agreement_rate"],
         "label_quality": quality,
         "candidate_label_precision": quality["candidates"]["precision"],
         "kept_label_precision": quality["kept"]["precision"],

@@ -90,25 +90,34 @@ def consistency_summary(pairs: pa.Table, why_undefined: str = "undefined on ever
 
 
 def agreement_rate(pairs: pa.Table) -> dict[str, Any]:
-    """Share of candidate pairs where the implicit reward prefers the judge's chosen response too (Wilson interval)."""
-    rows = [r for r in pairs.select(["implicit_margin", "margin"]).to_pylist()
-            if r["implicit_margin"] is not None and r["margin"] is not None and r["margin"] > 0]
-    agree = sum(1 for r in rows if r["implicit_margin"] > 0)
-    return {"agreement_rate": stats.proportion(agree, len(rows), "the implicit reward is undefined while the policy is the reference").to_json()}
+    """Share of candidate pairs where a second internal reward prefers the judge's chosen response too (Wilson).
+
+    ``agreement_rate``: the implicit reward; ``likelihood_agreement_rate``: the
+    policy's per-token log-likelihood (defined from iteration 1).
+    """
+    out = {}
+    for key, column, why in (("agreement_rate", "implicit_margin",
+                              "the implicit reward is undefined while the policy is the reference"),
+                             ("likelihood_agreement_rate", "likelihood_margin", "no likelihood margin")):
+        rows = [r for r in pairs.select([column, "margin"]).to_pylist()
+                if r[column] is not None and r["margin"] is not None and r["margin"] > 0]
+        out[key] = stats.proportion(sum(1 for r in rows if r[column] > 0), len(rows), why).to_json()
+    return out
 
 
 def judge_calibration(rewards: pa.Table) -> dict[str, Any]:
-    """AUROC of each judge signal at separating correct from incorrect responses (None where the run lacks it).
+    """AUROC of each judge signal, and of the policy's per-token likelihood, at separating correct from incorrect
+    responses (None where the run lacks the signal).
 
     Responses without a reference answer or with an ungradable one are left
     out: the truth of the first is unknown, and the second has no answer to
     be right or wrong about.
     """
-    cols = ["prompt_id", "correct", "grade_rule", "judge_mean", "judge_expected", "judge_mean_prev"]
+    cols = ["prompt_id", "correct", "grade_rule", "judge_mean", "judge_expected", "judge_mean_prev", "logp_policy_norm"]
     rows = [r for r in rewards.select(cols).to_pylist() if r["correct"] is not None and r["grade_rule"] != UNGRADABLE]
     out = {}
     for key, col in (("judge_auroc", "judge_mean"), ("judge_auroc_expected", "judge_expected"),
-                     ("judge_auroc_previous", "judge_mean_prev")):
+                     ("judge_auroc_previous", "judge_mean_prev"), ("likelihood_auroc", "logp_policy_norm")):
         if rewards.num_rows and rewards[col].null_count == rewards.num_rows and key != "judge_auroc":
             out[key] = None  # the run does not collect this signal (at this iteration)
             continue

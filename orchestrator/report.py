@@ -183,12 +183,12 @@ def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     plots.append(("judge_scores.svg", "Mean rubric score of held-out responses by the fixed judge M0 and by the model "
                   "itself, and the mean self-judged score of each iteration's training responses. A self score rising "
                   "faster than the fixed score is reward inflation." + SMALL_NOTE))
-    _estimate_plot(its, ["judge_auroc", "judge_auroc_expected", "judge_auroc_previous"],
-                   "Judge calibration: correct vs incorrect responses", "AUROC", out("judge_calibration.svg"), (0, 1),
+    _estimate_plot(its, ["judge_auroc", "judge_auroc_expected", "judge_auroc_previous", "likelihood_auroc"],
+                   "Calibration: correct vs incorrect responses", "AUROC", out("judge_calibration.svg"), (0, 1),
                    reference=0.5)
-    plots.append(("judge_calibration.svg", "How well the judge's score separates the iteration's correct from its "
-                  "incorrect responses (0.5, dashed, is chance): does the model's own reward track the truth, and does "
-                  "that drift across iterations?" + SMALL_NOTE))
+    plots.append(("judge_calibration.svg", "How well the judge's score, and the policy's per-token likelihood, separate "
+                  "the iteration's correct from its incorrect responses (0.5, dashed, is chance): does the model's own "
+                  "reward track the truth, and does that drift across iterations?" + SMALL_NOTE))
     degenerate = [f"iteration {r['iteration']}: {r['pairwise_degenerate']}" for r in its if r.get("pairwise_degenerate")]
     _estimate_plot(its, ["win_rate", "tie_rate", "loss_rate", "pairwise_position_consistency", "pairwise_first_position_rate"],
                    "M(t) vs M0, judged by M0 in both orders", "rate", out("win_rate.svg"), (0, 1))
@@ -201,7 +201,8 @@ def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         chance = r.get("label_quality", {}).get("kept", {}).get("random_drop") or {}
         if chance.get("range95") and r["label_quality"]["kept"]["verdict"] != "no drop":
             bands[r["iteration"]] = tuple(chance["range95"])
-    _estimate_plot(its, ["mean_consistency", "agreement_rate", "kept_label_precision", "dropped_label_precision"],
+    _estimate_plot(its, ["mean_consistency", "agreement_rate", "likelihood_agreement_rate", "kept_label_precision",
+                         "dropped_label_precision"],
                    "Trust in the self-rewards", "rate", out("trust.svg"), (0, 1), bands=bands)
     plots.append(("trust.svg", "Cross-iteration consistency, internal-reward agreement, and label precision of kept vs "
                   "dropped pairs (on prompts with reference answers); the gray range is the precision of a random drop "

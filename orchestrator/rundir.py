@@ -181,6 +181,10 @@ class RunDir:
         tree = yaml.safe_load(self.storage.read_text(self.config_path)) or {}
         return config_from_dict(tree, self.where(self.config_path))
 
+    def frozen_config(self) -> RunConfig:
+        """The run's config as frozen at its start (RunDirError when missing or damaged)."""
+        return self._read_frozen_config()
+
     def load_state(self) -> dict[str, Any]:
         """Read state.json (for `selfreward status` and reports)."""
         if not self.storage.exists(self.state_path):

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from orchestrator.answers import UNGRADABLE
 from orchestrator.artifacts import PAIRS
@@ -102,10 +103,11 @@ class MarginPairs:
 class SoftLabel:
     """How ``label_p`` (the loss's target probability that chosen wins) is set.
 
-    ``hard``: 1. ``consistency``: the prompt's C (CREAM 'dyn'), 1 where C is
-    undefined. ``mean_consistency``: the mean C over candidates (CREAM
-    'avg'). ``score_margin``: sigmoid(judge-score margin / temperature), the
-    preference strength of the soft-preference loss.
+    ``hard``: 1. ``consistency``: the prompt's C (CREAM 'dyn'); where C is
+    undefined, the mean C of the iteration's prompts (as CREAM's code does),
+    and 1 when no prompt has one. ``mean_consistency``: that mean for every
+    pair (CREAM 'avg'). ``score_margin``: sigmoid(judge-score margin /
+    temperature), the preference strength of the soft-preference loss.
     """
 
     kind: Literal["hard", "consistency", "mean_consistency", "score_margin"] = "hard"
@@ -136,20 +138,26 @@ class ConsistencyFilter:
 
 @dataclass(frozen=True)
 class AgreementFilter:
-    """SCIR-style: the implicit reward must prefer the judge's chosen response (h_implicit > 0).
+    """SCIR-style: a second internal reward must prefer the judge's chosen response too.
 
-    With ``confidence``: also P(chosen wins) >= confidence under both
-    rewards, the judge's from its samples (``p_correct``) and the implicit
-    reward's as sigmoid(h_implicit). None while the implicit reward is undefined.
+    ``signal``: which one, by its margin column: ``implicit`` (the DPO
+    implicit reward, ``implicit_margin``; undefined while the policy is the
+    reference), ``likelihood`` (the policy's per-token log-likelihood,
+    ``likelihood_margin``; defined from iteration 1) or ``likelihood_change``
+    (its change since the previous model, ``likelihood_change_margin``).
+    With ``confidence``: also P(chosen wins) >= confidence under both rewards,
+    the judge's (``p_correct``) and the signal's as sigmoid(margin). None
+    where the signal is undefined.
     """
 
     confidence: float | None = None
+    signal: Literal["implicit", "likelihood", "likelihood_change"] = "implicit"
     name: str = "reward_disagreement"
 
     def verdicts(self, candidates: list[Row]) -> list[bool | None]:
         out: list[bool | None] = []
         for r in candidates:
-            h = r["implicit_margin"]
+            h = r[f"{self.signal}_margin"]
             if h is None:
                 out.append(None)
                 continue
@@ -204,9 +212,13 @@ class Selection:
     filters: tuple[Filter, ...] = ()
     label: SoftLabel = SoftLabel()
     beta: float = 0.1  # scale of the implicit reward margin
-    score_column: str = "judge_mean"  # or "judge_expected"
-    length_normalized: bool = False
-    consistency_source: Literal["judge", "implicit"] = "judge"
+    judge_signal: Literal["sampled", "expected"] = "sampled"  # the judge number: parsed verdicts, or expected scores
+    rank_by: Literal["judge", "likelihood"] = "judge"  # what ranks a prompt's responses into pairs
+    # Rank on the even-numbered verdicts and estimate p_correct on the odd ones, so the estimate is not biased by
+    # the selection it judges (see ``_verdict_split``).
+    holdout_verdicts: bool = False
+    length_normalized: bool = False  # implicit rewards per response token
+    consistency_source: Literal["judge", "implicit", "likelihood"] = "judge"
     mc_measure: Literal["bald", "variance"] = "bald"
     # Filters listed here down-weight failing pairs by ``downweight`` instead of dropping them.
     downweight_filters: tuple[str, ...] = ()
@@ -219,9 +231,55 @@ def _implicit(logp: float | None, ref: float | None, tokens: int, normalized: bo
     return (logp - ref) / max(tokens, 1) if normalized else logp - ref
 
 
-def _dist_beats(pc: Sequence[float], pr: Sequence[float]) -> float:
+def _dist_beats(chosen: Sequence[float], rejected: Sequence[float]) -> float:
     """P(X > Y) + P(X = Y) / 2 for independent score distributions over 0..5."""
-    return sum(a * b * (1.0 if i > j else 0.5 if i == j else 0.0) for i, a in enumerate(pc) for j, b in enumerate(pr))
+    return sum(a * b * (1.0 if i > j else 0.5 if i == j else 0.0)
+               for i, a in enumerate(chosen) for j, b in enumerate(rejected))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _difference(a: float | None, b: float | None, scale: float = 1.0) -> float | None:
+    return None if a is None or b is None else scale * (a - b)
+
+
+@dataclass
+class _Verdicts:
+    """One response's current-judge verdicts, split into those that rank it and those that estimate p_correct."""
+
+    rank_scores: list[float] = field(default_factory=list)
+    rank_dists: list[list[float]] = field(default_factory=list)
+    held_scores: list[float] = field(default_factory=list)
+    held_dists: list[list[float]] = field(default_factory=list)
+
+
+def _verdict_split(judgments: pa.Table, holdout: bool, distributions: bool) -> dict[tuple[str, int], _Verdicts]:
+    """The current judge's verdicts per response; with ``holdout``, odd-numbered ones are held out.
+
+    Why a split: the chosen response is the one whose verdicts came out
+    highest, so the same verdicts overstate how sure the label is (four
+    identical responses give a mean P(chosen wins) of about 0.8). Verdicts
+    the selection never saw are independent of it, so an estimate from them
+    is unbiased: 0.5 in expectation when the responses do not differ. Without
+    ``holdout`` both parts are all verdicts (the in-sample estimate).
+    ``distributions``: also collect the verdicts' score distributions.
+    """
+    out: dict[tuple[str, int], _Verdicts] = defaultdict(_Verdicts)
+    cur = judgments.filter(pc.equal(judgments["judge_model"], "current"))
+    columns = [cur[c].to_pylist() for c in ("prompt_id", "sample_idx", "judge_idx", "score")]
+    dists = cur["score_probs"].to_pylist() if distributions else [None] * cur.num_rows
+    for pid, k, idx, score, dist in zip(*columns, dists):
+        v = out[(pid, k)]
+        held = holdout and idx % 2 == 1
+        for scores, ds in ([(v.held_scores, v.held_dists)] if held else
+                           [(v.rank_scores, v.rank_dists)] + ([] if holdout else [(v.held_scores, v.held_dists)])):
+            if score is not None:
+                scores.append(score)
+            if dist is not None:
+                ds.append(dist)
+    return out
 
 
 def select(
@@ -230,11 +288,16 @@ def select(
     judgments: pa.Table,
     sel: Selection,
     policy_is_reference: bool,
+    previous_is_reference: bool = False,
 ) -> pa.Table:
     """Candidate pairs of every prompt in ``generations`` with all annotations, verdicts, weights and labels.
 
     ``policy_is_reference``: the scoring policy is the reference model itself
     (iteration 1), so implicit rewards are undefined there (None), not zero.
+    ``previous_is_reference``: the previous model is the reference (iteration
+    2 with the base model as reference), so its implicit rewards are all zero;
+    implicit-reward consistency then ranks by its per-token likelihood, as
+    CREAM does for a model without a reference.
     Assumes rewards and judgments are keyed by (prompt_id, sample_idx) of
     ``generations``. Returns a table with the PAIRS schema plus
     ``pass_<filter>`` columns.
@@ -246,16 +309,18 @@ def select(
     for key, r in gen.items():
         prompts.setdefault(key[0], r["prompt"])
         keys_of[key[0]].append(key)
-    samples: dict[tuple[str, int], list[float]] = defaultdict(list)
-    dists: dict[tuple[str, int], list[list[float]]] = defaultdict(list)
-    for j in judgments.to_pylist():
-        if j["judge_model"] != "current":
-            continue
-        key = (j["prompt_id"], j["sample_idx"])
-        if j["score"] is not None:
-            samples[key].append(j["score"])
-        if j.get("score_probs") is not None:
-            dists[key].append(j["score_probs"])
+    verdicts = _verdict_split(judgments, sel.holdout_verdicts, sel.judge_signal == "expected")
+
+    def judge_score(key: tuple[str, int]) -> float | None:
+        if not sel.holdout_verdicts:
+            return rew[key]["judge_expected" if sel.judge_signal == "expected" else "judge_mean"]
+        v = verdicts[key]
+        if sel.judge_signal == "expected":
+            return _mean([sum(i * q for i, q in enumerate(d)) for d in v.rank_dists])
+        return _mean(v.rank_scores)
+
+    def rank_score(key: tuple[str, int]) -> float | None:
+        return judge_score(key) if sel.rank_by == "judge" else rew[key]["logp_policy_norm"]
 
     def implicit(key: tuple[str, int], logp_col: str) -> float | None:
         r = rew[key]
@@ -263,17 +328,23 @@ def select(
             return None
         return _implicit(r[logp_col], r["logp_ref"], r["num_tokens"], sel.length_normalized)
 
+    def likelihood_change(key: tuple[str, int]) -> float | None:
+        return _difference(rew[key]["logp_policy_norm"], rew[key]["logp_prev_norm"])
+
     def reward_pair(key: tuple[str, int]) -> tuple[float | None, float | None]:
+        r = rew[key]
         if sel.consistency_source == "judge":
-            return rew[key]["judge_mean"], rew[key]["judge_mean_prev"]
-        return implicit(key, "logp_policy"), implicit(key, "logp_prev")
+            return r["judge_mean"], r["judge_mean_prev"]
+        if sel.consistency_source == "likelihood":
+            return r["logp_policy_norm"], r["logp_prev_norm"]
+        return implicit(key, "logp_policy"), r["logp_prev_norm"] if previous_is_reference else implicit(key, "logp_prev")
 
     rows: list[Row] = []
     for pid in sorted(prompts):
         keys = sorted(keys_of[pid])
         cur, prev = zip(*(reward_pair(k) for k in keys)) if keys else ((), ())
         c_prompt = consistency(list(cur), list(prev))
-        scored = [Scored(k[1], rew[k][sel.score_column]) for k in keys if rew.get(k, {}).get(sel.score_column) is not None]
+        scored = [Scored(k[1], s) for k in keys if k in rew and (s := rank_score(k)) is not None]
         base: Row = {"prompt_id": pid, "prompt": prompts[pid], "consistency": c_prompt}
         if len(scored) < 2:
             rows.append({**base, "drop_reason": DROP_FEW_VALID})
@@ -281,17 +352,19 @@ def select(
         for chosen, rejected, reason in sel.strategy.pairs(scored):
             kc, kr = (pid, chosen.sample_idx), (pid, rejected.sample_idx)
             c, r = gen[kc], gen[kr]
-            if sel.score_column == "judge_expected":
-                p_correct = _mixture_beats(dists[kc], dists[kr])
+            vc, vr = verdicts[kc], verdicts[kr]
+            if sel.judge_signal == "expected":
+                p_correct = _mixture_beats(vc.held_dists, vr.held_dists)
             else:
-                p_correct = p_chosen_beats_rejected(samples[kc], samples[kr])
-            ic, ir = implicit(kc, "logp_policy"), implicit(kr, "logp_policy")
+                p_correct = p_chosen_beats_rejected(vc.held_scores, vr.held_scores)
             rows.append({
                 **base, "chosen": c["response"], "rejected": r["response"],
                 "chosen_idx": chosen.sample_idx, "rejected_idx": rejected.sample_idx,
                 "margin": chosen.score - rejected.score, "p_correct": p_correct,
                 "chosen_finish_reason": c["finish_reason"], "rejected_finish_reason": r["finish_reason"],
-                "implicit_margin": None if ic is None or ir is None else sel.beta * (ic - ir),
+                "implicit_margin": _difference(implicit(kc, "logp_policy"), implicit(kr, "logp_policy"), sel.beta),
+                "likelihood_margin": _difference(rew[kc]["logp_policy_norm"], rew[kr]["logp_policy_norm"]),
+                "likelihood_change_margin": _difference(likelihood_change(kc), likelihood_change(kr)),
                 "uncertainty": _mc_uncertainty(rew[kc], rew[kr], sel),
                 "chosen_correct": _truth(rew[kc]), "rejected_correct": _truth(rew[kr]),
                 "drop_reason": reason,
@@ -304,30 +377,35 @@ def _truth(reward: Row) -> bool | None:
     return None if reward.get("grade_rule") == UNGRADABLE else reward.get("correct")
 
 
-def _mixture_beats(pc: list[list[float]], pr: list[list[float]]) -> float | None:
-    if not pc or not pr:
+def _mixture_beats(chosen: list[list[float]], rejected: list[list[float]]) -> float | None:
+    if not chosen or not rejected:
         return None
-    mix_c = [sum(d[i] for d in pc) / len(pc) for i in range(len(pc[0]))]
-    mix_r = [sum(d[i] for d in pr) / len(pr) for i in range(len(pr[0]))]
+    mix_c = [sum(d[i] for d in chosen) / len(chosen) for i in range(len(chosen[0]))]
+    mix_r = [sum(d[i] for d in rejected) / len(rejected) for i in range(len(rejected[0]))]
     return _dist_beats(mix_c, mix_r)
 
 
 def _mc_uncertainty(c: Row, r: Row, sel: Selection) -> float | None:
+    """The pair's uncertainty over the T MC-dropout passes of its per-token implicit margin.
+
+    Each pass is compared with the reference log-prob computed by the same
+    model code without dropout (``logp_mc_ref``), per response token, so the
+    noise of a pass does not grow with the response's length. None where the
+    passes were not run (MC-dropout off, or the policy is the reference).
+    """
     mc_c, mc_r = c.get("logp_mc"), r.get("logp_mc")
-    if not mc_c or not mc_r:
+    if not mc_c or not mc_r or c.get("logp_mc_ref") is None or r.get("logp_mc_ref") is None:
         return None
-    margins = [
-        sel.beta * (_implicit(a, c["logp_ref"], c["num_tokens"], sel.length_normalized)
-                    - _implicit(b, r["logp_ref"], r["num_tokens"], sel.length_normalized))
-        for a, b in zip(mc_c, mc_r, strict=True)
-    ]
+    margins = [sel.beta * ((a - c["logp_mc_ref"]) / max(c["num_tokens"], 1) - (b - r["logp_mc_ref"]) / max(r["num_tokens"], 1))
+               for a, b in zip(mc_c, mc_r, strict=True)]
     return bald(margins) if sel.mc_measure == "bald" else variance(margins)
 
 
 def _decide(rows: list[Row], sel: Selection) -> pa.Table:
     candidates = [r for r in rows if r["drop_reason"] is None]
     verdicts = {f.name: dict(zip(map(id, candidates), f.verdicts(candidates))) for f in sel.filters}
-    defined_c = [r["consistency"] for r in candidates if r["consistency"] is not None]
+    per_prompt = {r["prompt_id"]: r["consistency"] for r in candidates}  # C is per prompt: CREAM averages prompts
+    defined_c = [c for c in per_prompt.values() if c is not None]
     mean_c = sum(defined_c) / len(defined_c) if defined_c else None
     out = []
     for r in rows:
@@ -357,10 +435,11 @@ def _decide(rows: list[Row], sel: Selection) -> pa.Table:
 
 
 def _label(r: Row, label: SoftLabel, mean_c: float | None) -> float:
+    fallback = 1.0 if mean_c is None else mean_c  # no C anywhere (iteration 1): plain DPO
     if label.kind == "consistency":
-        return 1.0 if r["consistency"] is None else r["consistency"]
+        return fallback if r["consistency"] is None else r["consistency"]
     if label.kind == "mean_consistency":
-        return 1.0 if mean_c is None else mean_c
+        return fallback
     if label.kind == "score_margin":
         return sigmoid(r["margin"] / label.temperature)
     return 1.0

@@ -12,7 +12,7 @@ and ``l(h) = -log sigmoid(h)``:
 | DPO | l(h) | no |
 | cDPO (label smoothing e) | (1 - e) l(h) + e l(-h) | no |
 | rDPO (flip rate e) | [(1 - e) l(h) - e l(-h)] / (1 - 2e) | no |
-| IPO | (h / beta - 1 / (2 beta))^2 | no |
+| IPO | (h / beta - 1 / (2 beta))^2, h from per-token log-probs (as TRL; ``length_normalized``) or summed ones | no |
 | soft preference | p l(h) + (1 - p) l(-h) | yes |
 | CREAM | C l(h) + (1 - C) l(-h), p = consistency C | yes |
 
@@ -63,6 +63,10 @@ class PreferenceLoss:
     def pair_loss(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def per_token(self) -> bool:
+        """Whether the margin is computed from per-token log-probs (log-prob / response tokens), not summed ones."""
+        return False
+
     def __call__(
         self,
         policy_chosen: torch.Tensor,
@@ -71,11 +75,20 @@ class PreferenceLoss:
         ref_rejected: torch.Tensor,
         weights: torch.Tensor,
         label_p: torch.Tensor | None = None,
+        lengths: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> LossOutput:
         """Weighted mean of the per-pair loss; ``weights`` must not all be zero.
 
         ``label_p`` defaults to 1 (hard labels); losses that do not use it ignore it.
+        ``lengths``: the chosen and rejected responses' token counts, which a
+        per-token loss divides the log-probs by (ValueError without them).
         """
+        if self.per_token():
+            if lengths is None:
+                raise ValueError(f"{type(self).__name__} is computed per token: pass the responses' lengths")
+            lc, lr = (x.to(policy_chosen.dtype) for x in lengths)
+            policy_chosen, ref_chosen, policy_rejected, ref_rejected = (
+                policy_chosen / lc, ref_chosen / lc, policy_rejected / lr, ref_rejected / lr)
         h = implicit_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
         p = torch.ones_like(h) if label_p is None else label_p.to(h.dtype)
         per_pair = self.pair_loss(h, p)
@@ -131,7 +144,16 @@ class RDPO(PreferenceLoss):
 
 @dataclass(frozen=True)
 class IPO(PreferenceLoss):
-    """IPO (Azar et al. 2023): (delta - 1/(2 beta))^2 with delta = h / beta, the plain log-ratio margin."""
+    """IPO (Azar et al. 2023): (delta - 1/(2 beta))^2 with delta = h / beta, the plain log-ratio margin.
+
+    ``length_normalized``: delta from per-token log-probs, as TRL computes IPO, so the target 1/(2 beta) means
+    the same for long and short responses; off, from summed log-probs.
+    """
+
+    length_normalized: bool = False
+
+    def per_token(self) -> bool:
+        return self.length_normalized
 
     def pair_loss(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return (h / self.beta - 1 / (2 * self.beta)) ** 2

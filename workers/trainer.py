@@ -18,7 +18,8 @@ Optimizer and scheduler states are read back with
 ``torch.load(weights_only=True)``; nothing is unpickled.
 
 ``mc_dropout_logprobs`` is the MC-dropout scorer of the uncertainty filter:
-the policy with dropout on its last hidden state.
+the policy with dropout on its last hidden state, and the reference scored by
+the same code without it.
 """
 
 from __future__ import annotations
@@ -321,6 +322,9 @@ class DPOTrainerCore:
             return result
         per_step = spec.micro_batch_pairs * spec.grad_accum_steps * world
         batches = math.ceil(len(examples) / per_step)
+        # Weights are absolute: a step's loss is normalised by its pair count times the mean weight of the whole
+        # stage, not by its own weight sum, so a batch of down-weighted pairs trains at reduced strength.
+        weight_unit = sum(e.weight for e in examples) / len(examples)
         self.make_scheduler(spec.epochs * batches)
         resumed = checkpoints.load(self) if checkpoints is not None else None
         if resumed is not None:
@@ -347,7 +351,8 @@ class DPOTrainerCore:
                 weight_total = float(sum(examples[i].weight for i in global_idx))
                 if weight_total > 0:  # else nothing to learn from; every rank sees the same global batch
                     step += 1
-                    result.steps.append(self._step(model, examples, ref, global_idx, weight_total, rank, world, step, epoch))
+                    result.steps.append(self._step(model, examples, ref, global_idx, len(global_idx) * weight_unit,
+                                                   rank, world, step, epoch))
                     if report is not None:
                         last = result.steps[-1]
                         report({"n": 1, "tokens": last["tokens"], "loss": last["loss"]})
@@ -358,33 +363,43 @@ class DPOTrainerCore:
                                                       result.steps), ref)
         return result
 
+    def accumulate(self, model: torch.nn.Module, examples: list[PairExample], ref: torch.Tensor, idx: list[int],
+                   scale: float, real: bool = True, nan: bool = False) -> torch.Tensor:
+        """Forward and backward of one micro-batch: gradients of sum(weight * loss) * ``scale`` are added to the
+        trainable parameters. Returns its statistics [weighted loss, weight, right, margin, pairs, tokens].
+
+        ``real``: False for a zero-weight filler that only keeps DDP ranks in step.
+        """
+        batch = [examples[i] for i in idx]
+        w = torch.tensor([e.weight for e in batch], device=self.device) * (1.0 if real else 0.0)
+        label_p = torch.tensor([e.label_p for e in batch], device=self.device)
+        lengths = tuple(torch.tensor([len(getattr(e, f"{side}_ids")) for e in batch], device=self.device)
+                        for side in ("chosen", "rejected"))
+        lp_c, lp_r = self.pair_logprobs(model, batch)
+        if nan:
+            lp_c = lp_c * float("nan")
+        out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w), label_p, lengths)
+        ((out.per_pair * w).sum() * scale).backward()
+        if not real:
+            return torch.zeros(6, device=self.device, dtype=torch.float64)
+        tokens = sum(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
+        return torch.tensor([float((out.per_pair.detach() * w).sum()), float(w.sum()), float((out.margin > 0).sum()),
+                             float(out.margin.sum()), len(batch), tokens], device=self.device, dtype=torch.float64)
+
     def _step(self, model: torch.nn.Module, examples: list[PairExample], ref: torch.Tensor, global_idx: np.ndarray,
-              weight_total: float, rank: int, world: int, step: int, epoch: int) -> dict[str, Any]:
-        """One optimizer step over a global batch; this rank trains on every world-th pair of it."""
+              normaliser: float, rank: int, world: int, step: int, epoch: int) -> dict[str, Any]:
+        """One optimizer step over a global batch; this rank trains on every world-th pair of it.
+
+        ``normaliser``: the step's loss is sum(weight * loss) / normaliser over the global batch.
+        """
         spec = self.spec
         mine = list(global_idx[rank::world])
         stats = torch.zeros(6, device=self.device, dtype=torch.float64)  # wloss, w, correct, margin, n, tokens
         for k in range(spec.grad_accum_steps):
             idx = mine[k * spec.micro_batch_pairs : (k + 1) * spec.micro_batch_pairs]
-            real = len(idx)
-            if not idx:
-                idx = [int(global_idx[0])]  # zero-weight filler keeps DDP in step
-            batch = [examples[i] for i in idx]
-            w = torch.tensor([e.weight for e in batch], device=self.device) * (1.0 if real else 0.0)
-            label_p = torch.tensor([e.label_p for e in batch], device=self.device)
-            lp_c, lp_r = self.pair_logprobs(model, batch)
-            if faults.nan_at(step):
-                lp_c = lp_c * float("nan")
-            out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w), label_p)
-            loss = (out.per_pair * w).sum() * (world / weight_total)
-            loss.backward()
-            if real:
-                tokens = sum(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
-                stats += torch.tensor(
-                    [float((out.per_pair.detach() * w).sum()), float(w.sum()),
-                     float((out.margin[:real] > 0).sum()), float(out.margin[:real].sum()), real, tokens],
-                    device=self.device, dtype=torch.float64,
-                )
+            # An empty micro-batch becomes a zero-weight filler that keeps DDP in step.
+            stats += self.accumulate(model, examples, ref, idx or [int(global_idx[0])], world / normaliser,
+                                     real=bool(idx), nan=faults.nan_at(step))
         if world > 1:
             torch.distributed.all_reduce(stats)
         wl, wsum, correct, margin, n, tokens = stats.tolist()
@@ -471,42 +486,58 @@ class Checkpoints:
             faults.train_worker_point(state.step)
 
 
-def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float,
-                        progress: Any = None) -> list[list[float]]:
-    """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy.
+def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
+                        reference_adapter: str | None = None) -> tuple[list[list[float]], list[float]]:
+    """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy, and under the
+    reference computed by the same model code without dropout.
 
     The policy is the base model with ``spec.init_adapter`` (the base alone
-    when None). Llama-family models have no dropout layers of their own, so
-    dropout with rate ``p`` is applied to the last hidden state (the LM
-    head's input); pass t is seeded with ``spec.seed + t``, so results are
-    reproducible. Everything else runs in eval mode. ``progress``: a queue
-    of ``workers.progress`` (one message per scored chunk).
+    when None); the reference is the base model (``reference_adapter``
+    None: the adapter disabled) or the adapter at ``reference_adapter``.
+    Llama-family models have no dropout layers of their own, so dropout with
+    rate ``p`` is applied to the last hidden state (the LM head's input);
+    pass t is seeded with ``spec.seed + t``, so results are reproducible.
+    Everything else runs in eval mode. ``progress``: a queue of
+    ``workers.progress`` (one message per scored chunk).
     """
     torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
     core = DPOTrainerCore(spec)
     core.model.eval()
-    head = core.model.get_output_embeddings()
-    hook = head.register_forward_pre_hook(lambda _m, args: (torch.nn.functional.dropout(args[0], p, training=True),))
     seqs = [
         (prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
         for r in requests
     ]
-    out: list[list[float]] = [[] for _ in seqs]
     chunk = max(1, 2 * spec.micro_batch_pairs)
     report = reporter(progress)
-    report({"total": passes * len(seqs), "unit": "seq"})
-    try:
-        with torch.no_grad():
+    report({"total": (passes + 1) * len(seqs), "unit": "seq"})
+
+    def score_all(label: Any) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(seqs), chunk):
+            part = seqs[i : i + chunk]
+            out += [float(v) for v in core.sequence_logprobs(core.model, part).tolist()]
+            report({"n": len(part), "tokens": sum(len(a) + len(b) for a, b in part), "pass": label})
+        return out
+
+    with torch.no_grad():
+        if reference_adapter is None:
+            with core.model.disable_adapter():
+                reference = score_all("reference")
+        else:
+            core.model.load_adapter(local_copy(reference_adapter), adapter_name="reference")
+            core.model.set_adapter("reference")
+            reference = score_all("reference")
+            core.model.set_adapter("default")
+        head = core.model.get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda _m, args: (torch.nn.functional.dropout(args[0], p, training=True),))
+        try:
+            by_pass = []
             for t in range(passes):
                 torch.manual_seed(spec.seed + t)
-                for i in range(0, len(seqs), chunk):
-                    for k, v in enumerate(core.sequence_logprobs(core.model, seqs[i : i + chunk]).tolist()):
-                        out[i + k].append(float(v))
-                    part = seqs[i : i + chunk]
-                    report({"n": len(part), "tokens": sum(len(a) + len(b) for a, b in part), "pass": t + 1})
-    finally:
-        hook.remove()
-    return out
+                by_pass.append(score_all(t + 1))
+        finally:
+            hook.remove()
+    return [list(row) for row in zip(*by_pass)] if by_pass else [[] for _ in seqs], reference
 
 
 def _train_loop(config: dict[str, Any]) -> None:

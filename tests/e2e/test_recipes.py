@@ -12,6 +12,7 @@ tests/workers/test_tiny_model.py.
 
 import json
 import math
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -55,11 +56,12 @@ def tables(run_dir, t):
 
 
 def replay(run_dir, recipe: str, t: int):
-    """The recipe's select stage on the run's committed tables of iteration t (reference = base in every recipe)."""
+    """The recipe's select stage on the run's committed tables of iteration t (what `selfreward replay` computes)."""
     cfg = load_config(CONFIGS / f"{recipe}.yaml", TINY)
-    assert cfg.scoring.reference == "base"
     tab = tables(run_dir, t)
-    return select(tab["generations"], tab["rewards"], tab["judgments"], make_selection(cfg), policy_is_reference=t == 1)
+    # The study run scores against the base model: the policy is the reference at t=1, the previous model at t=2.
+    return select(tab["generations"], tab["rewards"], tab["judgments"], make_selection(cfg), policy_is_reference=t == 1,
+                  previous_is_reference=t == 2)
 
 
 def candidates(pairs):
@@ -156,7 +158,31 @@ def _trusted(rows, rewards, t):
         per_prompt[p["prompt_id"]] = per_prompt.get(p["prompt_id"], 0) + (p["drop_reason"] not in STRUCTURAL)
         if p["kept"]:
             assert p["weight"] in (1.0, 0.5) and p["margin"] >= 1.0
-    assert max(per_prompt.values()) <= 2  # margin pairs on the expected score, capped per prompt
+    assert max(per_prompt.values()) <= 2  # margin pairs, capped per prompt
 
 
 CHECKS = {"srlm": _srlm, "cream": _cream, "scir": _scir, "upo": _upo, "trusted": _trusted}
+
+
+def test_replay_compares_every_recipe_on_the_study_run_through_the_cli(study, tmp_path):
+    recipes = [str(CONFIGS / f"{name}.yaml") for name in RECIPES]
+    res = selfreward("replay", str(study), *[a for r in recipes for a in ("--recipe", r)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in RECIPES:
+        for t in (1, 2, 3):
+            assert re.search(rf"^\| {name} +\| {t} +\| kept ", res.stdout, re.MULTILINE), (name, t)
+    assert re.search(r"^\| upo +\| 2 +\| filter judge_uncertain ", res.stdout, re.MULTILINE)
+    saved = json.loads((study / "replay.json").read_text())
+    assert saved["iterations"] == [1, 2, 3] and set(saved["recipes"]) == set(RECIPES)
+    for name in RECIPES:
+        for t in (1, 2, 3):
+            got = saved["recipes"][name][str(t)]
+            pairs = replay(study, name, t)
+            assert got["pairs_built"] == pairs.num_rows and got["label_quality"] == label_quality(pairs)
+    # A recipe that reads a signal the run did not collect is refused, naming it; nothing is written.
+    other = tmp_path / "upo4.yaml"
+    other.write_text((CONFIGS / "upo.yaml").read_text().replace("passes: 8", "passes: 4"))
+    before = (study / "replay.md").read_text()
+    refused = selfreward("replay", str(study), "--recipe", str(other), "--out", str(tmp_path / "r.md"))
+    assert refused.returncode == 2 and "MC-dropout passes=4" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "r.md").exists() and (study / "replay.md").read_text() == before

@@ -75,6 +75,12 @@ def test_cross_field_check_names_both_fields():
         (["iterations=1", "selection.consistency.mode=filter", "judge.previous_judge=true"],
          "selection.consistency.mode needs a previous model"),
         (["iterations=1", "selection.agreement.enabled=true"], "set iterations >= 2 (got 1)"),
+        (["iterations=1", "selection.agreement.enabled=true", "selection.agreement.signal=likelihood_change"],
+         "set iterations >= 2 (got 1)"),
+        # The judge-sample uncertainty is estimated on verdicts the pair was not chosen on.
+        (["selection.judge_uncertainty.p_min=0.7", "judge.judge_samples=1"],
+         "selection.judge_uncertainty.p_min estimates P(chosen wins) on verdicts the pair was not chosen on: set "
+         "judge.judge_samples >= 2 (got 1)"),
         (["resources.colocate=true", "resources.gpus_per_engine=2", "resources.gpus_per_train_worker=1"],
          "resources.gpus_per_engine=1 and resources.gpus_per_train_worker=1 (got 2 and 1)"),
         (["resources.train_strategy=fsdp"], "resources.train_workers >= 2"),
@@ -99,6 +105,11 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(wrong)
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_config(None, ["dpo.beta"])
+
+
+def test_likelihood_agreement_is_defined_from_iteration_1():
+    cfg = load_config(None, ["iterations=1", "selection.agreement.enabled=true", "selection.agreement.signal=likelihood"])
+    assert cfg.selection.agreement.signal == "likelihood"
 
 
 def test_safe_fields_do_not_change_the_hash():

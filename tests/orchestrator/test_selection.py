@@ -33,6 +33,7 @@ class R:
     scores: list[float | None]
     prev: float | None = None  # judge_mean_prev
     logp: float = -10.0  # logp_policy
+    logp_prev: float | None = None
     ref: float = -10.0  # logp_ref
     correct: bool | None = None
     rule: str | None = None  # grade_rule (default: "explicit" where correct is known)
@@ -51,8 +52,10 @@ def tables(spec: dict[str, list[R]]):
             rewards.append({"prompt_id": pid, "sample_idx": k, "judge_mean": sum(valid) / len(valid) if valid else None,
                             "judge_std": 0.0, "judge_valid": len(valid), "judge_mean_prev": r.prev,
                             "logp_policy": r.logp, "logp_ref": r.ref, "num_tokens": r.tokens, "correct": r.correct,
+                            "logp_prev": r.logp_prev, "logp_policy_norm": r.logp / r.tokens,
+                            "logp_prev_norm": None if r.logp_prev is None else r.logp_prev / r.tokens,
                             "grade_rule": r.rule or (None if r.correct is None else "explicit"),
-                            "logp_mc": r.mc,
+                            "logp_mc": r.mc, "logp_mc_ref": None if r.mc is None else r.ref,
                             "judge_expected": (sum(i * p for i, p in enumerate(r.probs[0])) if r.probs else None)})
             for j, s in enumerate(r.scores):
                 judg.append({"prompt_id": pid, "sample_idx": k, "judge_model": "current", "judge_idx": j,
@@ -63,8 +66,8 @@ def tables(spec: dict[str, list[R]]):
             pa.Table.from_pylist(judg, schema=artifacts.JUDGMENTS))
 
 
-def rows(spec, sel=Selection(), policy_is_reference=False):
-    table = select(*tables(spec), sel, policy_is_reference)
+def rows(spec, sel=Selection(), policy_is_reference=False, previous_is_reference=False):
+    table = select(*tables(spec), sel, policy_is_reference, previous_is_reference)
     artifacts.check_contract(table, "pairs")
     return table, table.to_pylist()
 
@@ -119,9 +122,16 @@ def test_cream_soft_labels_dyn_and_avg():
         "c": [R([1.0]), R([5.0])],  # undefined
     }
     _, dyn = rows(spec, Selection(label=SoftLabel("consistency")))
-    assert [x["label_p"] for x in dyn] == pytest.approx([2 / 3, 1.0, 1.0])
+    # An undefined C is the mean C of the iteration's prompts, as CREAM's code sets it: (2/3 + 1) / 2.
+    assert [x["label_p"] for x in dyn] == pytest.approx([2 / 3, 1.0, 5 / 6])
     _, avg = rows(spec, Selection(label=SoftLabel("mean_consistency")))
     assert [x["label_p"] for x in avg] == pytest.approx([5 / 6] * 3)
+    # 'avg' averages prompts, not pairs: prompt a with three margin pairs still counts once.
+    _, margin_avg = rows(spec, Selection(strategy=MarginPairs(0.5, 3), label=SoftLabel("mean_consistency")))
+    assert len(margin_avg) == 5 and all(x["label_p"] == pytest.approx(5 / 6) for x in margin_avg)
+    # No prompt with a C at all (iteration 1): plain DPO.
+    _, none = rows({"c": [R([1.0]), R([5.0])]}, Selection(label=SoftLabel("consistency")))
+    assert none[0]["label_p"] == 1.0
     _, soft = rows(spec, Selection(label=SoftLabel("score_margin", temperature=2.0)))
     assert soft[0]["label_p"] == pytest.approx(1 / (1 + pytest.importorskip("math").exp(-2.0)))
 
@@ -167,11 +177,73 @@ def test_judge_uncertainty_filter():
     assert by["sure"]["kept"] and by["unsure"]["drop_reason"] == "judge_uncertain"
 
 
+def test_judge_uncertainty_is_unbiased_on_identical_responses():
+    """Four responses a judge cannot tell apart: verdicts drawn from one distribution for all of them. Estimated on
+    the verdicts the pair was chosen on, P(chosen wins) comes out near 0.8; on held-out verdicts its mean is 0.5
+    within its interval, and the share passing p_min is what chance predicts for two independent responses."""
+    import random
+
+    from orchestrator import stats
+
+    rng = random.Random(7)
+    levels, weights = [1.0, 2.0, 3.0, 4.0], [0.2, 0.3, 0.3, 0.2]
+    spec = {f"p{i}": [R(rng.choices(levels, weights, k=4)) for _ in range(4)] for i in range(3000)}
+    _, biased = rows(spec, Selection())
+    in_sample = [x["p_correct"] for x in biased if x["p_correct"] is not None and x["drop_reason"] is None]
+    assert stats.mean(in_sample).lo > 0.7  # the selection-biased estimate the filter used to read
+    _, held = rows(spec, Selection(holdout_verdicts=True, filters=(JudgeUncertaintyFilter(0.75),)))
+    cands = [x for x in held if x["drop_reason"] in (None, "judge_uncertain")]
+    estimate = stats.mean([x["p_correct"] for x in cands])
+    assert estimate.lo <= 0.5 <= estimate.hi and len(cands) > 2000
+    # Chance: two held-out verdicts per response, P(Mann-Whitney estimate >= 0.75) for independent draws.
+    draws = [(rng.choices(levels, weights, k=2), rng.choices(levels, weights, k=2)) for _ in range(200_000)]
+    chance = sum(sum((a > b) + 0.5 * (a == b) for a in c for b in r) / 4 >= 0.75 for c, r in draws) / len(draws)
+    passed = stats.proportion(sum(x["kept"] for x in cands), len(cands))
+    assert passed.lo <= chance <= passed.hi
+    # The pair is ranked on the even verdicts only: its margin is theirs.
+    one = rows({"p": [R([5.0, 0.0, 5.0, 0.0]), R([1.0, 5.0, 1.0, 5.0])]}, Selection(holdout_verdicts=True))[1][0]
+    assert (one["chosen_idx"], one["margin"], one["p_correct"]) == (0, 4.0, 0.0)
+
+
+def test_internal_likelihood_signals_per_pair_and_in_every_role():
+    spec = {
+        # chosen by the judge (idx 1) is also more likely per token under the policy, and gained likelihood since
+        # the previous model; idx 0 lost likelihood.
+        "p": [R([1.0], logp=-20.0, logp_prev=-10.0, tokens=10), R([5.0], logp=-8.0, logp_prev=-12.0, tokens=4)],
+    }
+    _, out = rows(spec, Selection(), policy_is_reference=True)
+    assert out[0]["likelihood_margin"] == pytest.approx(-2.0 - (-2.0))
+    assert out[0]["likelihood_change_margin"] == pytest.approx((-2.0 + 3.0) - (-2.0 + 1.0))
+    # Agreement on the likelihood is defined at iteration 1 (policy = reference), unlike the implicit reward.
+    _, agree = rows(spec, Selection(filters=(AgreementFilter(signal="likelihood_change"),)), policy_is_reference=True)
+    assert agree[0]["pass_reward_disagreement"] is True and agree[0]["implicit_margin"] is None
+    # Pairs ranked by likelihood: idx 0 (-2.0 per token) ties idx 1 (-2.0): a tie, no pair.
+    _, lik = rows(spec, Selection(rank_by="likelihood"))
+    assert lik[0]["drop_reason"] == "tie"
+    # Consistency of the likelihood rankings under the current and the previous model.
+    _, cons = rows({"q": [R([1.0], logp=-30.0, logp_prev=-20.0, tokens=10), R([2.0], logp=-10.0, logp_prev=-9.0, tokens=10),
+                          R([3.0], logp=-20.0, logp_prev=-10.0, tokens=10)]}, Selection(consistency_source="likelihood"))
+    # current -3, -1, -2 vs previous -2, -0.9, -1: same order, C = 1.
+    assert cons[0]["consistency"] == pytest.approx(1.0)
+
+
+def test_implicit_consistency_ranks_the_reference_model_by_likelihood():
+    """At iteration 2 the previous model is the reference: its implicit rewards are all 0, so CREAM ranks it by
+    per-token likelihood instead."""
+    # The previous model is the reference (logp_prev = logp_ref). Current implicit rewards: -2 and -3; previous
+    # per-token likelihoods: -1.0 and -1.2: the same order.
+    spec = {"q": [R([1.0], logp=-12.0, ref=-10.0, logp_prev=-10.0, tokens=10),
+                  R([2.0], logp=-9.0, ref=-6.0, logp_prev=-6.0, tokens=5)]}
+    sel = Selection(consistency_source="implicit")
+    assert rows(spec, sel)[1][0]["consistency"] is None  # 0 and 0: no ranking
+    assert rows(spec, sel, previous_is_reference=True)[1][0]["consistency"] == pytest.approx(1.0)
+
+
 def test_expected_score_source_uses_distributions():
     onehot = [[0, 0, 0, 0, 1.0, 0]]
     spread = [[0.5, 0, 0, 0, 0, 0.5]]  # E = 2.5
     spec = {"p": [R([4.0], probs=onehot), R([2.0], probs=spread)]}
-    _, out = rows(spec, Selection(score_column="judge_expected"))
+    _, out = rows(spec, Selection(judge_signal="expected"))
     # chosen has E=4 vs E=2.5; P(4 beats {0 or 5 w.p. 1/2}) = 0.5
     assert (out[0]["chosen_idx"], out[0]["margin"], out[0]["p_correct"]) == (0, pytest.approx(1.5), pytest.approx(0.5))
 
@@ -179,14 +251,18 @@ def test_expected_score_source_uses_distributions():
 def test_mc_dropout_drop_and_downweight():
     def mc(spread):
         return [-10.0 + spread, -10.0 - spread]
+    # Passes differ from the reference (-10, by the same code) by +-spread over 5 tokens: per-token margins +-spread/5.
     spec = {f"p{i}": [R([1.0], mc=mc(0.0)), R([5.0], mc=mc(float(i)))] for i in range(4)}
     sel = Selection(filters=(MCDropoutFilter(0.5),), beta=1.0, mc_measure="variance")
     _, out = rows(spec, sel)
-    assert [x["uncertainty"] for x in out] == pytest.approx([0.0, 1.0, 4.0, 9.0])
+    assert [x["uncertainty"] for x in out] == pytest.approx([0.0, 1 / 25, 4 / 25, 9 / 25])
     assert [x["kept"] for x in out] == [True, True, False, False]
     _, down = rows(spec, Selection(filters=(MCDropoutFilter(0.5),), beta=1.0, mc_measure="variance",
                                    downweight_filters=("mc_dropout_uncertain",), downweight=0.25))
     assert [x["kept"] for x in down] == [True] * 4 and [x["weight"] for x in down] == [1.0, 1.0, 0.25, 0.25]
+    # Where the passes were not run (the policy is the reference), the filter does not apply.
+    off = {f"p{i}": [R([1.0]), R([5.0])] for i in range(2)}
+    assert all(x["pass_mc_dropout_uncertain"] is None and x["kept"] for x in rows(off, sel)[1])
 
 
 def test_label_quality_by_filter():

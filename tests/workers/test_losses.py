@@ -112,3 +112,18 @@ def test_margin_and_parameter_validation():
         RDPO(beta=0.1, epsilon=0.5)
     with pytest.raises(ValueError, match="epsilon"):
         CDPO(beta=0.1, epsilon=-0.1)
+
+
+def test_ipo_per_token_as_trl_computes_it():
+    """IPO with length_normalized divides every log-prob by its response's token count before the margin."""
+    pc, pr, rc, rr = (torch.tensor([-20.0, -9.0]), torch.tensor([-30.0, -4.0]),
+                      torch.tensor([-22.0, -10.0]), torch.tensor([-27.0, -5.0]))
+    lc, lr = torch.tensor([10.0, 3.0]), torch.tensor([15.0, 2.0])
+    got = IPO(0.1, length_normalized=True)(pc, pr, rc, rr, torch.ones(2), lengths=(lc, lr))
+    delta = (pc / lc - rc / lc) - (pr / lr - rr / lr)
+    assert got.per_pair.tolist() == pytest.approx(((delta - 1 / (2 * 0.1)) ** 2).tolist())
+    summed = IPO(0.1)(pc, pr, rc, rr, torch.ones(2))
+    delta_sum = (pc - rc) - (pr - rr)
+    assert summed.per_pair.tolist() == pytest.approx(((delta_sum - 5.0) ** 2).tolist())
+    with pytest.raises(ValueError, match="per token"):
+        IPO(0.1, length_normalized=True)(pc, pr, rc, rr, torch.ones(2))

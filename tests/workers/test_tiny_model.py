@@ -133,19 +133,30 @@ def test_choice_distribution_reads_the_judges_next_token_probabilities(engine, t
         assert len(got) == len(r.options) and sum(got) == pytest.approx(1.0) and got == pytest.approx(expected, abs=2e-3)
 
 
-def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path):
-    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="", seed=3)
+def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path, trained):
+    """T dropout passes of the policy, and the reference scored by the same code without dropout."""
+    *_, adapter_dir = trained
+    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="", seed=3,
+                     init_adapter=str(adapter_dir))
     reqs = [ScoreRequest(p, c, "stop") for p, c, _ in PAIRS]
-    a = mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)
-    assert a == mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)  # same seed, same passes
+    a, ref = mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)
+    assert (a, ref) == mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)  # same seed, same passes
     assert all(len(row) == 3 and len(set(row)) == 3 for row in a)  # each pass drops different units
-    nearly_off = mc_dropout_logprobs(spec, reqs, passes=2, p=1e-9)
+    nearly_off, ref_again = mc_dropout_logprobs(spec, reqs, passes=2, p=1e-9)
     core = DPOTrainerCore(spec)
     core.model.eval()
     seqs = [(prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, "stop")) for r in reqs]
     with torch.no_grad():
-        exact = core.sequence_logprobs(core.model, seqs).tolist()
-    assert [row[0] for row in nearly_off] == pytest.approx(exact, abs=1e-4)
+        policy = core.sequence_logprobs(core.model, seqs).tolist()
+        with core.model.disable_adapter():
+            base = core.sequence_logprobs(core.model, seqs).tolist()
+    assert [row[0] for row in nearly_off] == pytest.approx(policy, abs=1e-4)
+    # The reference (here the base model) by the same code: equal to the base model's own log-probs, and not the
+    # trained policy's.
+    assert ref == ref_again == pytest.approx(base, abs=1e-4) and ref != pytest.approx(policy, abs=1e-3)
+    # A reference adapter is loaded beside the policy: with the policy's own adapter it equals the policy.
+    _, same = mc_dropout_logprobs(spec, reqs, passes=1, p=0.1, reference_adapter=str(adapter_dir))
+    assert same == pytest.approx(policy, abs=1e-4)
 
 
 @pytest.mark.parametrize("loss, at_zero", [
@@ -165,3 +176,26 @@ def test_every_loss_of_the_family_trains_the_tiny_model(tiny_model_path, loss, a
     assert first["loss"] == pytest.approx(at_zero, abs=1e-4) and first["reward_margin"] == pytest.approx(0, abs=1e-6)
     assert second["reward_margin"] > 0 and second["reward_accuracy"] == 1.0
     assert any(not torch.equal(p, before[n]) for n, p in core.model.named_parameters() if "lora_" in n)
+
+
+def test_down_weighting_is_absolute(tiny_model_path, monkeypatch):
+    """A step's loss is normalised by its pair count times the stage's mean weight, not by its own weight sum: a
+    batch of only down-weighted pairs trains at reduced strength."""
+    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
+                     micro_batch_pairs=2, epochs=1)
+    core = DPOTrainerCore(spec)
+    triples = PAIRS + [(p + " Please.", c, r) for p, c, r in PAIRS]
+    examples = core.encode(pairs_table(triples, weights=[1.0, 1.0, 0.25, 0.25]))
+    normalisers = []
+    step = core._step
+    monkeypatch.setattr(core, "_step", lambda *a: normalisers.append(a[4]) or step(*a))
+    core.fit(examples)
+    assert normalisers == [2 * 0.625, 2 * 0.625]  # the same for the full and the down-weighted batch
+
+    def grad_norm(weights):
+        core.model.zero_grad(set_to_none=True)
+        batch = core.encode(pairs_table(PAIRS, weights=weights))
+        core.accumulate(core.model, batch, core.reference_logprobs(batch), [0, 1], scale=1 / 2)
+        return torch.sqrt(sum((p.grad ** 2).sum() for p in core.model.parameters() if p.grad is not None)).item()
+
+    assert grad_norm([0.25, 0.25]) == pytest.approx(0.25 * grad_norm([1.0, 1.0]), rel=1e-4)
