@@ -152,7 +152,7 @@ def write_replay(run_dir: str | Path, recipe_paths: list[str | Path], out: str |
 
     result = replay(run_dir, recipe_paths, overrides)
     header, rows = table_rows(result)
-    text = format_compare(header, rows)
+    text = format_compare(header, rows, left=3)
     rd = RunDir(run_dir)
     if out is None:
         folder, md = rd.storage, "replay.md"

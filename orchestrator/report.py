@@ -453,10 +453,10 @@ def compare_runs(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]]
     return header, rows, {"runs": dict(zip(names, map(str, run_dirs))), "metrics": data}
 
 
-def format_compare(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table (readable as plain text too)."""
+def format_compare(header: list[str], rows: list[list[str]], left: int = 2) -> str:
+    """A Markdown table (readable as plain text too): the first ``left`` columns left-aligned, the rest right."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"  # noqa: E731
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 

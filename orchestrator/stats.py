@@ -213,8 +213,11 @@ def verdict(observed: Estimate, baseline: Baseline) -> str:
 
     'helps' / 'hurts': beyond the random drop's 95% range; 'no evidence':
     within it; 'not measurable': no decided kept pair or no baseline;
-    'no drop': the filter kept every candidate (nothing to compare).
+    'no drop': the filter kept every candidate (nothing to compare); 'not
+    applicable': it had no candidate to judge (e.g. its signal is undefined).
     """
+    if baseline.of == 0:
+        return "not applicable"
     if baseline.size >= baseline.of:
         return "no drop"
     if observed.value is None or baseline.precision is None:

@@ -88,3 +88,4 @@ def test_random_drop_matches_the_exact_distribution():
     assert stats.verdict(stats.proportion(0, 30), stats.random_drop(pool, 30, 0.0)) == "hurts"
     assert stats.verdict(stats.proportion(60, 100), stats.random_drop(pool, 100, 0.6)) == "no drop"
     assert stats.verdict(stats.proportion(0, 0), stats.random_drop([None, None], 1, None)) == "not measurable"
+    assert stats.verdict(stats.proportion(0, 0), stats.random_drop([], 0, None)) == "not applicable"
