@@ -82,13 +82,20 @@ def format_iteration(m: dict[str, Any]) -> str:
         f"iter {m['iteration']}: {m['responses']} responses ({m['tokens_generated']} tokens, "
         f"{show(m['generation_tokens_per_s'], '.0f')} tok/s) | judge parse {cell(m, 'judge_parse_rate')}, "
         f"AUROC {cell(m, 'judge_auroc', why=True)} | pairs {m['pairs_built']} built, {m['pairs_kept']} kept ({drops}) | "
-        f"consistency {cell(m, 'mean_consistency', why=True)}, agreement {cell(m, 'agreement_rate', why=True)}, "
+        f"consistency {cell(m, 'mean_consistency', why=True)}{_undefined(m)}, "
+        f"agreement {cell(m, 'agreement_rate', why=True)}, likelihood agreement {cell(m, 'likelihood_agreement_rate')}, "
         f"kept-label precision {cell(m, 'kept_label_precision', why=True)}, against a random drop: {chance(m)} | loss {loss}, {m['optimizer_steps']} steps"
     )
     if "eval_accuracy" in m:
         line += (f" | eval: accuracy {cell(m, 'eval_accuracy')} ({cell(m, 'eval_accuracy_vs_m0')} vs M0), "
                  f"fixed judge {cell(m, 'eval_fixed_judge', why=True)}, win rate {cell(m, 'win_rate', why=True)}")
     return "\n".join([line + f" | {m['iteration_seconds']:.0f}s", *filter_lines(m)])
+
+
+def _undefined(m: dict[str, Any]) -> str:
+    """How many prompts had no consistency C, where some had one (CREAM then uses the mean C for them)."""
+    n, defined = m.get("consistency_undefined_prompts", 0), m.get("consistency_prompts", 0)
+    return f" ({n} prompt(s) undefined)" if n and defined else ""
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str = "metric") -> str:
