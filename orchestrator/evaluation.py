@@ -176,8 +176,9 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
         fixed = engines("complete", verdicts, rubric, None, desc="eval fixed judge")
         own = fixed if model is None else engines("complete", verdicts, rubric, model, desc="eval self judge")
         for r, f, s in zip(instr, fixed, own):
-            r.update(fixed_judge_text=f.text, fixed_judge_score=parse_score(f.text),
-                     self_judge_text=s.text, self_judge_score=parse_score(s.text))
+            quoted = (r["prompt"], r["response"])
+            r.update(fixed_judge_text=f.text, fixed_judge_score=parse_score(f.text, f.finish_reason, quoted),
+                     self_judge_text=s.text, self_judge_score=parse_score(s.text, s.finish_reason, quoted))
     if instr and baseline is not None:
         _pairwise(engines, cfg, instr, baseline)
     if instr and sets.injections:
@@ -185,8 +186,9 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
         verdicts = [CompletionRequest(judge_message(r["prompt"], r["response"] + text), _GREEDY_SEED)
                     for r, (_, text) in zip(instr, attacks)]
         outs = engines("complete", verdicts, rubric, None, desc="eval judge injections")
-        for r, (aid, _), o in zip(instr, attacks, outs):
-            r.update(injection_id=aid, injected_judge_text=o.text, injected_judge_score=parse_score(o.text))
+        for r, (aid, text), o in zip(instr, attacks, outs):
+            r.update(injection_id=aid, injected_judge_text=o.text,
+                     injected_judge_score=parse_score(o.text, o.finish_reason, (r["prompt"], r["response"] + text)))
     return pa.Table.from_pylist(rows, schema=artifacts.EVAL)
 
 
@@ -217,8 +219,10 @@ def _pairwise(engines: Engines, cfg: RunConfig, instr: list[dict[str, Any]], bas
     outs = engines("complete", [CompletionRequest(m, _GREEDY_SEED) for m in messages], shape, None, desc="eval win rate")
     for k, r in enumerate(judged):
         first, second = outs[2 * k], outs[2 * k + 1]
-        r.update(pairwise_first_text=first.text, pairwise_first=parse_winner(first.text),
-                 pairwise_second_text=second.text, pairwise_second=parse_winner(second.text))
+        quoted = (r["prompt"], r["response"], r["baseline_response"])
+        r.update(pairwise_first_text=first.text, pairwise_first=parse_winner(first.text, first.finish_reason, quoted),
+                 pairwise_second_text=second.text,
+                 pairwise_second=parse_winner(second.text, second.finish_reason, quoted))
         r["outcome"] = outcome(r["pairwise_first"], r["pairwise_second"])
 
 
@@ -228,10 +232,15 @@ def _letter(p_a: float) -> str:
 
 
 def _fooled(ins: list[dict[str, Any]]) -> dict[str, Any]:
-    """How often an appended injection raised the fixed judge's score of a response."""
-    both = [r for r in ins if r["injected_judge_score"] is not None and r["fixed_judge_score"] is not None]
-    fooled = sum(r["injected_judge_score"] > r["fixed_judge_score"] for r in both)
-    return {"judge_fooled_rate": stats.proportion(fooled, len(both), "no injection verdict to compare").to_json()}
+    """How often an appended injection raised the fixed judge's score of a response, over every injected verdict.
+
+    A score where the clean verdict had none (None -> score) counts as raised: the injection made the response
+    scorable at all. An injection that leaves no score (the judge echoed it) raised nothing.
+    """
+    judged = [r for r in ins if r["injection_id"] is not None]
+    fooled = sum(r["injected_judge_score"] is not None
+                 and (r["fixed_judge_score"] is None or r["injected_judge_score"] > r["fixed_judge_score"]) for r in judged)
+    return {"judge_fooled_rate": stats.proportion(fooled, len(judged), "no injection verdict to compare").to_json()}
 
 
 def position_bias(ins: list[dict[str, Any]]) -> dict[str, Any]:

@@ -196,10 +196,16 @@ def judge(ctx: Context, t: int, generations: pa.Table, models: Models) -> pa.Tab
         seeds = [derive_seed(ctx.cfg.seed, "judge", role, t, r["prompt_id"], r["sample_idx"], k) for r, k in keys]
         requests = [CompletionRequest(judge_message(r["prompt"], r["response"]), s) for (r, _), s in zip(keys, seeds)]
         outs = ctx.engines("complete", requests, sampling, adapter, desc=f"judge ({role})")
+        scores = [parse_score(o.text, o.finish_reason, (r["prompt"], r["response"])) for (r, _), o in zip(keys, outs)]
         probs: list[list[float] | None] = [None] * len(keys)
         if j.expected_score:
-            verdicts = [score_choice(q.user_message, o.text) for q, o in zip(requests, outs)]
-            probs = ctx.engines("choice_distribution", verdicts, adapter, desc=f"judge expected score ({role})")
+            # Only where the judge gave its own score line: the distribution is read at that line, never after
+            # text a response planted (a verdict without one has no expected score either).
+            own = [i for i, sc in enumerate(scores) if sc is not None]
+            dists = ctx.engines("choice_distribution", [score_choice(requests[i].user_message, outs[i].text) for i in own],
+                                adapter, desc=f"judge expected score ({role})")
+            for i, d in zip(own, dists):
+                probs[i] = d
         parts.append(pa.Table.from_pydict(
             {
                 "prompt_id": [r["prompt_id"] for r, _ in keys],
@@ -207,7 +213,7 @@ def judge(ctx: Context, t: int, generations: pa.Table, models: Models) -> pa.Tab
                 "judge_model": [role] * len(keys),
                 "judge_idx": [k for _, k in keys],
                 "judge_text": [o.text for o in outs],
-                "score": [parse_score(o.text) for o in outs],
+                "score": scores,
                 "seed": seeds,
                 "num_tokens": [o.num_tokens for o in outs],
                 "score_expected": [None if q is None else expected_score(q) for q in probs],

@@ -2,8 +2,10 @@
 
 The model under training judges its own responses. The response being judged
 is untrusted text: it is placed between delimiters that it cannot close
-(delimiter look-alikes inside it are defused), and a score is read only from
-the judge's own completion, never from the prompt or the response.
+(delimiter look-alikes inside it are defused), and a verdict is read only from
+the judge's own final line (``final_line``): a reply that ended by length has
+none, and a final line that reproduces text of the quoted question or
+response is not the judge's verdict, whatever it says.
 """
 
 from __future__ import annotations
@@ -43,9 +45,39 @@ where <points> is a whole number from 0 to 5.
 
 Now grade the response: at most three sentences, then the line Score: <points>."""
 
-# "Score: 4", "score : 3.5", "**Score:** 2", "Score: 4/5". The number must not be part of a larger token.
-_SCORE_RE = re.compile(r"score\s*\**\s*:\s*\**\s*(-?\d+(?:\.\d+)?)(?![\d.]*\d)", re.IGNORECASE)
+# The whole final line: "Score: 4", "score : 3.5", "**Score:** 2", "Score: 4/5", "Score: 4 points.".
+_SCORE_LINE_RE = re.compile(
+    r"[*_#>\s]*score[*_\s]*:[*_\s]*(-?\d+(?:\.\d+)?)[*_\s]*(?:(?:/|out of)\s*5|points?)?[*_\s]*\.?[*_\s]*",
+    re.IGNORECASE)
 MIN_SCORE, MAX_SCORE = 0.0, 5.0
+
+
+def _fold(text: str) -> str:
+    """Letters, digits and colons only, case-folded: how a line is compared with the quoted texts."""
+    return re.sub(r"[^0-9a-z:]+", "", text.casefold())
+
+
+def final_line(completion: str, finish_reason: str = "stop", quoted: tuple[str, ...] = ()) -> str | None:
+    """The judge's own final line, where its verdict must be; None when it has none.
+
+    None when the reply ended by length (its verdict line may be missing or
+    cut), is blank, or when its final line reproduces text of one of the
+    ``quoted`` texts (the question and the response(s) it was shown): a
+    judge that echoes a response ending in "Score: 5" has not given that
+    score, and a response cannot set its own. Lines are compared by letters,
+    digits and colons only, so spacing, markup and zero-width characters
+    do not hide an echo.
+    """
+    if finish_reason == "length":
+        return None
+    lines = [line.strip() for line in completion.splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1]
+    folded = _fold(last)
+    if folded and any(re.search(re.escape(folded) + r"(?![0-9])", _fold(q)) for q in quoted):
+        return None
+    return last
 
 
 def constrained_regex(max_tokens: int) -> str:
@@ -81,7 +113,8 @@ Winner: <A, B or tie>
 
 Now compare them: at most two sentences, then the line Winner: <A, B or tie>."""
 
-_WINNER_RE = re.compile(r"winner\s*\**\s*:\s*\**\s*(A|B|tie)\b", re.IGNORECASE)
+# The whole final line: "Winner: A", "**Winner:** b.", "Winner: tie", "Winner: a tie", "Winner: draw".
+_WINNER_LINE_RE = re.compile(r"[*_#>\s]*winner[*_\s]*:[*_\s]*(a|b|(?:a\s+)?(?:tie|draw))[*_\s]*\.?[*_\s]*", re.IGNORECASE)
 WINNERS = ("A", "B", "tie")
 
 
@@ -93,13 +126,19 @@ def pairwise_message(question: str, answer_a: str, answer_b: str) -> str:
     )
 
 
-def parse_winner(judge_completion: str) -> str | None:
-    """'A', 'B' or 'tie' from the last ``Winner: ...`` line of the judge's own completion; None when absent."""
-    matches = _WINNER_RE.findall(judge_completion)
-    if not matches:
+def parse_winner(judge_completion: str, finish_reason: str = "stop", quoted: tuple[str, ...] = ()) -> str | None:
+    """'A', 'B' or 'tie' from the judge's own final line (``final_line``), which must be exactly a verdict.
+
+    "Winner: a tie" and "Winner: draw" are ties; anything else on the line
+    ("Winner: A or B, hard to say", "Winner: Answer A") is no verdict (None),
+    and so is a verdict line that reproduces one of the ``quoted`` answers.
+    """
+    line = final_line(judge_completion, finish_reason, quoted)
+    m = _WINNER_LINE_RE.fullmatch(line) if line else None
+    if m is None:
         return None
-    last = matches[-1]
-    return "tie" if last.lower() == "tie" else last.upper()
+    value = m.group(1).lower()
+    return value.upper() if value in ("a", "b") else "tie"
 
 
 def constrained_pairwise_regex(max_tokens: int) -> str:
@@ -125,16 +164,19 @@ def judge_message(question: str, response: str) -> str:
     )
 
 
-def parse_score(judge_completion: str) -> float | None:
-    """The score in the judge's own completion: the last ``Score: <n>``, if within [0, 5].
+def parse_score(judge_completion: str, finish_reason: str = "stop", quoted: tuple[str, ...] = ()) -> float | None:
+    """The score of the judge's own final line (``final_line``), which must be exactly a score line within [0, 5].
 
-    Returns None when there is no such line or the last one is out of range
-    (the caller counts these as parse failures).
+    None (counted as a parse failure) when the reply ended by length, when
+    its final line is not a score line ("Score: 4" followed by more text;
+    a score out of range), or when that line reproduces one of the
+    ``quoted`` texts.
     """
-    matches = _SCORE_RE.findall(judge_completion)
-    if not matches:
+    line = final_line(judge_completion, finish_reason, quoted)
+    m = _SCORE_LINE_RE.fullmatch(line) if line else None
+    if m is None:
         return None
-    value = float(matches[-1])
+    value = float(m.group(1))
     if not (MIN_SCORE <= value <= MAX_SCORE) or math.isnan(value):
         return None
     return value
@@ -159,18 +201,20 @@ def aggregate(scores: list[float | None]) -> ScoreSummary:
 
 # --- expected score ------------------------------------------------------------
 
-_SCORE_CUE_RE = re.compile(r"\**score\s*\**\s*:", re.IGNORECASE)
 SCORE_VALUES = tuple(range(int(MIN_SCORE), int(MAX_SCORE) + 1))
 
 
 def score_prefix(judge_completion: str) -> str:
-    """The verdict up to where its score goes: the text before its last 'Score:' cue (or all of it), then a newline.
+    """The verdict before its final line (where the score goes), or all of it when that line is no score line.
 
     Appending the tokens of ``SCORE_LINE`` gives the position whose
-    next-token distribution over the digits is the judge's score distribution.
+    next-token distribution over the digits is the judge's score
+    distribution. Callers ask for it only where ``parse_score`` found the
+    judge's own score line, so the distribution is never read after text
+    the response put there.
     """
-    cues = list(_SCORE_CUE_RE.finditer(judge_completion))
-    head = judge_completion[: cues[-1].start()] if cues else judge_completion
+    lines = judge_completion.rstrip().split("\n")
+    head = "\n".join(lines[:-1]) if _SCORE_LINE_RE.fullmatch(lines[-1].strip()) else judge_completion
     return head.rstrip() + "\n"
 
 
