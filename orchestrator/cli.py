@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_FAILED = 1  # the run could not finish (a full disk, a numerical blow-up): what is committed stays
 EXIT_BAD_INPUT = 2  # unusable config, data, model or run directory: nothing was computed
@@ -68,43 +70,101 @@ def _init_ray(address: str | None) -> None:
                  log_to_driver=False)
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_cluster(cfg: Any) -> None:
+    """What the cluster can be known to refuse, before Ray starts: ConfigError naming the fields.
+
+    A private local Ray has this machine's CPUs and GPUs, so a config needing
+    more would wait forever for them; a cluster to join must answer on its
+    address within ``CONNECT_TIMEOUT_S``.
+    """
+    from orchestrator.config import ConfigError
+
+    r = cfg.resources
+    address = r.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        field = "resources.ray_address" if r.ray_address else "the RAY_ADDRESS environment variable"
+        if address == "auto":
+            return
+        hostport = address.split("://", 1)[-1].rstrip("/")
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{field} {address!r} is not of the form host:port (or ray://host:port, or auto)")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as e:
+            raise ConfigError(f"{field} {address!r}: no Ray cluster answers there within {CONNECT_TIMEOUT_S:.0f}s "
+                              f"({e})") from None
+        return
+    cpus = os.cpu_count() or 1
+    engine_cpus, train_cpus = r.engines * r.cpus_per_engine, r.train_workers * r.cpus_per_train_worker
+    need = max(engine_cpus, train_cpus) if r.colocate else engine_cpus + train_cpus
+    if need > cpus:
+        raise ConfigError(
+            f"resources: the engines (resources.engines={r.engines} x resources.cpus_per_engine={r.cpus_per_engine:g}) "
+            f"and the train workers (resources.train_workers={r.train_workers} x resources.cpus_per_train_worker="
+            f"{r.cpus_per_train_worker:g}) need {need:g} CPUs at once; the local Ray has this machine's {cpus}")
+    need_gpus = r.engines * r.gpus_per_engine + r.train_workers * r.gpus_per_train_worker
+    if need_gpus:
+        import torch
+
+        have = torch.cuda.device_count()
+        need_gpus = max(r.engines * r.gpus_per_engine, r.train_workers * r.gpus_per_train_worker) if r.colocate else need_gpus
+        if need_gpus > have:
+            raise ConfigError(f"resources.gpus_per_engine / resources.gpus_per_train_worker: the run needs {need_gpus} "
+                              f"GPUs; the local Ray has this machine's {have}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    run_dir = args.run_dir if args.run_dir is not None else str(Path("runs") / Path(args.config).stem)
+    if not (cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")):
+        os.environ.update(LOOPBACK_ONLY_ENV)  # read when ray is imported: before the loop's imports
+    from orchestrator.loop import prepare, run
+
+    prepared = prepare(cfg, run_dir, args.redo)  # every input checked, nothing created or changed
+    _check_cluster(cfg)
     _init_ray(cfg.resources.ray_address)
-    from orchestrator.loop import run
+    run(cfg, run_dir, redo=args.redo, prepared=prepared)
     from orchestrator.rundir import RunDir
 
-    run(cfg, run_dir, redo=args.redo)
     print(f"done: {RunDir(run_dir).root}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Every committed stage, checked; exit 2 when any is damaged or records a path outside the run dir."""
     from orchestrator.rundir import RunDir
 
     rd = RunDir(args.run_dir)
     state = rd.load_state()
     print(f"run dir {rd.root}  created {state['created_at']}  config {state['config_hash'][:12]}")
+    damaged = 0
     for key, rec in sorted(state["stages"].items(), key=lambda kv: rd.stage_sort_key(kv[0])):
         try:
             rd.record(key)
             ok = "ok"
         except Exception as e:  # report, do not stop: status shows every problem
-            ok = f"DAMAGED: {e}"
+            ok, damaged = f"DAMAGED: {e}", damaged + 1
         rows = "" if rec["rows"] is None else f"{rec['rows']} rows"
-        print(f"  {key:<22} {rows:>10} {rec['seconds']:>9.1f}s  {rec['artifact']}  {ok}")
+        print(f"  {key:<22} {rows:>10} {rec['seconds']:>9.1f}s  {rec['artifact']!r}  {ok}")
     if rd.exists("metrics.jsonl"):
         from orchestrator.runlog import format_iteration, format_table
 
-        rows = [json.loads(line) for line in rd.storage.read_text("metrics.jsonl").splitlines()]
-        for m in rows:
-            if m.get("kind") == "iteration":
-                print(format_iteration(m))
-        print(format_table([m for m in rows if m.get("kind") in ("baseline", "iteration")]))
-    return 0
+        try:
+            rows = [json.loads(line) for line in rd.storage.read_text("metrics.jsonl").splitlines()]
+            text = "\n".join([format_iteration(m) for m in rows if m.get("kind") == "iteration"]
+                             + [format_table([m for m in rows if m.get("kind") in ("baseline", "iteration")])])
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            damaged += 1
+            text = (f"  DAMAGED: {rd.where('metrics.jsonl')} cannot be read ({type(e).__name__}: {e}); the next run "
+                    "rewrites it from the committed metrics")
+        print(text)
+    return EXIT_BAD_INPUT if damaged else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -114,9 +174,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(ValueError):
+    """A command-line argument that cannot be used as given."""
+
+
+def _markdown_out(out: str | None) -> None:
+    """The Markdown --out must differ from the .json written beside it."""
+    if out is not None and Path(out).with_suffix(".json").name == Path(out).name:
+        raise UsageError(f"--out {out}: the Markdown and the JSON beside it would be the same file; give a .md name")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from orchestrator.replay import write_replay
 
+    _markdown_out(args.out)
     text, where = write_replay(args.run_dir, args.recipe, args.out, tuple(args.overrides))
     print(text)
     print(f"wrote {where} and its .json")
@@ -126,6 +197,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from orchestrator.report import write_compare
 
+    _markdown_out(args.out)
     print(write_compare(args.run_dirs, args.out))
     print(f"wrote {Path(args.out).absolute()} and {Path(args.out).with_suffix('.json').absolute()}")
     return 0
@@ -152,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare}
         return commands[args.command](args)
-    except (ConfigError, DataError, ModelError, ReplayError, RunDirError, StorageError, TokenizerError, PoolError) as e:
+    except (ConfigError, DataError, ModelError, ReplayError, RunDirError, StorageError, TokenizerError, PoolError,
+            UsageError) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (TrainingError, FloatingPointError, OSError) as e:

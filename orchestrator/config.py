@@ -8,7 +8,9 @@ before any work starts; errors name the file and the field.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +29,19 @@ def _safe(description: str) -> dict[str, Any]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # No inf/nan: a config is saved as YAML and read back on resume, and no field means anything at infinity.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        # YAML's true/false would otherwise pass as 1/0 for a count or a rate (`iterations=true` became 1).
+        if isinstance(data, dict):
+            for name, value in data.items():
+                f = cls.model_fields.get(name)
+                if isinstance(value, bool) and f is not None and "bool" not in str(f.annotation):
+                    raise ValueError(f"field `{name}` is {str(value).lower()}, a boolean, where {f.annotation} is expected")
+        return data
 
 
 class ModelConfig(_Strict):
@@ -335,7 +349,8 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "RunConfig":
-        for name, value in (("generation.max_tokens", self.generation.max_tokens), ("eval.max_tokens", self.eval.max_tokens)):
+        for name, value in (("generation.max_tokens", self.generation.max_tokens), ("eval.max_tokens", self.eval.max_tokens),
+                            ("judge.max_tokens", self.judge.max_tokens)):
             if value >= self.model.max_model_len:
                 raise ValueError(f"{name} ({value}) must be below model.max_model_len ({self.model.max_model_len})")
         c = self.selection.consistency
@@ -387,10 +402,11 @@ class RunConfig(_Strict):
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        field = ".".join(str(p) for p in e["loc"])
         got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  field `{field}`: {e['msg']}{got_s}")
+        got_s = "" if isinstance(got, (dict, list, tuple)) else f" (got {reprlib.repr(got)})"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  field `{field}`: {msg}{got_s}" if field else f"  {msg}")
     return "\n".join(lines)
 
 
@@ -407,7 +423,44 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: `{p}` is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[parts[-1]] = parse_yaml(raw, f"override {override!r}") if raw.strip() else None
+    except ConfigError as e:
+        raise ConfigError(f"{e}\n(quote a text value: {key}='...')") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML without aliases (a few lines of them expand to billions of nodes) and without duplicate keys."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError("while composing the config", None,
+                                       f"anchors and aliases (*{event.anchor}) are not supported in configs",
+                                       event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.MarkedYAMLError("while constructing a mapping", node.start_mark,
+                                           f"duplicate key {key!r} (first at line {seen[key].line + 1})",
+                                           key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``text`` as YAML, refusing aliases and duplicate keys; ConfigError naming ``source`` and the line."""
+    stream = io.StringIO(text)
+    stream.name = source  # named in the error's marks instead of "<unicode string>"
+    try:
+        return yaml.load(stream, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -423,9 +476,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid UTF-8: {e}") from None
+        loaded = parse_yaml(text, f"config file {p}")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

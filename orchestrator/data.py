@@ -47,21 +47,40 @@ def prompt_id(text: str) -> str:
 # --- readers: (where, row) pairs, where = "FILE:LINE" or "FILE: row N" ----------------
 
 
-def _jsonl(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | None]:
+def read_text_file(p: Path) -> str:
+    """A text file's contents: a regular file (never a FIFO or a device, which could block or never end), UTF-8
+    with an optional byte-order mark. DataError naming the file (and the line of invalid UTF-8)."""
+    if not p.is_file():
+        raise DataError(f"{p}: not a regular file (a FIFO, a device or a socket is never read)")
+    data = p.read_bytes()
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = p.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{p}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def json_lines(p: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; DataError naming the line for a bad one.
+
+    Lines end at newlines only: U+2028 and other Unicode line separators are valid inside a JSON string.
+    """
+    for n, line in enumerate(read_text_file(p).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{p}:{n}: JSON nested too deeply") from None
+
+
+def _jsonl(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | None]:
+    lines = list(json_lines(p))
 
     def rows() -> Iterator[tuple[str, dict[str, Any]]]:
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from e
+        for n, obj in lines:
             if not isinstance(obj, dict):
                 raise DataError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
             yield f"{p}:{n}", obj
@@ -70,13 +89,17 @@ def _jsonl(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | No
 
 
 def _csv(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | None]:
+    text = read_text_file(p)
+    # strict: an unclosed quote is an error at the end of the file, not a field that swallows the rest of it.
+    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = p.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{p}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    header = set(reader.fieldnames or [])
+        names = reader.fieldnames or []
+    except csv.Error as e:
+        raise DataError(f"{p}: line 1: not a valid CSV header ({e})") from None
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DataError(f"{p}: the header names column(s) {dup} more than once")
+    header = set(names)
 
     def rows() -> Iterator[tuple[str, dict[str, Any]]]:
         try:
@@ -92,6 +115,16 @@ def _csv(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | None
 
 
 def _table_rows(p: Path, table: pa.Table) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str]]:
+    for name in table.schema.names:
+        col = table[name]
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            try:
+                col.validate(full=True)  # invalid UTF-8 in a string column
+            except pa.ArrowInvalid:
+                bad = next(n for n, v in enumerate(col.cast(pa.binary()).to_pylist(), start=1)
+                           if v is not None and not _utf8(v))
+                raise DataError(f"{p}: row {bad}: column {name!r} is not valid UTF-8") from None
+
     def rows() -> Iterator[tuple[str, dict[str, Any]]]:
         for n, row in enumerate(table.to_pylist(), start=1):
             yield f"{p}: row {n}", row
@@ -128,6 +161,14 @@ def _saved_dataset(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[s
     if not parts:
         raise DataError(f"{p}: the dataset has no data files")
     return _table_rows(p, pa.concat_tables(parts))
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 _READERS = {".jsonl": _jsonl, ".ndjson": _jsonl, ".csv": _csv, ".parquet": _parquet}
@@ -167,6 +208,8 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
     p = Path(path)
     if not p.exists():
         raise DataError(f"prompt file not found: {p}")
+    if not p.is_dir() and not p.is_file():
+        raise DataError(f"{p}: not a regular file (a FIFO, a device or a socket is never read)")
     if p.is_dir():
         rows, present = _saved_dataset(p)
     else:
@@ -184,9 +227,11 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
     seen_text: dict[str, str] = {}
     for where, row in rows:
         text = row.get(columns.prompt)
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: column {columns.prompt!r} must be a non-empty string, got {text!r}")
+        if not isinstance(text, str) or not visible(text):
+            raise DataError(f"{where}: column {columns.prompt!r} must be a string with visible text, got {text!r}")
         answer = _text(row.get(answer_col), where, answer_col, (str, int, float)) if answer_col else None
+        if isinstance(row.get(answer_col), float) and not np.isfinite(row[answer_col]):
+            raise DataError(f"{where}: column {answer_col!r} is {row[answer_col]}, not an answer")
         if require_answers and (answer is None or not answer.strip()):
             raise DataError(f"{where}: column {answer_col or columns.answer!r} must hold the reference answer "
                             f"(this set is scored by exact match), got {answer!r}")
@@ -195,6 +240,8 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
             raise DataError(f"{where}: column {kind_col!r} is {kind!r}, a kind without validated grading rules; "
                             f"expected one of {', '.join(KINDS)} or empty (then only explicit answers are graded)")
         given = _text(row.get(id_col), where, id_col, (str, int)) if id_col else None
+        if given is not None and not visible(given):
+            raise DataError(f"{where}: column {id_col!r} is {given!r}, an empty id (leave it null to derive one)")
         pid = given if given is not None else prompt_id(text)
         if pid in seen_ids:
             raise DataError(f"{where}: duplicate prompt id {pid!r} (first at {seen_ids[pid]})")
@@ -205,6 +252,11 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
     if not out:
         raise DataError(f"{p}: no prompts in file")
     return pa.Table.from_pylist(out, schema=PROMPT_SCHEMA)
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` has a character that shows: not only whitespace, control, format (zero-width) or unassigned."""
+    return any(unicodedata.category(c)[0] not in "ZC" for c in text)
 
 
 _KEPT_MARKS = set("*/\\%#&@")  # punctuation by Unicode's reckoning that carries meaning in a task ("9 * 4", "50%")

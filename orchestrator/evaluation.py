@@ -34,7 +34,6 @@ the models.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import pyarrow as pa
 from orchestrator import artifacts, stats
 from orchestrator.answers import grade
 from orchestrator.config import RunConfig
-from orchestrator.data import DataError, TokenBudget, fit_to_context, load_prompts, shared_prompts
+from orchestrator.data import DataError, TokenBudget, fit_to_context, json_lines, load_prompts, shared_prompts
 from workers.judge import (
     constrained_pairwise_regex,
     constrained_regex,
@@ -118,16 +117,10 @@ def load_injections(path: str | None) -> tuple[tuple[str, str], ...]:
     if path is None:
         return ()
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise DataError(f"eval.injections: file not found: {p}")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from e
+    for n, obj in json_lines(p):
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not isinstance(obj.get("text"), str):
             raise DataError(f"{p}:{n}: expected an object with string fields 'id' and 'text'")
         out.append((obj["id"], obj["text"]))

@@ -42,7 +42,7 @@ from orchestrator.data import TokenBudget, fit_to_context, load_prompts, prompts
 from orchestrator.evaluation import EvalSets, eval_summary, evaluate, load_eval_sets
 from orchestrator.metrics import agreement_rate, consistency_summary, judge_agreement, judge_calibration, label_quality
 from orchestrator.models import check_model, model_fingerprint, resolve_model_path
-from orchestrator.rundir import RunDir
+from orchestrator.rundir import RunDir, RunDirError
 from orchestrator.runlog import RemoteProgress, format_iteration, format_table, write_metrics_jsonl, write_tensorboard
 from orchestrator.selection import (
     AgreementFilter,
@@ -436,25 +436,53 @@ def _pairs_summary(table: pa.Table, cfg: RunConfig, t: int) -> dict[str, Any]:
             "label_quality": label_quality(table)}
 
 
-def run(cfg: RunConfig, run_dir: str | Path, log: Log = print, redo: str | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) the loop for ``cfg.iterations`` iterations; returns the per-iteration metrics.
+@dataclass(frozen=True)
+class Prepared:
+    """A run's inputs, all checked (``prepare``): nothing is started or written before this exists."""
 
-    ``redo``: a committed stage (``iter_001/judge``) to compute again, with every stage after it.
-    Assumes Ray is initialised. Raises ConfigError/DataError/ModelError/RunDirError
-    before any work when inputs are unusable.
+    cfg: RunConfig
+    run_dir: str
+    model_path: Path
+    fingerprint: str
+    prompts: pa.Table
+    eval_sets: EvalSets
+    overlong: dict[str, Any]
+    redo: str | None
+
+
+def prepare(cfg: RunConfig, run_dir: str | Path, redo: str | None = None) -> Prepared:
+    """Check the model, the data and the run dir, creating and changing nothing.
+
+    Raises ConfigError/DataError/ModelError/RunDirError naming the culprit;
+    the CLI calls it before Ray starts.
     """
-    rd = RunDir(run_dir)
+    if not str(run_dir).strip():
+        raise RunDirError("--run-dir is empty: give a path or a URI")
     model_path = resolve_model_path(cfg.model.path)
-    tokenizer = check_model(model_path, cfg.model.trust_remote_code)
+    tokenizer = check_model(model_path, cfg.model.trust_remote_code, cfg.lora.target_modules)
     budget, limit = TokenBudget.of(cfg, tokenizer), cfg.model.max_model_len
     training = load_prompts(cfg.data.prompts, cfg.data.columns)
     eval_sets, eval_fit = load_eval_sets(cfg, training, budget, limit)
     prompts, fit = fit_to_context(training, budget.training, limit, cfg.data.overlong, budget.shorten,
                                   f"data.prompts ({cfg.data.prompts})")
-    overlong = {"data.prompts": fit, **eval_fit}
-    resumed = rd.open(cfg, library_versions(), model_fingerprint(model_path))
+    fingerprint = model_fingerprint(model_path)
+    RunDir(run_dir).check(cfg, fingerprint, redo)
+    return Prepared(cfg, str(run_dir), model_path, fingerprint, prompts, eval_sets, {"data.prompts": fit, **eval_fit}, redo)
+
+
+def run(cfg: RunConfig, run_dir: str | Path, log: Log = print, redo: str | None = None,
+        prepared: Prepared | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the loop for ``cfg.iterations`` iterations; returns the per-iteration metrics.
+
+    ``redo``: a committed stage (``iter_001/judge``) to compute again, with every stage after it.
+    ``prepared``: what ``prepare`` returned for these arguments (else it is called here).
+    Assumes Ray is initialised.
+    """
+    p = prepared or prepare(cfg, run_dir, redo)
+    rd = RunDir(p.run_dir)
+    resumed = rd.open(cfg, library_versions(), p.fingerprint)
     try:
-        return _run(cfg, rd, model_path, prompts, eval_sets, overlong, resumed, log, redo)
+        return _run(cfg, rd, p.model_path, p.prompts, p.eval_sets, p.overlong, resumed, log, p.redo)
     finally:
         rd.close()
 

@@ -124,13 +124,45 @@ def model_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
-def check_model(folder: Path, trust_remote_code: bool) -> Any:
+def safetensors_names(path: Path) -> list[str]:
+    """The tensor names in a safetensors file's header, after checking the header against the file.
+
+    Raises ModelError naming the file when the header is cut, is not a JSON
+    object of tensor entries, or points past the end of the file.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n <= 0 or n > min(size - 8, 100 << 20):
+            raise ModelError(f"{path}: not a safetensors file (header length {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ModelError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data or not isinstance(entry.get("shape"), list)):
+            raise ModelError(f"{path}: corrupt safetensors header: tensor {name!r} has entry {entry!r} "
+                             f"({data} bytes of data in the file)")
+    return [k for k in header if k != "__metadata__"]
+
+
+def check_model(folder: Path, trust_remote_code: bool, target_modules: tuple[str, ...] = ()) -> Any:
     """Check that ``folder`` holds a causal LM we may load, with a chat template; returns its tokenizer.
 
     Raises ModelError (naming the folder and what is wrong) for an invalid
     config.json, a model that is not a causal LM, one that needs its own
     Python code while ``model.trust_remote_code`` is off, weights only in
-    pickle format (``*.bin``), or a tokenizer without a chat template.
+    pickle format (``*.bin``) or with a corrupt safetensors header, a LoRA
+    ``target_modules`` entry naming no module of the model, or a tokenizer
+    without a chat template or whose template cannot render a conversation.
     """
     from transformers import AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -145,6 +177,8 @@ def check_model(folder: Path, trust_remote_code: bool) -> Any:
         raise ModelError(f"model.path {folder}: the model ships its own Python code (auto_map in config.json); "
                          "it runs only if you set model.trust_remote_code=true")
     archs = cfg.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ModelError(f"{folder / 'config.json'}: \"architectures\" must be a list of names, got {archs!r}")
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     if not any(a.endswith("ForCausalLM") or a in causal for a in archs):
         raise ModelError(f"model.path {folder}: config.json describes {cfg.get('model_type', '?')} {archs or '(no architectures)'}, "
@@ -153,12 +187,26 @@ def check_model(folder: Path, trust_remote_code: bool) -> Any:
         found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
         raise ModelError(f"model.path {folder}: no *.safetensors weights" + (f" (only pickle files {found}: convert them "
                          "to safetensors; pickle weights are never loaded)" if found else ""))
+    modules = {name.rsplit(".", 1)[0] for f in sorted(folder.glob("*.safetensors")) for name in safetensors_names(f)}
+    for target in target_modules:
+        if not any(m == target or m.endswith(f".{target}") for m in modules):
+            leaves = sorted({m.rsplit(".", 1)[-1] for m in modules if not m.rsplit(".", 1)[-1].isdigit()})
+            raise ModelError(f"lora.target_modules: {target!r} names no module of {folder} (its modules end in: "
+                             f"{', '.join(leaves)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"model.path {folder}: its tokenizer cannot be loaded ({e})") from e
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(f"model.path {folder}: the tokenizer has no chat template; an instruct (chat) model is required")
+    try:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hello?"}], tokenize=False,
+                                                 add_generation_prompt=True)
+        if not isinstance(rendered, str) or "Hello?" not in rendered:
+            raise ValueError(f"the rendered conversation does not hold the message: {rendered!r:.200}")
+    except Exception as e:  # noqa: BLE001 (a template is user code: any failure is this error)
+        raise ModelError(f"model.path {folder}: its chat template cannot render a conversation "
+                         f"({type(e).__name__}: {e})") from None
     return tokenizer
 
 

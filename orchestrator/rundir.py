@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,16 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from orchestrator.config import RunConfig, changed_fields, config_from_dict, config_hash, safe_fields, to_plain
+from orchestrator.config import (
+    ConfigError,
+    RunConfig,
+    changed_fields,
+    config_from_dict,
+    config_hash,
+    parse_yaml,
+    safe_fields,
+    to_plain,
+)
 from orchestrator.lock import LOCK_FILE, RunLock, RunLockedError
 from orchestrator.storage import Storage
 from workers import faults
@@ -112,35 +122,64 @@ class RunDir:
         """Release the run dir's lock."""
         self._lock.release()
 
+    def check(self, cfg: RunConfig, model_fingerprint: str = "", redo: str | None = None) -> bool:
+        """Everything ``open`` (and ``--redo``) would refuse, found without creating or changing anything.
+
+        Returns True when the run dir holds a run ``cfg`` may resume. Raises
+        RunDirError naming the run dir and what is wrong: a file or an
+        unwritable folder where the run dir goes, a damaged state.json or
+        config.yaml, a config that differs in fields that change results, a
+        base model that changed, a ``redo`` stage that is not committed or
+        whose later artifacts lie outside the run dir.
+        """
+        st = self.storage
+        if st.exists() and not st.is_dir():
+            raise RunDirError(f"--run-dir {self.root} is a file, not a directory")
+        if st.local:
+            existing = Path(st.root)
+            while not existing.exists():
+                existing = existing.parent
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                raise RunDirError(f"--run-dir {self.root}: {existing} is not a writable directory")
+        if not st.exists(self.state_path):
+            if st.exists() and [n for n in st.listdir() if n != LOCK_FILE]:
+                raise RunDirError(
+                    f"{self.root} exists, is not empty and has no state.json: not a run directory; "
+                    "pick an empty or new --run-dir"
+                )
+            if redo:
+                raise RunDirError(f"--redo {redo}: {self.root} has no committed stage (it is not a run directory yet)")
+            return False
+        self._state = self._read_state()
+        frozen = self._read_frozen_config()
+        unsafe = [c for c in changed_fields(frozen, cfg) if c[0] not in safe_fields()]
+        if unsafe:
+            lines = "\n".join(f"  {k}: {a!r} (run) -> {b!r} (now)" for k, a, b in unsafe)
+            raise RunDirError(
+                f"refusing to resume {self.root}: the config differs from {self.where(self.config_path)} "
+                f"in fields that change results:\n{lines}\n"
+                f"Use a new --run-dir, or change only safe fields ({', '.join(sorted(safe_fields()))})."
+            )
+        known = self._state.get("model_fingerprint")
+        if model_fingerprint and known and known != model_fingerprint:
+            raise RunDirError(
+                f"refusing to resume {self.root}: model.path {cfg.model.path!r} now holds a different model than the "
+                f"one this run started with (fingerprint {model_fingerprint[:12]} != {known[:12]}); the run's "
+                "adapters were trained for the other one. Point model.path back at it, or use a new --run-dir."
+            )
+        if redo:
+            for k in self.redo_keys(redo):
+                self.check_artifact(k)
+        return True
+
     def _open(self, cfg: RunConfig, versions: dict[str, str], model_fingerprint: str) -> bool:
         st = self.storage
-        if st.exists(self.state_path):
-            self._state = self._read_state()
+        if self.check(cfg, model_fingerprint):
             frozen = self._read_frozen_config()
-            unsafe = [c for c in changed_fields(frozen, cfg) if c[0] not in safe_fields()]
-            if unsafe:
-                lines = "\n".join(f"  {k}: {a!r} (run) -> {b!r} (now)" for k, a, b in unsafe)
-                raise RunDirError(
-                    f"refusing to resume {self.root}: the config differs from {self.where(self.config_path)} "
-                    f"in fields that change results:\n{lines}\n"
-                    f"Use a new --run-dir, or change only safe fields ({', '.join(sorted(safe_fields()))})."
-                )
-            known = self._state.get("model_fingerprint")
-            if model_fingerprint and known and known != model_fingerprint:
-                raise RunDirError(
-                    f"refusing to resume {self.root}: model.path {cfg.model.path!r} now holds a different model than the "
-                    f"one this run started with (fingerprint {model_fingerprint[:12]} != {known[:12]}); the run's "
-                    "adapters were trained for the other one. Point model.path back at it, or use a new --run-dir."
-                )
             if to_plain(frozen) != to_plain(cfg):
                 st.write_text(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
             self._start_session(resumed=True)
             return True
-        if st.exists() and [n for n in st.listdir() if n != LOCK_FILE]:
-            raise RunDirError(
-                f"{self.root} exists, is not empty and has no state.json: not a run directory; "
-                "pick an empty or new --run-dir"
-            )
         st.mkdir()
         st.write_text(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
         self._state = {
@@ -173,13 +212,22 @@ class RunDir:
             raise RunDirError(f"{self.where(self.state_path)} is damaged: not valid JSON ({e}).{hint}") from e
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("stages"), dict):
             raise RunDirError(f"{self.where(self.state_path)} is damaged: not a state file of version {STATE_VERSION}.{hint}")
+        problem = _shape_problem(state)
+        if problem:
+            raise RunDirError(f"{self.where(self.state_path)} is damaged: {problem}.{hint}")
         return state
 
     def _read_frozen_config(self) -> RunConfig:
         if not self.storage.is_file(self.config_path):
             raise RunDirError(f"{self.where(self.config_path)} is missing; the run dir is damaged")
-        tree = yaml.safe_load(self.storage.read_text(self.config_path)) or {}
-        return config_from_dict(tree, self.where(self.config_path))
+        where = self.where(self.config_path)
+        try:
+            tree = parse_yaml(self.storage.read_text(self.config_path), where) or {}
+        except (ConfigError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{where} is damaged: {e}") from None
+        if not isinstance(tree, dict):
+            raise RunDirError(f"{where} is damaged: not a mapping of config fields")
+        return config_from_dict(tree, where)
 
     def frozen_config(self) -> RunConfig:
         """The run's config as frozen at its start (RunDirError when missing or damaged)."""
@@ -202,6 +250,7 @@ class RunDir:
         if raw is None:
             return None
         rec = StageRecord(**raw)
+        self.check_artifact(key)
         redo = f"; rerun with --redo {key} to recompute it and every stage after it"
         if not self.storage.exists(rec.artifact):
             raise RunDirError(f"stage {key} is recorded as done but its artifact {self.where(rec.artifact)} is missing{redo}")
@@ -217,6 +266,14 @@ class RunDir:
             )
         return rec
 
+    def check_artifact(self, key: str) -> None:
+        """RunDirError, naming the entry, when stage ``key``'s recorded artifact is not a path inside the run dir."""
+        artifact = self._state["stages"][key]["artifact"]
+        why = self.storage.inside(artifact)
+        if why is not None:
+            raise RunDirError(f"{self.where(self.state_path)}: stage {key} records its artifact as {artifact!r}, which "
+                              f"{why}: refusing to read or delete it. Restore state.json from a copy you trust.")
+
     def _digests(self, artifact: str) -> tuple[dict[str, str] | None, str]:
         """(sha256 per file of a directory artifact, else None; the artifact's sha256), each file read once."""
         if not self.storage.is_dir(artifact):
@@ -224,18 +281,25 @@ class RunDir:
         files = self.storage.digests(artifact)
         return files, Storage.tree_sha256(files)
 
+    def redo_keys(self, key: str) -> list[str]:
+        """The stages ``--redo key`` forgets, in pipeline order; RunDirError when ``key`` is not committed."""
+        if key not in self._state["stages"]:
+            committed = ", ".join(sorted(self._state["stages"], key=self.stage_sort_key)) or "none"
+            raise RunDirError(f"--redo {key}: not a committed stage of {self.root} (committed: {committed})")
+        it, stage = self.stage_sort_key(key)
+        return sorted((k for k in self._state["stages"] if self.stage_sort_key(k) >= (it, stage)), key=self.stage_sort_key)
+
     def redo(self, key: str) -> list[str]:
         """Forget stage ``key`` and every stage after it (later stages of its iteration, every later iteration).
 
         Their artifacts, parts and training checkpoints are deleted, so the run
         computes them again. Returns the keys forgotten, in pipeline order.
-        Raises RunDirError when ``key`` is not a committed stage.
+        Raises RunDirError when ``key`` is not a committed stage or a stage to
+        forget records an artifact outside the run dir (nothing is deleted then).
         """
-        if key not in self._state["stages"]:
-            committed = ", ".join(sorted(self._state["stages"], key=self.stage_sort_key)) or "none"
-            raise RunDirError(f"--redo {key}: not a committed stage of {self.root} (committed: {committed})")
-        it, stage = self.stage_sort_key(key)
-        later = sorted((k for k in self._state["stages"] if self.stage_sort_key(k) >= (it, stage)), key=self.stage_sort_key)
+        later = self.redo_keys(key)
+        for k in later:
+            self.check_artifact(k)  # every one before anything is deleted
         for k in later:
             rec = self._state["stages"].pop(k)
             self.storage.delete(rec["artifact"])
@@ -338,6 +402,32 @@ class RunDir:
 
     def exists(self, rel: str) -> bool:
         return self.storage.exists(rel)
+
+
+_KEY_RE = re.compile(r"^iter_\d{3}/[a-z_]+$")
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "artifact": (str,), "sha256": (str,), "rows": (int, type(None)), "seconds": (int, float),
+    "finished_at": (str,), "summary": (dict,), "files": (dict, type(None)),
+}
+
+
+def _shape_problem(state: dict[str, Any]) -> str | None:
+    """What makes ``state`` not a state file this code wrote (None when its stages are well formed)."""
+    for key, rec in state["stages"].items():
+        if not _KEY_RE.match(key):
+            return f"stage key {key!r} is not of the form iter_NNN/<stage>"
+        if not isinstance(rec, dict):
+            return f"stage {key} is a {type(rec).__name__}, not a record"
+        if set(_RECORD_TYPES) - {"files"} - set(rec) or set(rec) - set(_RECORD_TYPES):
+            return f"stage {key} has the fields {sorted(rec)}, expected {sorted(_RECORD_TYPES)}"
+        for name, types in _RECORD_TYPES.items():
+            value = rec.get(name)
+            if not isinstance(value, types) or isinstance(value, bool):
+                return f"stage {key}: field {name!r} is {value!r}, expected {' or '.join(t.__name__ for t in types)}"
+    for name, kind in (("created_at", str), ("config_hash", str), ("sessions", list)):
+        if not isinstance(state.get(name), kind):
+            return f"field {name!r} is {state.get(name)!r}, expected {kind.__name__}"
+    return None
 
 
 def _now() -> str:

@@ -67,9 +67,35 @@ class Storage:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     # --- naming -------------------------------------------------------------------
+    def inside(self, rel: str) -> str | None:
+        """Why ``rel`` does not name a place inside the root (None when it does).
+
+        A path read from a run directory (state.json's artifacts) is data, not
+        a command: it must be relative, without ``..``, and on a local disk it
+        must resolve inside the root with every symbolic link followed, so
+        nothing outside the run directory is ever read, written or deleted.
+        """
+        if not isinstance(rel, str):
+            return f"not a path ({type(rel).__name__})"
+        if rel.startswith("/") or "\\" in rel or "\0" in rel:
+            return "not a relative path"
+        if rel and any(part in ("", ".", "..") for part in rel.split("/")):
+            return "has an empty, '.' or '..' component"
+        if self.local and rel:
+            root = os.path.realpath(self.root)
+            real = os.path.realpath(f"{self.root}/{rel}")
+            if os.path.commonpath([root, real]) != root:
+                return f"resolves to {real}, outside the run directory {root}"
+        return None
+
     def path(self, rel: str = "") -> str:
-        """The file system path of ``rel``."""
-        return f"{self.root}/{rel}" if rel else self.root
+        """The file system path of ``rel``; StorageError when ``rel`` leads outside the root (``inside``)."""
+        if not rel:
+            return self.root
+        why = self.inside(rel)
+        if why is not None:
+            raise StorageError(f"refusing {rel!r} under {self.root}: {why}")
+        return f"{self.root}/{rel}"
 
     def uri(self, rel: str = "") -> str:
         """How another process (a Ray worker, an engine) opens ``rel``: a local path, or a URI."""

@@ -157,9 +157,9 @@ def test_a_datasets_save_to_disk_directory(tmp_path):
     [
         ([], "no prompts"),
         (["{not json"], r"p.jsonl:1: not valid JSON"),
-        ([{"prompt": "a"}, {"text": "b"}], r"p.jsonl:2: column 'prompt' must be a non-empty string, got None"),
+        ([{"prompt": "a"}, {"text": "b"}], r"p.jsonl:2: column 'prompt' must be a string with visible text, got None"),
         ([{"prompt": "   "}], r"p.jsonl:1: column 'prompt'"),
-        ([{"prompt": 5}], r"p.jsonl:1: column 'prompt' must be a non-empty string, got 5"),
+        ([{"prompt": 5}], r"p.jsonl:1: column 'prompt' must be a string with visible text, got 5"),
         ([{"prompt": "a"}, {"prompt": "a"}], r"p.jsonl:2: duplicate prompt id .* \(first at .*p.jsonl:1\)"),
         ([{"prompt": "a", "id": 1}, {"prompt": "a", "id": 2}], r"p.jsonl:2: duplicate prompt \(first at .*p.jsonl:1\)"),
         ([{"prompt": "a", "answer": [1]}], r"p.jsonl:1: column 'answer' must be str or int or float, got list"),
@@ -177,7 +177,7 @@ def test_bad_prompt_files_name_file_line_and_column(tmp_path, rows, message):
 
 def test_tabular_errors_name_row_and_column(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"q": "fine"}, {"q": None}]), tmp_path / "n.parquet")
-    with pytest.raises(DataError, match=r"n.parquet: row 2: column 'q' must be a non-empty string, got None"):
+    with pytest.raises(DataError, match=r"n.parquet: row 2: column 'q' must be a string with visible text, got None"):
         load_prompts(tmp_path / "n.parquet", ColumnsConfig(prompt="q"))
     with pytest.raises(DataError, match=r"n.parquet: no column 'prompt' \(set as data.columns.prompt\); the file has \['q'\]"):
         load_prompts(tmp_path / "n.parquet")
