@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.rundir import RunDirError
     from orchestrator.storage import StorageError
     from workers.tokens import TokenizerError
-    from workers.types import PoolError, TrainingError
+    from workers.types import PoolError, ServedModelError, TrainingError
 
     parser = _parser()
     # Overrides may come before or after --run-dir.
@@ -228,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             UsageError) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ServedModelError as e:
+        print(f"selfreward: error: {getattr(e, 'cause', None) or e}\nEverything committed before stays; rerunning "
+              "starts the engines afresh.", file=sys.stderr)
+        return EXIT_FAILED
     except (TrainingError, FloatingPointError, OSError) as e:
         print(f"selfreward: error: {e}\nEverything committed before stays; rerun the same command to resume.", file=sys.stderr)
         return EXIT_FAILED

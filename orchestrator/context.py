@@ -19,10 +19,10 @@ from typing import Any
 import pyarrow as pa
 
 from orchestrator.config import RunConfig
-from orchestrator.models import check_adapter
+from orchestrator.models import ModelError, check_adapter
 from orchestrator.rundir import RunDir
 from orchestrator.runlog import Progress
-from workers import faults
+from workers import canaries, faults
 from workers.files import local_copy
 from workers.pool import EnginePool, PoolResources
 from workers.types import AdapterRef, Completion, EngineSpec, ScoreResult
@@ -82,10 +82,19 @@ class Context:
     _adapters_checked: set[str] = field(default_factory=set)
 
     def check_adapters(self, adapters: list[AdapterRef | None]) -> None:
-        """Check, once per run, that each committed adapter fits the base model (ModelError otherwise)."""
+        """Check, once per run, that each committed adapter fits the base model and carries the canaries every
+        engine proves it with (``workers.canaries``); ModelError otherwise."""
         for a in adapters:
             if a is not None and a.name not in self._adapters_checked and self.rd.exists(f"{a.name}/adapter"):
-                check_adapter(Path(local_copy(a.path)), self.model_path, self.cfg.model.trust_remote_code)
+                folder = Path(local_copy(a.path, a.digest))
+                check_adapter(folder, self.model_path, self.cfg.model.trust_remote_code)
+                proof = canaries.load(folder)
+                if proof is None:
+                    raise ModelError(f"adapter {a.name} ({a.path}) has no {canaries.CANARIES_FILE}: no engine could "
+                                     "prove it serves it; rerun with --redo " + f"{a.name}/train")
+                if not canaries.distinguishable(*proof):
+                    self.log(f"  note: the canaries of {a.name} are within {proof[1]} nats/token of the base model: "
+                             "an engine serving the base model instead would pass their check")
                 self._adapters_checked.add(a.name)
 
     def engine_spec(self) -> EngineSpec:

@@ -124,8 +124,15 @@ def make_selection(cfg: RunConfig) -> Selection:
 
 
 def adapter_of(rd: RunDir, t: int) -> AdapterRef | None:
-    """M(t): the adapter trained at iteration t; None for M0, the base model."""
-    return None if t <= 0 else AdapterRef(name=f"iter_{t:03d}", path=rd.storage.uri(f"{rd.iter_dir(t)}/adapter"))
+    """M(t): the adapter trained at iteration t; None for M0, the base model.
+
+    Its digest is the committed folder's sha256 (empty before the train stage commits).
+    """
+    if t <= 0:
+        return None
+    rec = rd.committed(rd.stage_key(t, "train"))
+    return AdapterRef(name=f"iter_{t:03d}", path=rd.storage.uri(f"{rd.iter_dir(t)}/adapter"),
+                      digest=rec["sha256"] if rec else "")
 
 
 def _name(adapter: AdapterRef | None) -> str:

@@ -241,6 +241,10 @@ class RunDir:
         return self._state
 
     # --- stages -----------------------------------------------------------
+    def committed(self, key: str) -> dict[str, Any] | None:
+        """Stage ``key``'s record as state.json holds it (not verified: see ``record``), or None."""
+        return self._state.get("stages", {}).get(key)
+
     def record(self, key: str) -> StageRecord | None:
         """The committed record of a stage after verifying its artifact, or None if not committed.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from workers import canaries
 from workers.files import local_copy
 from workers.judge import choice_token_ids, renormalise
 from workers.tokens import prompt_token_ids, response_token_ids
@@ -74,7 +75,8 @@ class VLLMEngine:
             **(cpu_scheduling if on_cpu else gpu_memory),
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self._lora_ids: dict[str, int] = {}
+        self._loras: dict[AdapterRef, Any] = {}  # each adapter proven (``workers.canaries``) before first use
+        self._next_lora_id = 0
         # vLLM's CPU LoRA kernels mis-shape the LoRA logits step of
         # prompt_logprobs when several requests share a scheduler step
         # (einsum over request count vs prompt tokens), so on CPU each
@@ -104,12 +106,22 @@ class VLLMEngine:
         self.llm.llm_engine.engine_core.shutdown()
 
     def _lora(self, adapter: AdapterRef | None) -> Any:
+        """The LoRA request of ``adapter``, its canaries checked on first use (ServedModelError when they differ)."""
         if adapter is None:
             return None
-        from vllm.lora.request import LoRARequest
+        if adapter not in self._loras:
+            from vllm.lora.request import LoRARequest
 
-        lora_id = self._lora_ids.setdefault(adapter.name, len(self._lora_ids) + 1)
-        return LoRARequest(adapter.name, lora_id, local_copy(adapter.path))
+            # A new id per (name, path, digest): vLLM caches adapters by id, so a re-trained adapter is loaded anew.
+            folder = local_copy(adapter.path, adapter.digest)
+            self._next_lora_id += 1  # never reused, even for an adapter that failed its proof (vLLM keeps it loaded)
+            lora = LoRARequest(adapter.name, self._next_lora_id, folder)
+            proof = canaries.load(folder)
+            if proof is not None:
+                served = self._score([c.request() for c in proof[0]], lora)
+                canaries.verify(f"{EngineInfo.here().host}:{EngineInfo.here().pid}", adapter, *proof, served)
+            self._loras[adapter] = lora
+        return self._loras[adapter]
 
     def complete(
         self, requests: list[CompletionRequest], sampling: SamplingSpec, adapter: AdapterRef | None
@@ -155,6 +167,9 @@ class VLLMEngine:
 
     def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None) -> list[ScoreResult]:
         """Summed log-prob of each response given its prompt, under ``adapter`` (None = base)."""
+        return self._score(requests, self._lora(adapter))
+
+    def _score(self, requests: list[ScoreRequest], lora: Any) -> list[ScoreResult]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -165,7 +180,6 @@ class VLLMEngine:
         prompts = [TokensPrompt(prompt_token_ids=p + y) for p, y in encoded]
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         step = self._score_batch or max(1, len(prompts))
-        lora = self._lora(adapter)
         outs = [
             o
             for i in range(0, len(prompts), step)

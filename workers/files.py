@@ -41,16 +41,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SELFREWARD_CACHE", Path.home() / ".cache" / "selfreward"))
 
 
-def local_copy(location: str | Path) -> str:
+def local_copy(location: str | Path, digest: str = "") -> str:
     """A local folder with the contents of folder ``location`` (itself when local; else a cached download).
 
-    Remote folders are downloaded once per location into ``$SELFREWARD_CACHE/remote/``; the
-    locations the loop passes (committed adapters) never change once written.
+    Remote folders are downloaded once per (location, ``digest``) into ``$SELFREWARD_CACHE/remote/``:
+    ``digest``, the committed folder's sha256, makes a folder re-written at the same location (an
+    adapter trained again after ``--redo``) a new download, never the stale one.
     """
     fs, path = _split(location)
     if isinstance(fs, pafs.LocalFileSystem):
         return path
-    target = cache_dir() / "remote" / hashlib.sha256(str(location).encode()).hexdigest()[:24]
+    target = cache_dir() / "remote" / hashlib.sha256(f"{location}\0{digest}".encode()).hexdigest()[:24]
     if not target.is_dir():
         tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(parents=True)

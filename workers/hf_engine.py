@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from workers import canaries
 from workers.files import local_copy
 from workers.judge import choice_token_ids, renormalise
 from workers.logprobs import sequence_logprobs
@@ -62,7 +63,7 @@ class HFEngine:
         self.stop_ids = sorted({*eos, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])})
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.peft: Any = None  # the PeftModel wrapping self.model once an adapter is loaded
-        self._loaded: dict[str, str] = {}  # adapter name -> folder, oldest first
+        self._loaded: dict[str, AdapterRef] = {}  # adapter name -> the adapter loaded under it, oldest first
 
     def ready(self) -> EngineInfo:
         """Where the engine runs, once it is loaded (the pool waits on this)."""
@@ -91,18 +92,28 @@ class HFEngine:
             with self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext():
                 yield self.model
             return
-        if self._loaded.get(adapter.name) != adapter.path:
+        if self._loaded.get(adapter.name) != adapter:
             from peft import PeftModel
 
             if adapter.name in self._loaded:
                 self.peft.delete_adapter(adapter.name)
                 del self._loaded[adapter.name]
+            folder = local_copy(adapter.path, adapter.digest)
             if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.model, local_copy(adapter.path), adapter_name=adapter.name)
+                self.peft = PeftModel.from_pretrained(self.model, folder, adapter_name=adapter.name)
             else:
-                self.peft.load_adapter(local_copy(adapter.path), adapter_name=adapter.name)
+                self.peft.load_adapter(folder, adapter_name=adapter.name)
             self.peft.eval()
-            self._loaded[adapter.name] = adapter.path
+            self.peft.set_adapter(adapter.name)
+            proof = canaries.load(folder)
+            if proof is not None:  # checked before first use, as the vLLM engine does
+                served = self._score_with(self.peft, [c.request() for c in proof[0]])
+                try:
+                    canaries.verify(f"{EngineInfo.here().host}:{EngineInfo.here().pid}", adapter, *proof, served)
+                except Exception:
+                    self.peft.delete_adapter(adapter.name)
+                    raise
+            self._loaded[adapter.name] = adapter
             while len(self._loaded) > self.spec.max_loras:
                 oldest = next(n for n in self._loaded if n != adapter.name)
                 self.peft.delete_adapter(oldest)
@@ -209,12 +220,16 @@ class HFEngine:
     @torch.no_grad()
     def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None) -> list[ScoreResult]:
         """Summed log-prob of each response given its prompt, under ``adapter`` (None = base)."""
+        with self._using(adapter) as model:
+            return self._score_with(model, requests)
+
+    @torch.no_grad()
+    def _score_with(self, model: torch.nn.Module, requests: list[ScoreRequest]) -> list[ScoreResult]:
         encoded = [(prompt_token_ids(self.tokenizer, r.user_message),
                     response_token_ids(self.tokenizer, r.response, r.finish_reason)) for r in requests]
         for p, y in encoded:
             self._check_length(len(p), len(y))
         logps: list[float] = []
-        with self._using(adapter) as model:
-            for i in range(0, len(encoded), self.batch_size):
-                logps += sequence_logprobs(model, encoded[i : i + self.batch_size], self.device, self.pad_id).tolist()
+        for i in range(0, len(encoded), self.batch_size):
+            logps += sequence_logprobs(model, encoded[i : i + self.batch_size], self.device, self.pad_id).tolist()
         return [ScoreResult(logp=lp, num_tokens=len(y)) for lp, (_, y) in zip(logps, encoded)]

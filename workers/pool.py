@@ -66,7 +66,8 @@ class EnginePool:
             remove_placement_group(self.pg)
             raise PoolError(
                 f"the cluster cannot place {res.engines} engine(s) of {bundle} each ({res.placement_strategy}) "
-                f"within {res.placement_timeout_s:.0f}s; cluster resources: {ray.cluster_resources()}"
+                f"within {res.placement_timeout_s:.0f}s (resources.engines, resources.cpus_per_engine, "
+                f"resources.gpus_per_engine, resources.placement_strategy); cluster resources: {ray.cluster_resources()}"
             )
         actor_cls = ray.remote(engine_cls)
         self.actors = [

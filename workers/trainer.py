@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from workers import faults
+from workers import canaries, faults
 from workers.files import local_copy, publish, read_text
 from workers.logprobs import pair_logprobs, sequence_logprobs
 from workers.losses import DPO, PreferenceLoss
@@ -418,17 +418,39 @@ class DPOTrainerCore:
         return {"step": step, "epoch": epoch, "loss": loss_val, "reward_accuracy": correct / n,
                 "reward_margin": margin / n, "pairs": int(n), "tokens": int(tokens)}
 
-    def save(self, output_dir: str | Path, result: TrainResult, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the adapter (safetensors) and the step log into ``output_dir`` (a local path or a URI).
+    @torch.no_grad()
+    def canary_logprobs(self, requests: list[ScoreRequest]) -> tuple[list[float], list[float], list[int]]:
+        """(log-probs under the adapter, under the base model, response tokens) of the canaries, in eval mode.
+
+        Every rank calls it (a sharded model's forward is collective).
+        """
+        seqs = [(prompt_token_ids(self.tokenizer, r.user_message), response_token_ids(self.tokenizer, r.response,
+                                                                                     r.finish_reason)) for r in requests]
+        was_training = self.model.training
+        self.model.eval()
+        adapter = self.sequence_logprobs(self.model, seqs).tolist()
+        with self.model.disable_adapter():
+            base = self.sequence_logprobs(self.model, seqs).tolist()
+        self.model.train(was_training)
+        return [float(v) for v in adapter], [float(v) for v in base], [len(y) for _, y in seqs]
+
+    def save(self, output_dir: str | Path, result: TrainResult, weights: dict[str, torch.Tensor] | None = None,
+             canary: tuple[list[ScoreRequest], tuple[list[float], list[float], list[int]]] | None = None) -> None:
+        """Write the adapter (safetensors), the step log and its canaries into ``output_dir`` (a path or a URI).
 
         ``weights``: the trainable weights gathered with ``full_trainable`` (needed when sharded).
+        ``canary``: the canary requests and their ``canary_logprobs`` (computed here when None and not sharded).
         """
-        if self.sharded and weights is None:
-            raise ValueError("a sharded model is saved from the weights every rank gathered with full_trainable()")
+        if self.sharded and (weights is None or canary is None):
+            raise ValueError("a sharded model is saved from the weights and canaries every rank computed")
+        if canary is None:
+            requests = list(canaries.FIXED)
+            canary = requests, self.canary_logprobs(requests)
 
         def build(out: Path) -> None:
             self.model.save_pretrained(out, safe_serialization=True, state_dict=weights)
             (out / TRAIN_LOG).write_text(json.dumps(asdict(result), indent=1))
+            canaries.write(out, self.spec.dtype, canary[0], *canary[1])
 
         publish(build, output_dir)
 
@@ -560,8 +582,10 @@ def _train_loop(config: dict[str, Any]) -> None:
     checkpoints = Checkpoints(spec.checkpoint_every, rank, report) if spec.checkpoint_every else None
     result = core.fit(examples, wrapped, rank, world, report, checkpoints)
     weights = core.full_trainable() if core.sharded else None
+    requests = canaries.pick(pq.read_table(spec.pairs_path).to_pylist())
+    canary = requests, core.canary_logprobs(requests)
     if rank == 0:
-        core.save(spec.output_dir, result, weights)
+        core.save(spec.output_dir, result, weights, canary)
 
 
 def _root_cause(e: BaseException) -> str:

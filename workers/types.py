@@ -11,6 +11,9 @@ class AdapterRef:
 
     name: str
     path: str
+    # sha256 of the committed folder: a re-trained adapter under the same name and path is another adapter
+    # (its own vLLM LoRA id and download), never served from a cache of the old one.
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,10 @@ class EngineInfo:
 
 class PoolError(RuntimeError):
     """The engine pool cannot be placed on the cluster (not enough resources); the message says what was asked."""
+
+
+class ServedModelError(RuntimeError):
+    """An engine does not serve the adapter it was asked for (its canary log-probs differ from the trainer's)."""
 
 
 class TrainingError(RuntimeError):

@@ -1,6 +1,7 @@
 """Integration on the real tiny model: vLLM engine and DPO trainer, no mocks."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from workers.judge import choice_token_ids, pairwise_message, score_choice, winn
 from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, SoftPreference
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.trainer import DPOTrainerCore, TrainSpec, mc_dropout_logprobs
-from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
+from workers import canaries
+from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest, ServedModelError
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +100,50 @@ def test_engine_logprobs_match_trainer(engine, trained):
     assert v_base == pytest.approx(hf_base, abs=LOGP_ATOL)
     assert v_lora == pytest.approx(hf_lora, abs=LOGP_ATOL)
     assert max(abs(a - b) for a, b in zip(v_lora, v_base)) > 20 * LOGP_ATOL  # the adapter is really applied
+
+
+def _retrained(tiny_model_path, out, lr):
+    """Another adapter, trained on PAIRS at learning rate ``lr`` and written (with its canaries) to ``out``."""
+    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir=str(out),
+                     learning_rate=lr, micro_batch_pairs=len(PAIRS), epochs=1, loss=DPO(0.1))
+    core = DPOTrainerCore(spec)
+    table = pairs_table(PAIRS)
+    requests = canaries.pick(table.to_pylist())
+    core.save(out, core.fit(core.encode(table)), canary=(requests, core.canary_logprobs(requests)))
+    return core
+
+
+def test_an_engine_proves_the_adapter_it_serves(engine, trained, tiny_model_path, tmp_path):
+    """The canaries the trainer recorded pass on the adapter itself, and stop an engine serving another adapter
+    (or a stale one) under the requested name, naming engine, adapter and the difference."""
+    *_, adapter_dir = trained
+    recorded, tolerance = canaries.load(adapter_dir)
+    assert tolerance == canaries.TOLERANCE["float32"] and canaries.distinguishable(recorded, tolerance)
+    engine.score([ScoreRequest("Hi?", "Hello.", "stop")], AdapterRef("proven", str(adapter_dir), "d1"))  # passes
+    # Another adapter's weights under this adapter's name and canaries.
+    impostor = tmp_path / "impostor"
+    _retrained(tiny_model_path, impostor, 2e-2)
+    shutil.copy(adapter_dir / canaries.CANARIES_FILE, impostor / canaries.CANARIES_FILE)
+    with pytest.raises(ServedModelError, match=r"engine \S+:\d+ does not serve adapter proven \(.*impostor\).*nats/token"):
+        engine.score([ScoreRequest("Hi?", "Hello.", "stop")], AdapterRef("proven", str(impostor), "d2"))
+    # An adapter trained again under the same name and path (after --redo): a new digest, so the engine loads the
+    # new weights, proves them, and scores with them, not with the cached first ones.
+    again = tmp_path / "again"
+    shutil.copytree(adapter_dir, again)
+    first = engine.score(PAIRS_REQUESTS, AdapterRef("again", str(again), "v1"))
+    shutil.rmtree(again)
+    core = _retrained(tiny_model_path, again, 2e-2)
+    second = engine.score(PAIRS_REQUESTS, AdapterRef("again", str(again), "v2"))
+    seqs = [(prompt_token_ids(core.tokenizer, q.user_message), response_token_ids(core.tokenizer, q.response, "stop"))
+            for q in PAIRS_REQUESTS]
+    core.model.eval()
+    with torch.no_grad():
+        want = core.sequence_logprobs(core.model, seqs).tolist()
+    assert [s.logp for s in second] == pytest.approx(want, abs=LOGP_ATOL)
+    assert max(abs(a.logp - b.logp) for a, b in zip(first, second)) > 20 * LOGP_ATOL
+
+
+PAIRS_REQUESTS = [ScoreRequest(p, y, "stop") for p, c, r in PAIRS for y in (c, r)]
 
 
 def test_reference_previous_is_the_adapter_training_starts_from(tiny_model_path, trained):
