@@ -170,6 +170,29 @@ def test_redo_forgets_the_stage_and_everything_after_it(tmp_path):
     assert rd2.record("iter_001/judge") is not None and rd2.record("iter_001/score") is None
 
 
+def test_an_adapter_trained_again_is_another_adapter(tmp_path):
+    """M(t) is named by its committed sha256: after --redo of its train stage, engines see a new adapter, not a
+    cached one under the same name and path (workers/canaries.py checks what they then serve)."""
+    from orchestrator.loop import adapter_of
+
+    rd, _ = _open(tmp_path / "run")
+    assert adapter_of(rd, 1).digest == "" and adapter_of(rd, 0) is None
+
+    def train(weights: bytes) -> str:
+        staged = rd.staging_dir("iter_001/adapter")
+        rd.storage.write_bytes(f"{staged}/adapter_model.safetensors", weights)
+        rd.commit_dir(staged, "iter_001/adapter")
+        return rd.commit("iter_001/train", "iter_001/adapter", None, 1.0, {}).sha256
+
+    first = train(b"one")
+    assert adapter_of(rd, 1).digest == first
+    rd.redo("iter_001/train")
+    second = train(b"two")
+    again = adapter_of(rd, 1)
+    assert again.digest == second != first and again.name == "iter_001" and again.path.endswith("iter_001/adapter")
+    rd.close()
+
+
 def test_damaged_state_names_the_file_and_the_backup(tmp_path):
     rd, _ = _open(tmp_path / "run")
     rd.write_table("iter_001/g.parquet", pa.table({"a": [1]}))
