@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -386,9 +385,15 @@ def test_config_overrides_give_a_clean_error_or_a_config(overrides):
         assert str(e)
 
 
+_FRAGMENTS = [b"\xef\xbb\xbf", b'"', b",", b"\n", b"\r\n", "\u2028".encode(), b"NaN", b"Infinity", b"[" * 3000,
+              b'{"prompt": ', b'{"prompt": "What is 2 + 2?"', b"}", b'"id": ""', b'"answer": ', b"prompt,answer",
+              b"\x00", b"\xff", "\u200b".encode(), b"null", b"true", b"1e400"]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(suffix=st.sampled_from([".jsonl", ".csv"]), data=st.one_of(
     st.binary(max_size=200),
+    st.lists(st.sampled_from(_FRAGMENTS), max_size=12).map(b"".join),
     st.text(max_size=200).map(str.encode),
     st.lists(st.dictionaries(st.sampled_from(["prompt", "answer", "id", "kind", "x"]),
                              st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
@@ -406,4 +411,3 @@ def test_data_files_give_a_clean_error_or_prompts(tmp_path, suffix, data):
         assert str(path) in str(e)
     else:
         assert table.num_rows > 0
-    shutil.rmtree(tmp_path / "unused", ignore_errors=True)
