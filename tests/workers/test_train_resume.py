@@ -123,10 +123,13 @@ def test_ray_train_restarts_a_dead_worker_from_its_checkpoint(ray_with_worker_fa
     expected = whole.fit(whole.encode(pairs_table(PAIRS)))
     whole.save(tmp_path / "expected", expected)
     got, want = load_file(tmp_path / "adapter" / "adapter_model.safetensors"), load_file(tmp_path / "expected" / "adapter_model.safetensors")
+    # The Ray worker does not reproduce the in-process run bit for bit on every machine: on some 2-core machines
+    # its weights differ by 3e-6 to 1.4e-5 after 8 steps, from run to run (cause not found). A resume that lost its
+    # step, optimizer state or dropout RNG moves them by the size of an update (lr 3e-3 with Adam).
     for k in want:
-        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=0)
+        torch.testing.assert_close(got[k], want[k], atol=1e-4, rtol=0)
     for a, b in zip(result.steps, expected.steps):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
 
 
 def test_a_nan_loss_stops_training_before_the_update(tiny_model_path, monkeypatch):
