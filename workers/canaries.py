@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.types import AdapterRef, ScoreRequest, ScoreResult, ServedModelError
+from workers.types import AdapterRef, EngineInfo, ScoreRequest, ScoreResult, ServedModelError
 
 CANARIES_FILE = "canaries.json"
 # Nats per response token, by dtype. In float32 the trainer (transformers + PEFT) and vLLM's CPU kernels agree
@@ -76,8 +76,13 @@ def distinguishable(canaries: list[Canary], tolerance: float) -> bool:
     return any(abs(c.logp - c.logp_base) / max(c.num_tokens, 1) > tolerance for c in canaries)
 
 
-def verify(engine: str, adapter: AdapterRef, canaries: list[Canary], tolerance: float, served: list[ScoreResult]) -> float:
-    """The largest per-token difference between served and recorded log-probs; ServedModelError beyond ``tolerance``."""
+def verify(adapter: AdapterRef, canaries: list[Canary], tolerance: float, served: list[ScoreResult]) -> float:
+    """The largest per-token difference between served and recorded log-probs; ServedModelError beyond ``tolerance``.
+
+    Called in the engine's process, which the error names (host:pid).
+    """
+    here = EngineInfo.here()
+    engine = f"{here.host}:{here.pid}"
     worst, worst_i = 0.0, 0
     for i, (c, s) in enumerate(zip(canaries, served)):
         if s.num_tokens != c.num_tokens:

@@ -119,7 +119,7 @@ class VLLMEngine:
             proof = canaries.load(folder)
             if proof is not None:
                 served = self._score([c.request() for c in proof[0]], lora)
-                canaries.verify(f"{EngineInfo.here().host}:{EngineInfo.here().pid}", adapter, *proof, served)
+                canaries.verify(adapter, *proof, served)
             self._loras[adapter] = lora
         return self._loras[adapter]
 

@@ -109,7 +109,7 @@ class HFEngine:
             if proof is not None:  # checked before first use, as the vLLM engine does
                 served = self._score_with(self.peft, [c.request() for c in proof[0]])
                 try:
-                    canaries.verify(f"{EngineInfo.here().host}:{EngineInfo.here().pid}", adapter, *proof, served)
+                    canaries.verify(adapter, *proof, served)
                 except Exception:
                     self.peft.delete_adapter(adapter.name)
                     raise
