@@ -47,7 +47,7 @@ VOCAB = 49152
 PEAKS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
-def build_model_dir(name: str, out: Path, tokenizer_dir: Path) -> Path:
+def build_model_dir(name: str, out: Path, tokenizer_dir: Path, dtype: str = "bfloat16") -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -56,7 +56,7 @@ def build_model_dir(name: str, out: Path, tokenizer_dir: Path) -> Path:
                       num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
                       tie_word_embeddings=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
     path = out / name
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False).save_pretrained(path)

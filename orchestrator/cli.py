@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="Markdown file to write, a .json beside it (default: RUN_DIR/replay.md)")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="a dotted config override applied to every recipe, e.g. selection.strategy=margin")
+    pl = sub.add_parser("plan", help="GPUs per stage, placement and memory per GPU of a config, before any work; "
+                        "exit 2 when the cluster cannot hold it")
+    pl.add_argument("config", help="YAML config (see jobs/configs/)")
+    pl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. resources.engines=4")
+    pl.add_argument("--cluster", help="a Ray cluster launcher YAML (cluster.yaml): plan for the GPU nodes it declares "
+                    "(default: this machine)")
+    pl.add_argument("--model-config", help="the model's config.json, where model.path is not on this machine "
+                    "(e.g. jobs/models/llama-3.1-8b-instruct.config.json)")
     c = sub.add_parser("compare", help="put runs side by side (printed, and written as Markdown + JSON)")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", default="compare.md", help="Markdown file to write; a .json beside it (default: compare.md)")
@@ -129,6 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepared = prepare(cfg, run_dir, args.redo)  # every input checked, nothing created or changed
     _check_cluster(cfg)
     _init_ray(cfg.resources.ray_address)
+    from orchestrator.plan import check_on_cluster
+
+    check_on_cluster(cfg, prepared.model_path)  # before any engine starts
     run(cfg, run_dir, redo=args.redo, prepared=prepared)
     from orchestrator.rundir import RunDir
 
@@ -194,6 +205,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.models import resolve_model_path
+    from orchestrator.plan import cluster_hardware, local_hardware, make_plan, model_shape
+
+    cfg = load_config(args.config, args.overrides)
+    hw = cluster_hardware(args.cluster) if args.cluster else local_hardware()
+    model = args.model_config or resolve_model_path(cfg.model.path)
+    shape = model_shape(model, args.model_config)
+    plan = make_plan(cfg, shape, hw)
+    print(plan.text())
+    plan.check()
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from orchestrator.report import write_compare
 
@@ -216,13 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after --run-dir.
     args, extra = parser.parse_known_args(argv)
-    unknown = [x for x in extra if x.startswith("-") or args.command != "run"]
+    unknown = [x for x in extra if x.startswith("-") or args.command not in ("run", "plan")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "run":
+    if args.command in ("run", "plan"):
         args.overrides = [*args.overrides, *extra]
     try:
-        commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare}
+        commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare,
+                    "plan": cmd_plan}
         return commands[args.command](args)
     except (ConfigError, DataError, ModelError, ReplayError, RunDirError, StorageError, TokenizerError, PoolError,
             UsageError) as e:

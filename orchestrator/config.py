@@ -312,6 +312,11 @@ class ResourcesConfig(_Strict):
     )
     gpus_per_train_worker: int = Field(0, ge=0, description="GPUs per train worker; 0 = CPU (gloo).")
     cpus_per_train_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per train worker.")
+    gradient_checkpointing: bool = Field(
+        False,
+        **_safe("Recompute each decoder layer's activations in the backward pass instead of keeping them: "
+                "training memory grows with one layer, not all of them, for about a third more compute."),
+    )
     train_max_failures: int = Field(
         2, ge=0, **_safe("Times Ray Train restarts failed train workers from the latest checkpoint.")
     )
@@ -321,7 +326,9 @@ class ResourcesConfig(_Strict):
                 "CPU engines are shut down; they wake / restart for the next stage."),
     )
     colocate_engine_gpu_fraction: float = Field(
-        0.5, gt=0, lt=1, description="With colocate on GPUs: each engine's share of its GPU; the train worker takes the rest."
+        0.5, gt=0, lt=1,
+        description="With colocate on GPUs: the share of its GPUs' memory an awake engine takes (vLLM "
+        "gpu_memory_utilization = 0.9 x this); train workers run while it sleeps, MC-dropout beside it in the rest.",
     )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of each train worker; 0 = all cores of its machine."
@@ -384,11 +391,12 @@ class RunConfig(_Strict):
         if self.judge.score_source == "expected" and not self.judge.expected_score:
             raise ValueError("judge.score_source='expected' needs judge.expected_score=true")
         r = self.resources
-        if r.colocate and r.gpus_per_engine and (r.gpus_per_engine != 1 or r.gpus_per_train_worker != 1):
+        if r.colocate and r.gpus_per_engine and (r.gpus_per_train_worker != 1
+                                                 or r.train_workers != r.engines * r.gpus_per_engine):
             raise ValueError(
-                "resources.colocate on GPUs shares each GPU between one engine and one train worker: set "
-                f"resources.gpus_per_engine=1 and resources.gpus_per_train_worker=1 (got {r.gpus_per_engine} and "
-                f"{r.gpus_per_train_worker})"
+                "resources.colocate on GPUs puts one train worker on each engine GPU: set "
+                f"resources.gpus_per_train_worker=1 and resources.train_workers={r.engines * r.gpus_per_engine} "
+                f"(resources.engines x resources.gpus_per_engine; got {r.gpus_per_train_worker} and {r.train_workers})"
             )
         if r.train_strategy == "fsdp" and r.train_workers < 2:
             raise ValueError("resources.train_strategy='fsdp' shards the model over resources.train_workers >= 2 workers")

@@ -20,10 +20,12 @@ import pyarrow as pa
 
 from orchestrator.config import RunConfig
 from orchestrator.models import ModelError, check_adapter
+from orchestrator.plan import engine_memory_utilization
 from orchestrator.rundir import RunDir
 from orchestrator.runlog import Progress
 from workers import canaries, faults
 from workers.files import local_copy
+from workers.placement import engine_gpus
 from workers.pool import EnginePool, PoolResources
 from workers.types import AdapterRef, Completion, EngineSpec, ScoreResult
 
@@ -108,7 +110,7 @@ class Context:
             kv_cache_gib=r.kv_cache_gib,
             tensor_parallel_size=max(1, r.gpus_per_engine),
             trust_remote_code=cfg.model.trust_remote_code,
-            gpu_memory_utilization=r.colocate_engine_gpu_fraction * 0.9 if r.colocate else 0.9,
+            gpu_memory_utilization=engine_memory_utilization(cfg),
             enable_sleep_mode=r.colocate and r.gpus_per_engine > 0,
         )
 
@@ -116,14 +118,14 @@ class Context:
         """The engine pool, started on first use (a fully committed resume starts none)."""
         if self._pool is None:
             r = self.cfg.resources
-            gpus = r.colocate_engine_gpu_fraction if r.colocate and r.gpus_per_engine else r.gpus_per_engine
             t0 = time.monotonic()
             if r.engine_backend == "hf":
                 from workers.hf_engine import HFEngine as engine_cls
             else:
                 from workers.engine import VLLMEngine as engine_cls
             self._pool = EnginePool(self.engine_spec(), PoolResources(
-                r.engines, r.cpus_per_engine, gpus, r.engine_max_restarts, r.placement_strategy), engine_cls=engine_cls)
+                r.engines, r.cpus_per_engine, r.gpus_per_engine, r.engine_max_restarts, r.placement_strategy),
+                engine_cls=engine_cls)
             hosts = sorted({i.host for i in self._pool.infos})
             started = time.monotonic() - t0
             self.engine_start_seconds += started
@@ -188,6 +190,12 @@ class Context:
         """After training in colocation mode: wake sleeping GPU engines (CPU engines restart lazily)."""
         if self._pool is not None and self.cfg.resources.gpus_per_engine > 0:
             self._pool.wake()
+
+    def borrowed_gpus(self) -> dict[str, list[int]] | None:
+        """With colocate on GPUs, while engines are up: node id -> the GPUs they hold (``workers.placement``)."""
+        if not (self.cfg.resources.colocate and self.cfg.resources.gpus_per_engine) or self._pool is None:
+            return None
+        return engine_gpus(self._pool.infos)
 
     def close(self) -> None:
         if self._pool is not None:

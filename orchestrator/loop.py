@@ -318,7 +318,7 @@ def _train_spec(ctx: Context, t: int, policy: AdapterRef | None, pairs_path: str
         epochs=cfg.dpo.epochs, micro_batch_pairs=cfg.dpo.micro_batch_pairs, grad_accum_steps=cfg.dpo.grad_accum_steps,
         max_grad_norm=cfg.dpo.max_grad_norm, lr_schedule=cfg.dpo.lr_schedule, warmup_steps=cfg.dpo.warmup_steps,
         checkpoint_every=cfg.dpo.checkpoint_every, strategy=r.train_strategy, seed=derive_seed(cfg.seed, "train", t),
-        torch_threads=r.torch_threads,
+        torch_threads=r.torch_threads, gradient_checkpointing=r.gradient_checkpointing,
     )
 
 
@@ -337,11 +337,24 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
 
     r = ctx.cfg.resources
     spec = replace(_train_spec(ctx, t, models.policy), seed=derive_seed(ctx.cfg.seed, "mc_dropout", t))
-    task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=_train_gpus(ctx))(mc_dropout_logprobs)
+    borrowed = ctx.borrowed_gpus()
+    if borrowed:
+        # Beside the first engine, on its GPU, in the memory the awake engine leaves (``selfreward plan`` checks it).
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node, gpus = next(iter(borrowed.items()))
+        task = ray.remote(mc_dropout_logprobs).options(
+            num_cpus=r.cpus_per_train_worker, num_gpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        device = f"cuda:{gpus[0]}"  # a Ray id; ``workers.trainer`` maps it to the task's CUDA index
+    else:
+        task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
+        device = "cuda" if r.gpus_per_train_worker else "cpu"
     bar = RemoteProgress("score MC-dropout")
     reference = None if models.reference is None else models.reference.path
     try:
-        passes, ref = run_with_progress(lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference)), bar)
+        passes, ref = run_with_progress(
+            lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference, device)), bar)
     finally:
         bar.close()
     return list(passes), list(ref)
@@ -367,21 +380,15 @@ def train(ctx: Context, t: int, pairs: str, policy: AdapterRef | None, staged: s
 
     try:
         result = run_with_progress(
-            lambda q: run_training(spec, r.train_workers, r.cpus_per_train_worker, _train_gpus(ctx),
-                                   rd.storage.uri(f"{rd.iter_dir(t)}/train"), q, r.train_max_failures),
+            lambda q: run_training(spec, r.train_workers, r.cpus_per_train_worker, r.gpus_per_train_worker,
+                                   rd.storage.uri(f"{rd.iter_dir(t)}/train"), q, r.train_max_failures,
+                                   ctx.borrowed_gpus()),
             on_message,
         )
     finally:
         bar.close()
     return {**result.summary(), "steps": result.steps,
             "effective_batch_pairs": ctx.cfg.dpo.micro_batch_pairs * ctx.cfg.dpo.grad_accum_steps * r.train_workers}
-
-
-def _train_gpus(ctx: Context) -> float:
-    r = ctx.cfg.resources
-    if r.colocate and r.gpus_per_train_worker:
-        return 1 - r.colocate_engine_gpu_fraction  # beside a sleeping engine on the same GPU
-    return r.gpus_per_train_worker
 
 
 # --- the loop ----------------------------------------------------------------

@@ -26,6 +26,20 @@ def test_gpu_benchmark_runs_its_whole_path_on_a_tiny_config(tmp_path):
     assert "not measured" in out["vllm"]
 
 
+@pytest.mark.integration
+def test_gpu_smoke_script_passes_every_check_on_the_cpu_path():
+    res = subprocess.run([sys.executable, "-m", "benchmarks.gpu_smoke", "--smoke"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["ok"] and out["train"]["steps"] == 3 and out["train"]["gradient_checkpointing"]
+    assert out["adapter_served"] and out["adapter_changes_output"]
+    assert out["sleep_wake_identical"] == ("not applicable" if out["device"] == "cpu" else True)
+    assert out["peak_rss_gib"] > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.integration
 def test_hf_engine_on_a_gpu_is_seeded_and_survives_sleep(tiny_model_path):

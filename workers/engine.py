@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from workers import canaries
+from workers import canaries, reaper
 from workers.files import local_copy
 from workers.judge import choice_token_ids, renormalise
 from workers.tokens import prompt_token_ids, response_token_ids
@@ -51,12 +51,15 @@ class VLLMEngine:
         # RNG offset, which torch's CPU generator does not support: schedule
         # whole prompts instead (cheap at these prompt lengths).
         cpu_scheduling = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(spec.max_model_len, 8192)}
-        if on_cpu and spec.tensor_parallel_size == 1:
-            # One CPU engine runs in its own process (the actor's): vLLM's default engine-core and worker
-            # processes each import vLLM again (~3.5x the start-up time on 2 cores), and when the actor is
-            # killed they are orphaned, each busy-polling a core.
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-            cpu_scheduling["distributed_executor_backend"] = "uni"
+        # The engine core runs in the actor's own process: a separate engine-core process imports vLLM again
+        # (~3.5x the start-up time on 2 cores) and is one more process that must not outlive a killed actor
+        # (it would hold its GPU memory and fail the restarted engine's check). Tensor parallelism runs on vLLM's
+        # multiprocessing executor inside the actor's bundle (its Ray executor refuses a bundle of several GPUs
+        # and would place workers in other engines' bundles); its workers exit with the actor (vLLM's death
+        # pipe), and the watcher kills anything left.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if spec.engine_core_process else "0"
+        executor = {"distributed_executor_backend": "uni" if spec.tensor_parallel_size == 1 else "mp"}
+        self._watcher = reaper.watch()
         gpu_memory = {"gpu_memory_utilization": spec.gpu_memory_utilization, "enable_sleep_mode": spec.enable_sleep_mode}
         self.on_cpu = on_cpu
         self.spec = spec
@@ -72,6 +75,7 @@ class VLLMEngine:
             disable_log_stats=not spec.log_stats,
             tensor_parallel_size=spec.tensor_parallel_size,
             trust_remote_code=spec.trust_remote_code,
+            **executor,
             **(cpu_scheduling if on_cpu else gpu_memory),
         )
         self.tokenizer = self.llm.get_tokenizer()

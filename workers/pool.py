@@ -1,7 +1,8 @@
 """A persistent pool of engine actors with sharded dispatch.
 
 Each engine actor holds one bundle of a placement group (``gpus_per_engine``
-GPUs for tensor parallelism, or CPUs), spread over the cluster's nodes. Work
+whole GPUs for tensor parallelism, or CPUs), spread over the cluster's nodes;
+colocated train workers borrow the engines' GPUs (``workers.placement``). Work
 is cut into shards; each actor has at most ``inflight_per_engine`` shards
 outstanding (back-pressure through ``ray.wait``), so a slow actor never holds
 a queue of work that a free one could take, and uneven shards do not leave
@@ -36,7 +37,7 @@ T = TypeVar("T")
 class PoolResources:
     engines: int
     cpus_per_engine: float
-    gpus_per_engine: float  # a fraction below 1 in colocation mode (engines share GPUs with the trainer)
+    gpus_per_engine: int  # whole GPUs: the engine takes its whole bundle (colocated trainers borrow them)
     max_restarts: int = 3
     placement_strategy: str = "SPREAD"  # of the engines' bundles over nodes
     placement_timeout_s: float = 600.0

@@ -44,6 +44,7 @@ from workers import canaries, faults
 from workers.files import local_copy, publish, read_text
 from workers.logprobs import pair_logprobs, sequence_logprobs
 from workers.losses import DPO, PreferenceLoss
+from workers.placement import cuda_index, label_selectors, my_gpu
 from workers.progress import Report, reporter
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.types import ScoreRequest, TrainingError
@@ -79,6 +80,7 @@ class TrainSpec:
     warmup_steps: int = 0
     checkpoint_every: int = 0  # optimizer steps between Ray Train checkpoints; 0 = none
     strategy: str = "ddp"  # with several workers: "ddp" (replicas) or "fsdp" (parameters sharded)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward instead of keeping them
     seed: int = 0
     torch_threads: int = 0
 
@@ -132,7 +134,7 @@ class DPOTrainerCore:
     adapter (B = 0, so identical to the base) is created.
     """
 
-    def __init__(self, spec: TrainSpec, device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: TrainSpec, device: torch.device | str = "cpu", move: bool = True) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -157,7 +159,12 @@ class DPOTrainerCore:
                     task_type="CAUSAL_LM",
                 ),
             )
-        self.model = model.to(self.device)
+        if spec.gradient_checkpointing:
+            # Non-reentrant: gradients reach the LoRA weights although the frozen embeddings' output needs none.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        # ``move=False`` (FSDP): the weights stay in host memory until ``shard`` moves each rank's shard.
+        self.model = model.to(self.device) if move else model
         self.loss_fn = spec.loss
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -198,10 +205,15 @@ class DPOTrainerCore:
         layer_classes = set(getattr(self.model.get_base_model(), "_no_split_modules", None) or [])
         if not layer_classes:
             raise ValueError(f"{self.spec.model_path}: the model names no decoder layer class (_no_split_modules) to shard")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        # Built in host memory (``move=False``): fully_shard moves only this rank's shard of each parameter to
+        # the device, so no GPU ever holds the whole model.
+        mesh = init_device_mesh(self.device.type, (torch.distributed.get_world_size(),))
         for module in self.model.modules():
             if type(module).__name__ in layer_classes:
-                fully_shard(module)
-        fully_shard(self.model)
+                fully_shard(module, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)  # the rest, buffers included, moves to the device here
         self.sharded = True
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                            lr=self.spec.learning_rate, weight_decay=self.spec.weight_decay)
@@ -230,8 +242,10 @@ class DPOTrainerCore:
         save_file(weights, directory / "trainable.safetensors")
         torch.save(optimizer, directory / "optimizer.pt")
         torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
-        save_file({"torch_rng": torch.get_rng_state(), "reference_logps": reference.detach().cpu().contiguous()},
-                  directory / "tensors.safetensors")
+        rng = {"torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        save_file({**rng, "reference_logps": reference.detach().cpu().contiguous()}, directory / "tensors.safetensors")
         (directory / "train_state.json").write_text(json.dumps(asdict(state)))
 
     def load_checkpoint(self, directory: Path) -> tuple["TrainState", torch.Tensor]:
@@ -259,6 +273,8 @@ class DPOTrainerCore:
         self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
         tensors = load_file(directory / "tensors.safetensors")
         torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
         state = TrainState(**json.loads((directory / "train_state.json").read_text()))
         return state, tensors["reference_logps"].to(self.device)
 
@@ -509,7 +525,7 @@ class Checkpoints:
 
 
 def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
-                        reference_adapter: str | None = None) -> tuple[list[list[float]], list[float]]:
+                        reference_adapter: str | None = None, device: str = "cpu") -> tuple[list[list[float]], list[float]]:
     """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy, and under the
     reference computed by the same model code without dropout.
 
@@ -520,10 +536,13 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
     rate ``p`` is applied to the last hidden state (the LM head's input);
     pass t is seeded with ``spec.seed + t``, so results are reproducible.
     Everything else runs in eval mode. ``progress``: a queue of
-    ``workers.progress`` (one message per scored chunk).
+    ``workers.progress`` (one message per scored chunk). ``device``: where
+    it runs ("cuda": the GPU Ray gave the task).
     """
     torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
-    core = DPOTrainerCore(spec)
+    if device.startswith("cuda:"):  # a GPU Ray numbers so, borrowed from an engine (the task holds no GPU)
+        device = f"cuda:{cuda_index(int(device.split(':')[1]))}"
+    core = DPOTrainerCore(spec, device)
     core.model.eval()
     seqs = [
         (prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
@@ -555,7 +574,7 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
         try:
             by_pass = []
             for t in range(passes):
-                torch.manual_seed(spec.seed + t)
+                torch.manual_seed(spec.seed + t)  # seeds the CUDA generators too
                 by_pass.append(score_all(t + 1))
         finally:
             hook.remove()
@@ -571,11 +590,15 @@ def _train_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    core = DPOTrainerCore(spec, ray.train.torch.get_device())
+    fsdp = world > 1 and spec.strategy == "fsdp"
+    device = worker_device(config.get("borrowed_gpus"))
+    core = DPOTrainerCore(spec, device, move=not fsdp)
     examples = core.encode(pq.read_table(spec.pairs_path))
     wrapped = None
-    if world > 1 and spec.strategy == "fsdp":
+    if fsdp:
         core.shard()  # the module is sharded in place: it is its own wrapper
+    elif world > 1 and config.get("borrowed_gpus"):
+        wrapped = torch.nn.parallel.DistributedDataParallel(core.model, device_ids=[device.index])
     elif world > 1:
         wrapped = ray.train.torch.prepare_model(core.model, move_to_device=False)
     report = reporter(config.get("progress")) if rank == 0 else None
@@ -588,6 +611,59 @@ def _train_loop(config: dict[str, Any]) -> None:
         core.save(spec.output_dir, result, weights, canary)
 
 
+def borrowed_gpu(borrowed_gpus: dict[str, list[int]]) -> int:
+    """The engine GPU (Ray's id) a colocated train worker takes: the k-th of its node for the k-th worker there.
+
+    Every rank calls it (a collective). Workers are counted per Ray node id,
+    in world-rank order, over a gloo group: Ray Train's own local rank counts
+    per IP address, which nodes sharing an address would confuse, and NCCL
+    cannot be used before each rank has its device.
+    """
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return my_gpu(borrowed_gpus, node, 0)
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node, group=dist.new_group(backend="gloo"))
+    return my_gpu(borrowed_gpus, node, nodes[: dist.get_rank()].count(node))
+
+
+def worker_device(borrowed_gpus: dict[str, list[int]] | None) -> torch.device:
+    """This train worker's device: Ray Train's, or with colocated engines the engine GPU it borrows."""
+    import ray.train.torch
+
+    if not borrowed_gpus:
+        return ray.train.torch.get_device()
+    device = torch.device("cuda", cuda_index(borrowed_gpu(borrowed_gpus)))
+    torch.cuda.set_device(device)
+    return device
+
+
+def scaling(workers: int, cpus_per_worker: float, gpus_per_worker: int,
+            borrowed_gpus: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """Ray Train's scaling and torch configs: whole GPUs of their own, or the colocated engines' GPUs borrowed.
+
+    Borrowing workers ask Ray for CPUs only, each pinned to the node of one
+    engine GPU (``workers.placement``); NCCL still connects them.
+    """
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    if borrowed_gpus:
+        selectors = label_selectors(borrowed_gpus)
+        if len(selectors) != workers:
+            raise ValueError(f"{workers} colocated train workers for {len(selectors)} engine GPUs")
+        return {"scaling_config": ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
+                                                label_selector=selectors),
+                "torch_config": TorchConfig(backend="nccl")}
+    use_gpu = gpus_per_worker > 0
+    resources: dict[str, float] = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
+    return {"scaling_config": ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+            "torch_config": TorchConfig(backend="nccl" if use_gpu else "gloo")}
+
+
 def _root_cause(e: BaseException) -> str:
     """The last 'SomeError: message' line of a failure that may wrap remote tracebacks."""
     lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"^\s*[A-Za-z_.]*(Error|Exception): ", ln)]
@@ -595,33 +671,30 @@ def _root_cause(e: BaseException) -> str:
 
 
 def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per_worker: int, storage_path: str,
-                 progress: Any = None, max_failures: int = 0) -> TrainResult:
+                 progress: Any = None, max_failures: int = 0,
+                 borrowed_gpus: dict[str, list[int]] | None = None) -> TrainResult:
     """Train on Ray Train (DDP over ``workers`` ranks); returns the step log written by rank 0.
 
     ``storage_path`` (local path or URI) holds the run's Ray Train checkpoints:
     calling again with the same path resumes from the latest one. Ray Train
     restarts failed workers from it up to ``max_failures`` times.
     ``progress``: a queue of ``workers.progress`` that rank 0 reports its steps on.
+    ``borrowed_gpus``: node id -> GPU ids of colocated (sleeping) engines,
+    one train worker on each (``scaling``).
     Raises ray.train's TrainingFailedError when training fails beyond that.
     """
     from ray.train import (
         CheckpointConfig,
         FailureConfig,
         RunConfig,
-        ScalingConfig,
         TrainingFailedError,  # the V2 class under Ray Train V2 (the default)
     )
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
-    use_gpu = gpus_per_worker > 0
-    resources: dict[str, float] = {"CPU": cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"spec": spec, "progress": progress},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        train_loop_config={"spec": spec, "progress": progress, "borrowed_gpus": borrowed_gpus},
+        **scaling(workers, cpus_per_worker, gpus_per_worker, borrowed_gpus),
         run_config=RunConfig(storage_path=storage_path, name="dpo", checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=max_failures)),
     )

@@ -97,6 +97,9 @@ class EngineSpec:
     enable_prefix_caching: bool = True
     # vLLM's own statistics (prefix-cache hits and the like, read with LLM.get_metrics), for benchmarks.
     log_stats: bool = False
+    # vLLM's engine core in a process of its own (vLLM's default; off here, see workers.engine): tests use it to
+    # check that no engine process outlives its actor.
+    engine_core_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,20 +109,25 @@ class EngineInfo:
     host: str
     pid: int
     node_id: str
+    gpu_ids: tuple[int, ...] = ()  # the GPUs Ray gave the actor (its bundle's)
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES as the actor sees it
 
     @staticmethod
     def here() -> "EngineInfo":
-        """This process's host, pid and Ray node (empty outside Ray)."""
+        """This process's host, pid, Ray node and GPUs (empty outside Ray)."""
         import os
         import socket
 
         try:
             import ray
 
-            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+            inside = ray.is_initialized()
+            node = ray.get_runtime_context().get_node_id() if inside else ""
+            gpus = tuple(sorted(int(g) for g in ray.get_gpu_ids())) if inside else ()
         except ImportError:
-            node = ""
-        return EngineInfo(host=socket.gethostname(), pid=os.getpid(), node_id=node)
+            node, gpus = "", ()
+        return EngineInfo(host=socket.gethostname(), pid=os.getpid(), node_id=node, gpu_ids=gpus,
+                          visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 class PoolError(RuntimeError):

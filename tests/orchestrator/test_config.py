@@ -82,7 +82,10 @@ def test_cross_field_check_names_both_fields():
          "selection.judge_uncertainty.p_min estimates P(chosen wins) on verdicts the pair was not chosen on: set "
          "judge.judge_samples >= 2 (got 1)"),
         (["resources.colocate=true", "resources.gpus_per_engine=2", "resources.gpus_per_train_worker=1"],
-         "resources.gpus_per_engine=1 and resources.gpus_per_train_worker=1 (got 2 and 1)"),
+         "resources.gpus_per_train_worker=1 and resources.train_workers=2 (resources.engines x "
+         "resources.gpus_per_engine; got 1 and 1)"),
+        (["resources.colocate=true", "resources.gpus_per_engine=1", "resources.gpus_per_train_worker=2"],
+         "got 2 and 1"),
         (["resources.train_strategy=fsdp"], "resources.train_workers >= 2"),
         (["eval.max_tokens=4096"], "eval.max_tokens (4096) must be below model.max_model_len (2048)"),
     ],

@@ -245,3 +245,24 @@ def test_down_weighting_is_absolute(tiny_model_path, monkeypatch):
         return torch.sqrt(sum((p.grad ** 2).sum() for p in core.model.parameters() if p.grad is not None)).item()
 
     assert grad_norm([0.25, 0.25]) == pytest.approx(0.25 * grad_norm([1.0, 1.0]), rel=1e-4)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_math(tiny_model_path):
+    """The same two DPO steps with activations recomputed give the same losses and the same adapter."""
+    def run(checkpointing):
+        spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
+                         learning_rate=5e-3, micro_batch_pairs=1, epochs=1, seed=3, lora_dropout=0.1,
+                         gradient_checkpointing=checkpointing)
+        core = DPOTrainerCore(spec)
+        result = core.fit(core.encode(pairs_table(PAIRS)))
+        return core, [s["loss"] for s in result.steps]
+
+    plain, plain_losses = run(False)
+    recomputed, losses = run(True)
+    assert recomputed.model.get_base_model().is_gradient_checkpointing
+    assert not plain.model.get_base_model().is_gradient_checkpointing
+    assert len(losses) == 2 and losses == pytest.approx(plain_losses, abs=1e-6)
+    weights = {n: p for n, p in plain.model.named_parameters() if p.requires_grad}
+    for n, p in recomputed.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, weights[n], atol=1e-6, rtol=0)

@@ -62,18 +62,25 @@ def _trainable(core):
     return {n: p.detach().clone() for n, p in core.model.named_parameters() if p.requires_grad}
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("stop_at", [3, 4], ids=["mid-epoch", "epoch-boundary"])
-def test_resumed_fit_equals_uninterrupted_fit(tiny_model_path, tmp_path, stop_at):
+def test_resumed_fit_equals_uninterrupted_fit(tiny_model_path, tmp_path, stop_at, device):
+    # On CUDA the LoRA dropout draws from the CUDA generator: the checkpoint must carry its state too.
     table = pairs_table(PAIRS)
-    whole = DPOTrainerCore(_spec(tiny_model_path))
+    whole = DPOTrainerCore(_spec(tiny_model_path), device)
     expected = whole.fit(whole.encode(table))
     assert len(expected.steps) == 8
 
-    first = DPOTrainerCore(_spec(tiny_model_path))
+    first = DPOTrainerCore(_spec(tiny_model_path), device)
     with pytest.raises(Stop):
         first.fit(first.encode(table), checkpoints=FolderCheckpoints(tmp_path, 1, stop_at))
+    if device == "cuda":
+        assert "cuda_rng" in load_file(tmp_path / str(stop_at) / "tensors.safetensors")
     # A new trainer (as in a new process) continues from the latest checkpoint.
-    again = DPOTrainerCore(_spec(tiny_model_path))
+    again = DPOTrainerCore(_spec(tiny_model_path), device)
     got = again.fit(again.encode(table), checkpoints=FolderCheckpoints(tmp_path, 1))
     assert got.resumed_from_step == stop_at and expected.resumed_from_step == 0
     assert [s["step"] for s in got.steps] == list(range(1, 9))
