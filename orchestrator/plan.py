@@ -318,17 +318,15 @@ def make_plan(cfg: RunConfig, shape: ModelShape, hw: Hardware, count: bool = Tru
                             f"one request of model.max_model_len={cfg.model.max_model_len}")
 
     if train_gpus:
-        train = _train_budget(cfg, shape, hw)
-        budgets.append(train)
-        if not train.fits:
-            problems.append(f"dpo.micro_batch_pairs / resources.gradient_checkpointing / resources.train_strategy: a "
-                            f"train step needs {train.total:.1f} GiB of the {train.room_gib:.1f} GiB its GPU leaves")
+        steps = [(_train_budget(cfg, shape, hw), "dpo.micro_batch_pairs / resources.gradient_checkpointing / "
+                  "resources.train_strategy: a train step")]
         if mc:
-            mcb = _mc_budget(cfg, shape, hw)
-            budgets.append(mcb)
-            if not mcb.fits:
-                problems.append(f"selection.mc_dropout / resources.colocate_engine_gpu_fraction: MC-dropout needs "
-                                f"{mcb.total:.1f} GiB of the {mcb.room_gib:.1f} GiB its GPU leaves")
+            steps.append((_mc_budget(cfg, shape, hw), "selection.mc_dropout / resources.colocate_engine_gpu_fraction: "
+                          "MC-dropout"))
+        for bud, what in steps:
+            budgets.append(bud)
+            if not bud.fits:
+                problems.append(f"{what} needs {bud.total:.1f} GiB of the {bud.room_gib:.1f} GiB its GPU leaves")
     return Plan(cfg, shape, hw, stages, needed, tuple(layout), kv_tokens, tuple(budgets), tuple(problems))
 
 
