@@ -312,6 +312,7 @@ def _train_spec(ctx: Context, t: int, policy: AdapterRef | None, pairs_path: str
     return TrainSpec(
         model_path=str(ctx.model_path), dtype=cfg.model.dtype, pairs_path=pairs_path,
         output_dir=output_dir, init_adapter=policy.path if policy else None,
+        init_adapter_digest=policy.digest if policy else "",
         trust_remote_code=cfg.model.trust_remote_code, lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules, loss=make_loss(cfg),
         reference=cfg.scoring.reference, learning_rate=cfg.dpo.learning_rate, weight_decay=cfg.dpo.weight_decay,
@@ -351,10 +352,10 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
         task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
         device = "cuda" if r.gpus_per_train_worker else "cpu"
     bar = RemoteProgress("score MC-dropout")
-    reference = None if models.reference is None else models.reference.path
+    reference, digest = (None, "") if models.reference is None else (models.reference.path, models.reference.digest)
     try:
         passes, ref = run_with_progress(
-            lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference, device)), bar)
+            lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference, device, digest)), bar)
     finally:
         bar.close()
     return list(passes), list(ref)

@@ -61,6 +61,7 @@ class TrainSpec:
     pairs_path: str
     output_dir: str
     init_adapter: str | None = None
+    init_adapter_digest: str = ""  # its committed sha256: a remote adapter trained again is downloaded anew
     trust_remote_code: bool = False
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -147,7 +148,8 @@ class DPOTrainerCore:
             spec.model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code
         )
         if spec.init_adapter:
-            model = PeftModel.from_pretrained(base, local_copy(spec.init_adapter), is_trainable=True)
+            model = PeftModel.from_pretrained(base, local_copy(spec.init_adapter, spec.init_adapter_digest),
+                                              is_trainable=True)
         else:
             model = get_peft_model(
                 base,
@@ -525,7 +527,8 @@ class Checkpoints:
 
 
 def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
-                        reference_adapter: str | None = None, device: str = "cpu") -> tuple[list[list[float]], list[float]]:
+                        reference_adapter: str | None = None, device: str = "cpu",
+                        reference_digest: str = "") -> tuple[list[list[float]], list[float]]:
     """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy, and under the
     reference computed by the same model code without dropout.
 
@@ -565,7 +568,7 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
             with core.model.disable_adapter():
                 reference = score_all("reference")
         else:
-            core.model.load_adapter(local_copy(reference_adapter), adapter_name="reference")
+            core.model.load_adapter(local_copy(reference_adapter, reference_digest), adapter_name="reference")
             core.model.set_adapter("reference")
             reference = score_all("reference")
             core.model.set_adapter("default")

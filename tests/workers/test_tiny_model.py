@@ -266,3 +266,15 @@ def test_gradient_checkpointing_changes_memory_not_the_math(tiny_model_path):
     for n, p in recomputed.model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p, weights[n], atol=1e-6, rtol=0)
+
+
+def test_the_trainer_fetches_the_adapter_it_continues_from_by_its_digest(trained, tiny_model_path, monkeypatch):
+    """A remote adapter trained again under the same URI (after --redo) is downloaded anew, never the cached one."""
+    import workers.trainer as trainer_module
+
+    out = trained[5]
+    seen, real = [], trainer_module.local_copy
+    monkeypatch.setattr(trainer_module, "local_copy", lambda loc, digest="": seen.append((str(loc), digest)) or real(loc, digest))
+    DPOTrainerCore(TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
+                             init_adapter=str(out), init_adapter_digest="sha-of-the-committed-train-stage"))
+    assert seen == [(str(out), "sha-of-the-committed-train-stage")]
