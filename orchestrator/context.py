@@ -24,13 +24,13 @@ from orchestrator.plan import engine_memory_utilization
 from orchestrator.rundir import RunDir
 from orchestrator.runlog import Progress
 from workers import canaries, faults
+from workers.engine import lora_slot_rank
 from workers.files import local_copy
 from workers.placement import engine_gpus
 from workers.pool import EnginePool, PoolResources
 from workers.types import AdapterRef, Completion, EngineSpec, ScoreResult
 
 Log = Callable[[str], None]
-_VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # How each engine method's results are stored in part files (None: a plain value per item).
 RESULT_TYPES: dict[str, type | None] = {"complete": Completion, "score": ScoreResult, "choice_distribution": None}
 
@@ -105,7 +105,7 @@ class Context:
             model_path=str(self.model_path),
             dtype=cfg.model.dtype,
             max_model_len=cfg.model.max_model_len,
-            max_lora_rank=next(k for k in _VLLM_RANKS if k >= cfg.lora.rank),
+            max_lora_rank=lora_slot_rank(cfg.lora.rank),
             seed=cfg.seed,
             kv_cache_gib=r.kv_cache_gib,
             tensor_parallel_size=max(1, r.gpus_per_engine),

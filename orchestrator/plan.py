@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import ConfigError, RunConfig
+from workers.engine import lora_slot_rank
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -147,17 +148,19 @@ def cluster_hardware(path: str | Path) -> Hardware:
         raise PlanError(f"--cluster {path}: no available_node_types mapping")
     found: list[tuple[str, int, int, float, str]] = []
     for name, t in types.items():
-        t = t or {}
-        itype = (t.get("node_config") or {}).get("InstanceType")
-        known = INSTANCE_TYPES.get(itype)
-        gpus = (t.get("resources") or {}).get("GPU", known[0] if known else 0)
+        try:
+            itype = (t.get("node_config") or {}).get("InstanceType")
+            known = INSTANCE_TYPES.get(itype)
+            gpus = int((t.get("resources") or {}).get("GPU", known[0] if known else 0))
+            workers = min(int(t.get("max_workers", 1)), int(spec.get("max_workers", t.get("max_workers", 1))))
+        except (AttributeError, TypeError, ValueError) as e:
+            raise PlanError(f"--cluster {path}: available_node_types.{name} is not a node type Ray reads ({e})") from None
         if not gpus:
             continue
         if known is None:
             raise PlanError(f"--cluster {path}: available_node_types.{name}: instance type {itype!r} has GPUs whose "
                             f"memory this plan does not know; known: {', '.join(sorted(INSTANCE_TYPES))}")
-        workers = min(int(t.get("max_workers", 1)), int(spec.get("max_workers", t.get("max_workers", 1))))
-        found.append((name, workers, int(gpus), known[1], known[2]))
+        found.append((name, workers, gpus, known[1], known[2]))
     if not found:
         raise PlanError(f"--cluster {path}: no node type with GPUs")
     if len({(g, m) for _, _, g, m, _ in found}) > 1:
@@ -294,7 +297,7 @@ def make_plan(cfg: RunConfig, shape: ModelShape, hw: Hardware, count: bool = Tru
     if engine_gpus:
         util = engine_memory_utilization(cfg)
         room = util * hw.gpu_memory_gib
-        max_rank = next(k for k in (8, 16, 32, 64, 128, 256, 320, 512) if k >= cfg.lora.rank)
+        max_rank = lora_slot_rank(cfg.lora.rank)
         act = VLLM_BATCHED_TOKENS * (2 * shape.intermediate + 4 * shape.hidden + (shape.heads + 2 * shape.kv_heads)
                                      * shape.head_dim) * b / tp + VLLM_MAX_SEQS * shape.vocab * 4 * 2
         parts = [Line(f"weights ({shape.params / 1e9:.2f}B / tp {tp})", shape.params * b / tp / GIB),

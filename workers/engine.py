@@ -28,6 +28,15 @@ from workers.types import (
 )
 
 
+# The LoRA ranks vLLM serves (``max_lora_rank``): an adapter of rank r needs the first one >= r.
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_slot_rank(rank: int) -> int:
+    """The ``max_lora_rank`` an engine needs for adapters of ``rank``."""
+    return next(k for k in LORA_RANKS if k >= rank)
+
+
 class VLLMEngine:
     """A vLLM ``LLM`` with multi-LoRA and prefix caching on.
 
