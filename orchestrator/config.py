@@ -164,7 +164,7 @@ class JudgeConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    rank: int = Field(8, gt=0, description="LoRA rank r.")
+    rank: int = Field(8, gt=0, le=512, description="LoRA rank r (vLLM serves ranks up to 512).")
     alpha: int = Field(16, gt=0, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout during training.")
     target_modules: tuple[str, ...] = Field(

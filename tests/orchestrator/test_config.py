@@ -48,6 +48,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
         ("data.columns.prompt=", "data.columns.prompt"),
         ("resources.colocate_engine_gpu_fraction=1", "resources.colocate_engine_gpu_fraction"),
         ("dpo.warmup_steps=-1", "dpo.warmup_steps"),
+        ("lora.rank=1024", "lora.rank"),
         ("dpo.lr_schedule=step", "dpo.lr_schedule"),
     ],
 )
