@@ -108,18 +108,21 @@ def _check_cluster(cfg: Any) -> None:
         return
     cpus = os.cpu_count() or 1
     engine_cpus, train_cpus = r.engines * r.cpus_per_engine, r.train_workers * r.cpus_per_train_worker
-    need = max(engine_cpus, train_cpus) if r.colocate else engine_cpus + train_cpus
+    # Colocated CPU engines shut down while the trainer runs; colocated GPU engines sleep holding their bundles'
+    # CPUs, and the train workers borrowing their GPUs ask for CPUs of their own (workers.placement).
+    need = max(engine_cpus, train_cpus) if r.colocate and not r.gpus_per_engine else engine_cpus + train_cpus
     if need > cpus:
         raise ConfigError(
             f"resources: the engines (resources.engines={r.engines} x resources.cpus_per_engine={r.cpus_per_engine:g}) "
             f"and the train workers (resources.train_workers={r.train_workers} x resources.cpus_per_train_worker="
             f"{r.cpus_per_train_worker:g}) need {need:g} CPUs at once; the local Ray has this machine's {cpus}")
-    need_gpus = r.engines * r.gpus_per_engine + r.train_workers * r.gpus_per_train_worker
+    from orchestrator.plan import stage_gpus
+
+    need_gpus = max(n for _, n, _ in stage_gpus(cfg))
     if need_gpus:
         import torch
 
         have = torch.cuda.device_count()
-        need_gpus = max(r.engines * r.gpus_per_engine, r.train_workers * r.gpus_per_train_worker) if r.colocate else need_gpus
         if need_gpus > have:
             raise ConfigError(f"resources.gpus_per_engine / resources.gpus_per_train_worker: the run needs {need_gpus} "
                               f"GPUs; the local Ray has this machine's {have}")

@@ -260,14 +260,12 @@ def _pair_tokens(cfg: RunConfig) -> int:
     return cfg.model.max_model_len + cfg.generation.max_tokens
 
 
-def make_plan(cfg: RunConfig, shape: ModelShape, hw: Hardware, count: bool = True) -> Plan:
-    """The plan of ``cfg`` on ``hw``; ``count=False`` leaves the cluster's GPU count unchecked (autoscaling)."""
-    r, b = cfg.resources, DTYPE_BYTES[cfg.model.dtype]
-    tp = max(1, r.gpus_per_engine)
+def stage_gpus(cfg: RunConfig) -> tuple[tuple[str, int, str], ...]:
+    """(stage, GPUs held during it, by whom) for every stage of an iteration."""
+    r = cfg.resources
     engine_gpus, train_gpus = r.engines * r.gpus_per_engine, r.train_workers * r.gpus_per_train_worker
     mc = cfg.selection.mc_dropout.passes > 0
     mc_gpus = r.gpus_per_train_worker if mc else 0
-    problems: list[str] = []
     engines_who = f"{r.engines} engine(s) x {r.gpus_per_engine} GPU(s)" if engine_gpus else f"{r.engines} CPU engine(s)"
     if r.colocate and engine_gpus:
         train_who = f"{r.train_workers} train worker(s), on the engines' GPUs (engines asleep)"
@@ -280,8 +278,18 @@ def make_plan(cfg: RunConfig, shape: ModelShape, hw: Hardware, count: bool = Tru
         train_held = engine_gpus + train_gpus
         mc_held = engine_gpus + mc_gpus
         mc_who = engines_who + (f" + MC-dropout on {mc_gpus} GPU(s)" if mc_gpus else "")
-    stages = (("generate", engine_gpus, engines_who), ("judge", engine_gpus, engines_who),
-              ("score", mc_held if mc else engine_gpus, mc_who if mc else engines_who), ("train", train_held, train_who))
+    return (("generate", engine_gpus, engines_who), ("judge", engine_gpus, engines_who),
+            ("score", mc_held if mc else engine_gpus, mc_who if mc else engines_who), ("train", train_held, train_who))
+
+
+def make_plan(cfg: RunConfig, shape: ModelShape, hw: Hardware, count: bool = True) -> Plan:
+    """The plan of ``cfg`` on ``hw``; ``count=False`` leaves the cluster's GPU count unchecked (autoscaling)."""
+    r, b = cfg.resources, DTYPE_BYTES[cfg.model.dtype]
+    tp = max(1, r.gpus_per_engine)
+    engine_gpus, train_gpus = r.engines * r.gpus_per_engine, r.train_workers * r.gpus_per_train_worker
+    mc = cfg.selection.mc_dropout.passes > 0
+    problems: list[str] = []
+    stages = stage_gpus(cfg)
     needed = max(n for _, n, _ in stages)
     if count and needed > hw.gpus:
         problems.append(f"resources.engines / resources.train_workers / resources.colocate: the run holds {needed} "

@@ -179,3 +179,18 @@ def test_run_checks_the_memory_plan_on_the_clusters_gpus_before_engines_start(tm
         assert len(lines) == 2
     finally:
         ray.shutdown()
+
+
+def test_colocated_gpu_train_workers_need_cpus_beside_the_sleeping_engines(monkeypatch):
+    """Sleeping GPU engines keep their bundles' CPUs and the borrowing train workers ask for their own; colocated CPU
+    engines shut down, so there only the larger of the two counts."""
+    from orchestrator.cli import _check_cluster
+    from orchestrator.config import ConfigError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    cpus = ["resources.colocate=true", "resources.cpus_per_engine=1.5", "resources.cpus_per_train_worker=1.5"]
+    _check_cluster(load_config(None, cpus))  # CPU engines: 1.5 at once
+    gpu = load_config(None, cpus + ["resources.gpus_per_engine=1", "resources.gpus_per_train_worker=1"])
+    with pytest.raises(ConfigError, match="need 3 CPUs at once"):
+        _check_cluster(gpu)
