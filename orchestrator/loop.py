@@ -347,15 +347,15 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
         task = ray.remote(mc_dropout_logprobs).options(
             num_cpus=r.cpus_per_train_worker, num_gpus=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-        device = f"cuda:{gpus[0]}"  # a Ray id; ``workers.trainer`` maps it to the task's CUDA index
+        device, gpu = "cuda", gpus[0]
     else:
         task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
-        device = "cuda" if r.gpus_per_train_worker else "cpu"
+        device, gpu = ("cuda" if r.gpus_per_train_worker else "cpu"), None
     bar = RemoteProgress("score MC-dropout")
     reference, digest = (None, "") if models.reference is None else (models.reference.path, models.reference.digest)
     try:
         passes, ref = run_with_progress(
-            lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference, device, digest)), bar)
+            lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference, device, digest, gpu)), bar)
     finally:
         bar.close()
     return list(passes), list(ref)

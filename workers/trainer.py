@@ -528,7 +528,7 @@ class Checkpoints:
 
 def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
                         reference_adapter: str | None = None, device: str = "cpu",
-                        reference_digest: str = "") -> tuple[list[list[float]], list[float]]:
+                        reference_digest: str = "", borrowed_gpu: int | None = None) -> tuple[list[list[float]], list[float]]:
     """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy, and under the
     reference computed by the same model code without dropout.
 
@@ -540,11 +540,12 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
     pass t is seeded with ``spec.seed + t``, so results are reproducible.
     Everything else runs in eval mode. ``progress``: a queue of
     ``workers.progress`` (one message per scored chunk). ``device``: where
-    it runs ("cuda": the GPU Ray gave the task).
+    it runs ("cuda": the GPU Ray gave the task); ``borrowed_gpu``: the Ray id
+    of an engine's GPU it runs on instead (the task holds none).
     """
     torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
-    if device.startswith("cuda:"):  # a GPU Ray numbers so, borrowed from an engine (the task holds no GPU)
-        device = f"cuda:{cuda_index(int(device.split(':')[1]))}"
+    if borrowed_gpu is not None:
+        device = f"cuda:{cuda_index(borrowed_gpu)}"
     core = DPOTrainerCore(spec, device)
     core.model.eval()
     seqs = [
