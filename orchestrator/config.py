@@ -333,6 +333,13 @@ class ResourcesConfig(_Strict):
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of each train worker; 0 = all cores of its machine."
     )
+    adapter_serving: Literal["merged", "lora"] = Field(
+        "merged",
+        **_safe("How a vLLM engine serves an iterate: 'merged' reloads the base weights with the adapter's LoRA "
+                "update added in (W + scale * B @ A) whenever a call asks for another model, so every call runs at "
+                "the base model's speed (on CPU vLLM's LoRA path decodes about 4x slower); 'lora' keeps the base "
+                "weights and applies adapters per request (vLLM multi-LoRA). 'merged' needs one device per engine."),
+    )
     shard_size: int = Field(64, gt=0, **_safe("Requests per work shard sent to one engine."))
     ray_address: str | None = Field(
         None,
@@ -400,6 +407,10 @@ class RunConfig(_Strict):
             )
         if r.train_strategy == "fsdp" and r.train_workers < 2:
             raise ValueError("resources.train_strategy='fsdp' shards the model over resources.train_workers >= 2 workers")
+        if r.engine_backend == "vllm" and r.adapter_serving == "merged" and r.gpus_per_engine > 1:
+            raise ValueError(f"resources.adapter_serving='merged' reloads weights inside one engine process: "
+                             f"resources.gpus_per_engine={r.gpus_per_engine} (tensor parallel) needs "
+                             "adapter_serving='lora'")
         if r.engine_backend == "hf" and (r.gpus_per_engine > 1 or self.judge.constrained):
             which = f"resources.gpus_per_engine={r.gpus_per_engine}" if r.gpus_per_engine > 1 else "judge.constrained=true"
             raise ValueError(f"resources.engine_backend='hf' runs on one device without structured decoding: "

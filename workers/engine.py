@@ -2,13 +2,25 @@
 
 ``VLLMEngine`` is a plain object (tests and benchmarks use it without Ray);
 ``workers.pool`` runs it inside Ray actors. The same engine samples
-responses, samples judge verdicts and scores log-probs, so the base weights
-load once per actor.
+responses, samples judge verdicts and scores log-probs, so the base model
+loads once per actor.
+
+An adapter is served in one of two ways (``EngineSpec.merge_adapters``):
+merged, the engine reloads its weights in place with the adapter's update
+added in (``merged_weights``) whenever a call asks for another model than the
+one it holds, so every call runs at the base model's speed; or by vLLM's
+multi-LoRA, which applies the adapter per request (on CPU its kernels decode
+about 4x slower than the base model, and mis-shape batched prompt log-probs).
+The loop asks for one model per call, so merged engines reload a few times
+per stage at most (well under a second for the bundled model).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from workers import canaries, reaper
@@ -35,6 +47,57 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 def lora_slot_rank(rank: int) -> int:
     """The ``max_lora_rank`` an engine needs for adapters of ``rank``."""
     return next(k for k in LORA_RANKS if k >= rank)
+
+
+def merged_weights(model_path: str, adapter_folder: str | None) -> Iterator[tuple[str, Any]]:
+    """The base model's checkpoint tensors, by checkpoint name, with a PEFT LoRA adapter's update merged in:
+    W + scale * B @ A for each adapted module (scale = alpha / r, or alpha / sqrt(r) with rsLoRA); the base
+    tensors alone when ``adapter_folder`` is None. Checks everything before the first tensor is read: ValueError
+    for an adapter this cannot merge exactly, or one that adapts a module the base model lacks."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"merged adapter serving reads the base weights from safetensors files: none in {model_path}; "
+                         "set resources.adapter_serving=lora")
+    names: dict[str, Path] = {}
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            names.update(dict.fromkeys(h.keys(), f))
+    updates: dict[str, tuple[Any, Any]] = {}  # checkpoint name -> (A, B)
+    scale = 0.0
+    if adapter_folder is not None:
+        cfg = json.loads((Path(adapter_folder) / "adapter_config.json").read_text())
+        for key in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "fan_in_fan_out", "target_parameters"):
+            if cfg.get(key):
+                raise ValueError(f"adapter {adapter_folder}: {key}={cfg[key]!r} cannot be merged here; "
+                                 "set resources.adapter_serving=lora")
+        if cfg.get("bias", "none") != "none":
+            raise ValueError(f"adapter {adapter_folder}: bias={cfg['bias']!r} cannot be merged here; "
+                             "set resources.adapter_serving=lora")
+        r = cfg["r"]
+        scale = cfg["lora_alpha"] / (r ** 0.5 if cfg.get("use_rslora") else r)
+        tensors = load_file(str(Path(adapter_folder) / "adapter_model.safetensors"))
+        for key, a in tensors.items():
+            if ".lora_A." in key:
+                name = key.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
+                if name not in names:
+                    raise ValueError(f"adapter {adapter_folder} adapts {name}, which the base model in {model_path} "
+                                     "does not have")
+                updates[name] = (a, tensors[key.replace(".lora_A.", ".lora_B.")])
+
+    def weights() -> Iterator[tuple[str, Any]]:
+        for f in files:
+            with safe_open(str(f), "pt") as h:
+                for name in h.keys():
+                    w = h.get_tensor(name)
+                    if name in updates:
+                        a, b = updates[name]
+                        w = w.float() + scale * (b.float() @ a.float())
+                    yield name, w
+
+    return weights()
 
 
 class VLLMEngine:
@@ -76,7 +139,7 @@ class VLLMEngine:
             model=spec.model_path,
             dtype=spec.dtype,
             max_model_len=spec.max_model_len,
-            enable_lora=True,
+            enable_lora=not spec.merge_adapters,
             max_lora_rank=spec.max_lora_rank,
             max_loras=spec.max_loras,
             seed=spec.seed,
@@ -90,11 +153,8 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self._loras: dict[AdapterRef, Any] = {}  # each adapter proven (``workers.canaries``) before first use
         self._next_lora_id = 0
-        # vLLM's CPU LoRA kernels mis-shape the LoRA logits step of
-        # prompt_logprobs when several requests share a scheduler step
-        # (einsum over request count vs prompt tokens), so on CPU each
-        # scoring request runs alone. CUDA batches them.
-        self._score_batch = 1 if on_cpu else None
+        self._holds: AdapterRef | None = None  # merged serving: the model whose weights the engine holds (None: base)
+        self._proven: set[AdapterRef] = set()  # merged serving: adapters whose canaries passed on this engine
 
     def ready(self) -> EngineInfo:
         """Where the engine runs, once it is loaded (the pool waits on this)."""
@@ -117,6 +177,27 @@ class VLLMEngine:
     def close(self) -> None:
         """Stop the engine, and its background processes where it has them (they busy-poll a core while alive)."""
         self.llm.llm_engine.engine_core.shutdown()
+
+    def _serve(self, adapter: AdapterRef | None) -> Any:
+        """Make the engine serve ``adapter`` (None = base); the LoRA request to pass with its calls (None when
+        merged). Each adapter's canaries are checked on first use (ServedModelError when they differ)."""
+        if not self.spec.merge_adapters:
+            return self._lora(adapter)
+        if adapter != self._holds:
+            folder = None if adapter is None else local_copy(adapter.path, adapter.digest)
+            self._holds = None  # until the reload has finished
+            self.llm.collective_rpc("reload_weights", kwargs={
+                "weights_iterator": merged_weights(self.spec.model_path, folder), "is_checkpoint_format": True})
+            # Cached KV blocks were computed by the weights just replaced.
+            if not self.llm.reset_prefix_cache():
+                raise RuntimeError("vLLM did not reset its prefix cache after a weight reload")
+            self._holds = adapter
+        if adapter is not None and adapter not in self._proven:
+            proof = canaries.load(local_copy(adapter.path, adapter.digest))
+            if proof is not None:
+                canaries.verify(adapter, *proof, self._score([c.request() for c in proof[0]], None))
+            self._proven.add(adapter)
+        return None
 
     def _lora(self, adapter: AdapterRef | None) -> Any:
         """The LoRA request of ``adapter``, its canaries checked on first use (ServedModelError when they differ)."""
@@ -156,7 +237,7 @@ class VLLMEngine:
             )
             for r in requests
         ]
-        outs = self.llm.generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
+        outs = self.llm.generate(prompts, params, lora_request=self._serve(adapter), use_tqdm=False)
         return [
             Completion(text=o.outputs[0].text, num_tokens=len(o.outputs[0].token_ids), finish_reason=str(o.outputs[0].finish_reason))
             for o in outs
@@ -175,12 +256,12 @@ class VLLMEngine:
             prompts.append(TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, r.user_message) + prefix + line))
             params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(options), logprob_token_ids=options))
             option_ids.append(options)
-        outs = self.llm.generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
+        outs = self.llm.generate(prompts, params, lora_request=self._serve(adapter), use_tqdm=False)
         return [renormalise([o.outputs[0].logprobs[0][t].logprob for t in ids]) for o, ids in zip(outs, option_ids)]
 
     def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None) -> list[ScoreResult]:
         """Summed log-prob of each response given its prompt, under ``adapter`` (None = base)."""
-        return self._score(requests, self._lora(adapter))
+        return self._score(requests, self._serve(adapter))
 
     def _score(self, requests: list[ScoreRequest], lora: Any) -> list[ScoreResult]:
         from vllm import SamplingParams
@@ -192,7 +273,10 @@ class VLLMEngine:
         ]
         prompts = [TokensPrompt(prompt_token_ids=p + y) for p, y in encoded]
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        step = self._score_batch or max(1, len(prompts))
+        # vLLM's CPU LoRA kernels mis-shape the LoRA logits step of prompt_logprobs when several requests share a
+        # scheduler step (einsum over request count vs prompt tokens), with or without an adapter in the call: on a
+        # CPU engine built for LoRA each request runs alone.
+        step = 1 if self.on_cpu and not self.spec.merge_adapters else max(1, len(prompts))
         outs = [
             o
             for i in range(0, len(prompts), step)

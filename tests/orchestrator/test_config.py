@@ -88,6 +88,7 @@ def test_cross_field_check_names_both_fields():
         (["resources.colocate=true", "resources.gpus_per_engine=1", "resources.gpus_per_train_worker=2"],
          "got 2 and 1"),
         (["resources.train_strategy=fsdp"], "resources.train_workers >= 2"),
+        (["resources.gpus_per_engine=2"], "resources.gpus_per_engine=2 (tensor parallel) needs adapter_serving='lora'"),
         (["eval.max_tokens=4096"], "eval.max_tokens (4096) must be below model.max_model_len (2048)"),
     ],
 )

@@ -102,6 +102,26 @@ def test_engine_logprobs_match_trainer(engine, trained):
     assert max(abs(a - b) for a, b in zip(v_lora, v_base)) > 20 * LOGP_ATOL  # the adapter is really applied
 
 
+def test_merged_and_lora_serving_agree(engine, trained, tiny_model_path):
+    """An adapter served merged (the engine's weights reloaded with its update added) scores as vLLM's per-request
+    LoRA serves it, and a merged engine that switches back serves the base model exactly as before."""
+    *_, adapter_dir = trained
+    adapter = AdapterRef("one-step", str(adapter_dir))
+    assert engine.spec.merge_adapters
+    base_before = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
+    merged = [s.logp for s in engine.score(PAIRS_REQUESTS, adapter)]
+    base_after = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
+    lora_engine = VLLMEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0, merge_adapters=False))
+    try:
+        lora = [s.logp for s in lora_engine.score(PAIRS_REQUESTS, adapter)]
+        lora_base = [s.logp for s in lora_engine.score(PAIRS_REQUESTS, None)]
+    finally:
+        lora_engine.close()
+    assert merged == pytest.approx(lora, abs=1e-3)
+    assert base_after == base_before and base_before == pytest.approx(lora_base, abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(merged, base_before)) > 20 * LOGP_ATOL
+
+
 def _retrained(tiny_model_path, out, lr):
     """Another adapter, trained on PAIRS at learning rate ``lr`` and written (with its canaries) to ``out``."""
     spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir=str(out),
