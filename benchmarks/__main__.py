@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other (each needs the machine to itself), and summarise the ratios.
 
-    python -m benchmarks [--only dispatch engine_pool judge trainer loop gpu]
+    python -m benchmarks [--only dispatch engine_pool adapter_serving judge trainer loop gpu]
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import sys
 
 from benchmarks import RESULTS, table
 
-ALL = ["dispatch", "engine_pool", "judge", "trainer", "loop", "gpu"]
+ALL = ["dispatch", "engine_pool", "adapter_serving", "judge", "trainer", "loop", "gpu"]
 HEADLINES = {
     "dispatch": lambda r: ("pool / round-robin throughput (uneven shards; one slow engine)",
                            " ; ".join(f"{v:.2f}" for v in r["throughput_ratio_pool_over_round_robin"].values())),
     "engine_pool": lambda r: ("engine pool / raw vLLM tok/s (goal >= 0.97)", f"{r['ratio_ours_over_raw']:.3f}"),
+    "adapter_serving": lambda r: ("merged / LoRA adapter serving: generate tok/s ; score seq/s",
+                                  f"{r['generate_ratio_merged_over_lora']:.2f} ; {r['score_ratio_merged_over_lora']:.2f}"),
     "judge": lambda r: ("judge tok/s, best variant / question-first without cache",
                         f"{max(v['speedup_vs_first'] for v in r['variants'].values()):.2f}"),
     "trainer": lambda r: ("ours / TRL DPOTrainer pairs/s (goal >= 1.3)",

@@ -333,13 +333,19 @@ class ResourcesConfig(_Strict):
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of each train worker; 0 = all cores of its machine."
     )
-    adapter_serving: Literal["merged", "lora"] = Field(
-        "merged",
-        **_safe("How a vLLM engine serves an iterate: 'merged' reloads the base weights with the adapter's LoRA "
+    adapter_serving: Literal["auto", "merged", "lora"] = Field(
+        "auto",
+        **_safe("How a vLLM engine serves an iterate: 'merged' reloads its weights in place with the adapter's "
                 "update added in (W + scale * B @ A) whenever a call asks for another model, so every call runs at "
-                "the base model's speed (on CPU vLLM's LoRA path decodes about 4x slower); 'lora' keeps the base "
-                "weights and applies adapters per request (vLLM multi-LoRA). 'merged' needs one device per engine."),
+                "the base model's speed (on CPU vLLM's LoRA kernels generate 2-4x slower); 'lora' keeps the base "
+                "weights and applies adapters per request (vLLM multi-LoRA); 'auto' is 'merged' on CPU engines and "
+                "'lora' on GPU engines. 'merged' needs a CPU engine or one GPU per engine without colocation."),
     )
+
+    @property
+    def merge_adapters(self) -> bool:
+        """Whether engines serve adapters merged into their weights (``adapter_serving`` resolved)."""
+        return self.adapter_serving == "merged" or (self.adapter_serving == "auto" and self.gpus_per_engine == 0)
     shard_size: int = Field(64, gt=0, **_safe("Requests per work shard sent to one engine."))
     ray_address: str | None = Field(
         None,
@@ -407,10 +413,12 @@ class RunConfig(_Strict):
             )
         if r.train_strategy == "fsdp" and r.train_workers < 2:
             raise ValueError("resources.train_strategy='fsdp' shards the model over resources.train_workers >= 2 workers")
-        if r.engine_backend == "vllm" and r.adapter_serving == "merged" and r.gpus_per_engine > 1:
-            raise ValueError(f"resources.adapter_serving='merged' reloads weights inside one engine process: "
-                             f"resources.gpus_per_engine={r.gpus_per_engine} (tensor parallel) needs "
-                             "adapter_serving='lora'")
+        if r.engine_backend == "vllm" and r.adapter_serving == "merged" and (
+                r.gpus_per_engine > 1 or (r.gpus_per_engine and r.colocate)):
+            which = (f"resources.gpus_per_engine={r.gpus_per_engine} (tensor parallel)" if r.gpus_per_engine > 1
+                     else "resources.colocate=true on GPUs (sleep mode's weight offload)")
+            raise ValueError("resources.adapter_serving='merged' reloads the weights inside one engine process: "
+                             f"{which} needs adapter_serving='lora' or 'auto'")
         if r.engine_backend == "hf" and (r.gpus_per_engine > 1 or self.judge.constrained):
             which = f"resources.gpus_per_engine={r.gpus_per_engine}" if r.gpus_per_engine > 1 else "judge.constrained=true"
             raise ValueError(f"resources.engine_backend='hf' runs on one device without structured decoding: "

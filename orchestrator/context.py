@@ -112,7 +112,7 @@ class Context:
             trust_remote_code=cfg.model.trust_remote_code,
             gpu_memory_utilization=engine_memory_utilization(cfg),
             enable_sleep_mode=r.colocate and r.gpus_per_engine > 0,
-            merge_adapters=r.adapter_serving == "merged",
+            merge_adapters=r.merge_adapters,
         )
 
     def pool(self) -> EnginePool:

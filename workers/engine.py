@@ -10,9 +10,9 @@ merged, the engine reloads its weights in place with the adapter's update
 added in (``merged_weights``) whenever a call asks for another model than the
 one it holds, so every call runs at the base model's speed; or by vLLM's
 multi-LoRA, which applies the adapter per request (on CPU its kernels decode
-about 4x slower than the base model, and mis-shape batched prompt log-probs).
+2-4x slower than the base model, and mis-shape batched prompt log-probs).
 The loop asks for one model per call, so merged engines reload a few times
-per stage at most (well under a second for the bundled model).
+per stage at most (about a second each for the bundled model on 2 cores).
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
+        if spec.merge_adapters and (spec.tensor_parallel_size > 1 or spec.enable_sleep_mode):
+            raise ValueError("merged adapter serving reloads the weights in one process, outside sleep mode's "
+                             "offload: it needs tensor_parallel_size=1 and enable_sleep_mode=False")
         # On CPU, seeded sampling with chunked prefill rewinds the sampler's
         # RNG offset, which torch's CPU generator does not support: schedule
         # whole prompts instead (cheap at these prompt lengths).

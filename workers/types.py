@@ -100,9 +100,9 @@ class EngineSpec:
     # vLLM's engine core in a process of its own (vLLM's default; off here, see workers.engine): tests use it to
     # check that no engine process outlives its actor.
     engine_core_process: bool = False
-    # Serve an adapter by reloading the base weights with its update merged in (one model at a time, at the base
-    # model's speed) instead of vLLM's per-request LoRA; one device per engine (see workers.engine).
-    merge_adapters: bool = True
+    # Serve an adapter by reloading the weights with its update merged in (one model at a time, at the base model's
+    # speed) instead of vLLM's per-request LoRA; one device per engine and no sleep mode (see workers.engine).
+    merge_adapters: bool = False
 
 
 @dataclass(frozen=True)

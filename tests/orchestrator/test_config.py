@@ -88,7 +88,10 @@ def test_cross_field_check_names_both_fields():
         (["resources.colocate=true", "resources.gpus_per_engine=1", "resources.gpus_per_train_worker=2"],
          "got 2 and 1"),
         (["resources.train_strategy=fsdp"], "resources.train_workers >= 2"),
-        (["resources.gpus_per_engine=2"], "resources.gpus_per_engine=2 (tensor parallel) needs adapter_serving='lora'"),
+        (["resources.adapter_serving=merged", "resources.gpus_per_engine=2"],
+         "resources.gpus_per_engine=2 (tensor parallel) needs adapter_serving='lora' or 'auto'"),
+        (["resources.adapter_serving=merged", "resources.gpus_per_engine=1", "resources.colocate=true",
+          "resources.gpus_per_train_worker=1"], "resources.colocate=true on GPUs (sleep mode's weight offload) needs"),
         (["eval.max_tokens=4096"], "eval.max_tokens (4096) must be below model.max_model_len (2048)"),
     ],
 )
@@ -123,3 +126,10 @@ def test_safe_fields_do_not_change_the_hash():
     assert config_hash(base) == config_hash(load_config(None, ["iterations=7"]))
     assert config_hash(base) != config_hash(load_config(None, ["dpo.beta=0.3"]))
     assert changed_fields(base, load_config(None, ["dpo.beta=0.3"])) == [("dpo.beta", 0.1, 0.3)]
+
+
+def test_adapter_serving_auto_merges_on_cpu_engines_only():
+    assert load_config(None).resources.merge_adapters
+    assert not load_config(None, ["resources.gpus_per_engine=1"]).resources.merge_adapters
+    assert load_config(None, ["resources.adapter_serving=merged", "resources.gpus_per_engine=1"]).resources.merge_adapters
+    assert not load_config(None, ["resources.adapter_serving=lora"]).resources.merge_adapters

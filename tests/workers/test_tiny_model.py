@@ -30,7 +30,7 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_path):
-    eng = VLLMEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0))
+    eng = VLLMEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0, merge_adapters=True))
     yield eng
     eng.close()
 
