@@ -40,6 +40,8 @@ from workers.types import (
 )
 
 
+_PARTLY_RELOADED = object()  # what a merged engine holds while a reload runs, or after one failed
+
 # The LoRA ranks vLLM serves (``max_lora_rank``): an adapter of rank r needs the first one >= r.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -79,6 +81,10 @@ def merged_weights(model_path: str, adapter_folder: str | None) -> Iterator[tupl
         r = cfg["r"]
         scale = cfg["lora_alpha"] / (r ** 0.5 if cfg.get("use_rslora") else r)
         tensors = load_file(str(Path(adapter_folder) / "adapter_model.safetensors"))
+        odd = next((k for k in tensors if ".lora_A." not in k and ".lora_B." not in k), None)
+        if odd is not None:
+            raise ValueError(f"adapter {adapter_folder}: {odd} is not a LoRA A/B matrix of a linear layer and cannot "
+                             "be merged here; set resources.adapter_serving=lora")
         for key, a in tensors.items():
             if ".lora_A." in key:
                 name = key.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
@@ -156,7 +162,7 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self._loras: dict[AdapterRef, Any] = {}  # each adapter proven (``workers.canaries``) before first use
         self._next_lora_id = 0
-        self._holds: AdapterRef | None = None  # merged serving: the model whose weights the engine holds (None: base)
+        self._holds: object = None  # merged serving: the AdapterRef whose weights the engine holds (None: base)
         self._proven: set[AdapterRef] = set()  # merged serving: adapters whose canaries passed on this engine
 
     def ready(self) -> EngineInfo:
@@ -188,7 +194,7 @@ class VLLMEngine:
             return self._lora(adapter)
         if adapter != self._holds:
             folder = None if adapter is None else local_copy(adapter.path, adapter.digest)
-            self._holds = None  # until the reload has finished
+            self._holds = _PARTLY_RELOADED  # until the reload has finished: a failed one is redone on the next call
             self.llm.collective_rpc("reload_weights", kwargs={
                 "weights_iterator": merged_weights(self.spec.model_path, folder), "is_checkpoint_format": True})
             # Cached KV blocks were computed by the weights just replaced.

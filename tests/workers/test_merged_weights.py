@@ -62,6 +62,13 @@ def test_a_module_the_base_lacks_is_refused_before_any_tensor_is_read(folders, t
     save_file({O: base[O]}, str(tmp_path / "small" / "model.safetensors"))
     with pytest.raises(ValueError, match=f"adapts {Q}, which the base model in .*small does not have"):
         merged_weights(str(tmp_path / "small"), adapter("plain"))
+    embedding = tmp_path / "embedding"
+    embedding.mkdir()
+    save_file({"base_model.model.model.embed_tokens.lora_embedding_A": torch.ones(2, 4)},
+              str(embedding / "adapter_model.safetensors"))
+    (embedding / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 8}))
+    with pytest.raises(ValueError, match="embed_tokens.lora_embedding_A is not a LoRA A/B matrix of a linear layer"):
+        merged_weights(base_dir, str(embedding))
     with pytest.raises(ValueError, match="none in .*empty; set resources.adapter_serving=lora"):
         (tmp_path / "empty").mkdir()
         merged_weights(str(tmp_path / "empty"), None)
