@@ -29,7 +29,7 @@ def make_adapter(model: str, folder: str) -> None:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32, trust_remote_code=False)
     peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     with torch.no_grad():

@@ -1,7 +1,11 @@
 """Integration on the real tiny model: vLLM engine and DPO trainer, no mocks."""
 
+import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,8 @@ from workers import canaries
 from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest, ServedModelError
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[2]
 
 # Summed log-probs over ~10-30 tokens, vLLM vs PyTorch, both float32: they
 # agree to ~1e-4 in practice; the stated tolerance leaves room for kernel
@@ -111,12 +117,19 @@ def test_merged_and_lora_serving_agree(engine, trained, tiny_model_path):
     base_before = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
     merged = [s.logp for s in engine.score(PAIRS_REQUESTS, adapter)]
     base_after = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
-    lora_engine = VLLMEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0, merge_adapters=False))
-    try:
-        lora = [s.logp for s in lora_engine.score(PAIRS_REQUESTS, adapter)]
-        lora_base = [s.logp for s in lora_engine.score(PAIRS_REQUESTS, None)]
-    finally:
-        lora_engine.close()
+    # vLLM's in-process engines share global state (closing one tears down another's): the LoRA way runs in its own
+    # process.
+    code = ("import json, sys; from workers.engine import VLLMEngine; "
+            "from workers.types import AdapterRef, EngineSpec, ScoreRequest; "
+            "model, folder, requests = json.loads(sys.stdin.read()); "
+            "e = VLLMEngine(EngineSpec(model, 'float32', 1024, 8, 0, 1.0, merge_adapters=False)); "
+            "requests = [ScoreRequest(*r) for r in requests]; "
+            "out = [[s.logp for s in e.score(requests, a)] for a in (AdapterRef('one-step', folder), None)]; "
+            "e.close(); print('LOGPS', json.dumps(out))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600, input=json.dumps(
+        [str(tiny_model_path), str(adapter_dir), [[r.user_message, r.response, r.finish_reason] for r in PAIRS_REQUESTS]]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lora, lora_base = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("LOGPS "))[6:])
     assert merged == pytest.approx(lora, abs=1e-3)
     assert base_after == base_before and base_before == pytest.approx(lora_base, abs=1e-3)
     assert max(abs(a - b) for a, b in zip(merged, base_before)) > 20 * LOGP_ATOL
