@@ -10,7 +10,7 @@ merged, the engine reloads its weights in place with the adapter's update
 added in (``merged_weights``) whenever a call asks for another model than the
 one it holds, so every call runs at the base model's speed; or by vLLM's
 multi-LoRA, which applies the adapter per request (on CPU its kernels decode
-2-4x slower than the base model, and mis-shape batched prompt log-probs).
+2.7x slower than a merged adapter, and mis-shape batched prompt log-probs).
 The loop asks for one model per call, so merged engines reload a few times
 per stage at most (about a second each for the bundled model on 2 cores).
 """
@@ -107,7 +107,7 @@ def merged_weights(model_path: str, adapter_folder: str | None) -> Iterator[tupl
 
 
 class VLLMEngine:
-    """A vLLM ``LLM`` with multi-LoRA and prefix caching on.
+    """A vLLM ``LLM`` with prefix caching on, serving adapters merged or by multi-LoRA.
 
     Assumes ``spec.model_path`` is a local Hugging Face folder with a chat
     template. On CPU the KV cache is bounded by ``spec.kv_cache_gib``, since
