@@ -213,7 +213,9 @@ class HFEngine:
                 for s in chunk:
                     self._check_length(len(s), 0)
                 ids, mask, pos = self._left_padded(chunk)
-                logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float(), -1)
+                # A plain left-padded pass with its own mask; no KV cache is built for a one-step read.
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
+                logp = torch.log_softmax(logits.float(), -1)
                 out += [renormalise(logp[r, option_ids[i + r]].tolist()) for r in range(len(chunk))]
         return out
 

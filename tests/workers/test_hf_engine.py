@@ -5,9 +5,13 @@ import random
 import pytest
 import torch
 
+from tests.workers.test_batch_invariance import alone
 from workers.hf_engine import HFEngine
 from workers.judge import choice_token_ids, pairwise_message, score_choice, winner_choice
-from workers.logprobs import pack_rows, pair_logprobs, sequence_logprobs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workers.logprobs import pack_rows, sequence_logprobs
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
 
@@ -51,13 +55,6 @@ def adapter(engine, tmp_path_factory):
     return AdapterRef("random", str(out)), model.eval()
 
 
-def direct_logprob(model, p: list[int], y: list[int]) -> float:
-    """The response's summed log-prob from one unpadded forward pass of this sequence alone."""
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([p + y])).logits[0, len(p) - 1 : -1]
-    return float(torch.log_softmax(logits.double(), -1).gather(-1, torch.tensor(y).unsqueeze(-1)).sum())
-
-
 @pytest.mark.integration
 def test_greedy_batch_equals_transformers_generate_one_by_one(engine):
     sampling = SamplingSpec(temperature=0.0, top_p=1.0, max_tokens=24)
@@ -74,11 +71,11 @@ def test_greedy_batch_equals_transformers_generate_one_by_one(engine):
 @pytest.mark.integration
 def test_a_requests_sample_depends_on_its_seed_not_its_batch(engine):
     sampling = SamplingSpec(temperature=1.0, top_p=0.9, max_tokens=20)
-    alone = engine.complete([CompletionRequest(PROMPTS[2], 7)], sampling, None)[0]
+    single = engine.complete([CompletionRequest(PROMPTS[2], 7)], sampling, None)[0]
     batch = engine.complete([CompletionRequest(PROMPTS[0], 1), CompletionRequest(PROMPTS[2], 7),
                              CompletionRequest(PROMPTS[2], 8), CompletionRequest(PROMPTS[1], 2)], sampling, None)
-    assert batch[1] == alone and alone.num_tokens > 0
-    assert batch[2].text != alone.text
+    assert batch[1] == single and single.num_tokens > 0
+    assert batch[2].text != single.text
     assert all(c.num_tokens <= 20 and c.finish_reason in ("stop", "length") for c in batch)
     with pytest.raises(ValueError, match="judge.constrained"):
         engine.complete([CompletionRequest(PROMPTS[0], 1)], SamplingSpec(1.0, 1.0, 8, regex="Score: [0-5]"), None)
@@ -95,8 +92,8 @@ def test_scores_equal_one_sequence_forward_passes_base_and_adapter(engine, adapt
     lora = engine.score(reqs, ref)
     assert [s.num_tokens for s in base] == [len(y) for _, y in seqs]
     with peft_model.disable_adapter():
-        want_base = [direct_logprob(peft_model, p, y) for p, y in seqs]
-    want_lora = [direct_logprob(peft_model, p, y) for p, y in seqs]
+        want_base = [alone(peft_model, p, y) for p, y in seqs]
+    want_lora = [alone(peft_model, p, y) for p, y in seqs]
     assert [s.logp for s in base] == pytest.approx(want_base, abs=1e-3)
     assert [s.logp for s in lora] == pytest.approx(want_lora, abs=1e-3)
     assert max(abs(a.logp - b.logp) for a, b in zip(lora, base)) > 0.1  # the adapter is really applied
@@ -104,10 +101,9 @@ def test_scores_equal_one_sequence_forward_passes_base_and_adapter(engine, adapt
 
 
 @pytest.mark.integration
-def test_packed_logprobs_equal_padded_ones_and_carry_gradients(engine):
+def test_packed_logprobs_carry_gradients(engine):
+    """(That they equal one-at-a-time scoring is a property in test_batch_invariance.py.)"""
     seqs = [(prompt_token_ids(engine.tokenizer, p), list(range(100, 100 + k))) for p in PROMPTS for k in (1, 7, 30)]
-    got = sequence_logprobs(engine.model, seqs, engine.device)
-    assert got.tolist() == pytest.approx([direct_logprob(engine.model, p, y) for p, y in seqs], abs=1e-3)
     w = engine.model.get_input_embeddings().weight
     w.requires_grad_(True)
     try:
@@ -116,16 +112,6 @@ def test_packed_logprobs_equal_padded_ones_and_carry_gradients(engine):
     finally:
         w.requires_grad_(False)
         w.grad = None
-
-
-@pytest.mark.integration
-def test_pair_logprobs_score_each_response_as_if_it_followed_the_prompt_alone(engine):
-    """The rejected tokens share the chosen response's prompt but never see the chosen tokens."""
-    prompts = [prompt_token_ids(engine.tokenizer, p) for p in PROMPTS]
-    pairs = [(p, list(range(200, 200 + a)), list(range(300, 300 + b))) for p in prompts for a, b in ((1, 9), (25, 2), (6, 6))]
-    chosen, rejected = pair_logprobs(engine.model, pairs, engine.device, engine.pad_id)
-    assert chosen.tolist() == pytest.approx([direct_logprob(engine.model, p, c) for p, c, _ in pairs], abs=1e-3)
-    assert rejected.tolist() == pytest.approx([direct_logprob(engine.model, p, y) for p, _, y in pairs], abs=1e-3)
 
 
 @pytest.mark.integration
@@ -140,3 +126,37 @@ def test_choice_distribution_is_the_options_softmax(engine):
         with torch.no_grad(), engine._using(None) as base:  # an earlier test loaded an adapter into it
             logits = base(input_ids=torch.tensor([ids])).logits[0, -1]
         assert sum(got) == pytest.approx(1.0) and got == pytest.approx(torch.softmax(logits[options].double(), 0).tolist(), abs=1e-4)
+
+
+WORDS = ["owl", "Paris", "391", "the", "night", "because", "Answer:", "7", "river", "quickly", "\n", "?"]
+TEXTS = st.lists(st.sampled_from(WORDS), min_size=1, max_size=12).map(" ".join)
+REQUESTS = st.lists(st.tuples(TEXTS, TEXTS), min_size=2, max_size=6)
+
+
+@pytest.mark.integration
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=REQUESTS, which=st.integers(0, 5))
+def test_scores_and_choices_do_not_depend_on_the_rest_of_the_batch(engine, adapter, requests, which):
+    """A request's log-prob (base and adapter) and its judge-option distribution, alone and among others of other
+    lengths (packed rows for scoring, left padding for the next-token read)."""
+    ref, _ = adapter
+    which %= len(requests)
+    scores = [ScoreRequest(p, y, "stop") for p, y in requests]
+    choices = [score_choice(p, y) for p, y in requests]
+    for a in (None, ref):
+        batch = [s.logp for s in engine.score(scores, a)]
+        single = engine.score([scores[which]], a)[0].logp
+        assert batch[which] == pytest.approx(single, abs=1e-4)
+    batch_c = engine.choice_distribution(choices, None)[which]
+    assert batch_c == pytest.approx(engine.choice_distribution([choices[which]], None)[0], abs=1e-4)
+
+
+@pytest.mark.integration
+def test_greedy_generation_does_not_depend_on_the_rest_of_the_batch(engine):
+    """Left padding by other prompts' lengths leaves a greedy answer unchanged."""
+    sampling = SamplingSpec(temperature=0.0, top_p=1.0, max_tokens=24)
+    prompts = PROMPTS + ["Hi.", "List three prime numbers greater than ten, separated by commas, and nothing else."]
+    batch = engine.complete([CompletionRequest(p, 0) for p in prompts], sampling, None)
+    for p, c in zip(prompts, batch):
+        assert engine.complete([CompletionRequest(p, 0)], sampling, None)[0] == c
+

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.workers.pairs_table import pairs_table
+from tests.workers.test_batch_invariance import alone
 from workers.engine import VLLMEngine
 from workers.judge import choice_token_ids, pairwise_message, score_choice, winner_choice
 from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, SoftPreference
@@ -311,3 +312,47 @@ def test_the_trainer_fetches_the_adapter_it_continues_from_by_its_digest(trained
     DPOTrainerCore(TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
                              init_adapter=str(out), init_adapter_digest="sha-of-the-committed-train-stage"))
     assert seen == [(str(out), "sha-of-the-committed-train-stage")]
+
+
+# Requests of mixed lengths, so that MC-dropout's packed rows hold several of them.
+MIXED = [ScoreRequest(p, y, "stop") for p, c, r in PAIRS for y in (c, r, "Yes.", "No")] + list(canaries.FIXED)
+
+
+def test_mc_dropout_at_p_zero_equals_a_plain_forward_of_each_sequence_alone(tiny_model_path, trained):
+    """With nothing dropped, the MC-dropout pass and its reference are each sequence's own plain forward."""
+    *_, adapter_dir = trained
+    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="", seed=3,
+                     init_adapter=str(adapter_dir), micro_batch_pairs=4)
+    by_pass, ref = mc_dropout_logprobs(spec, MIXED, passes=1, p=0.0)
+    core = DPOTrainerCore(spec)
+    core.model.eval()
+    seqs = [(prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
+            for r in MIXED]
+    with torch.no_grad():
+        policy = [alone(core.model, p, y) for p, y in seqs]
+        with core.model.disable_adapter():
+            base = [alone(core.model, p, y) for p, y in seqs]
+    assert [row[0] for row in by_pass] == pytest.approx(policy, abs=1e-4)
+    assert ref == pytest.approx(base, abs=1e-4)
+
+
+def test_the_trainers_canaries_are_each_canary_scored_alone(trained):
+    """The canary log-probs an adapter is published with (all canaries in one packed pass) are each canary's own."""
+    core = trained[0]
+    requests = list(canaries.FIXED)
+    with_adapter, base, _ = core.canary_logprobs(requests)
+    seqs = [(prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
+            for r in requests]
+    core.model.eval()
+    with torch.no_grad():
+        assert with_adapter == pytest.approx([alone(core.model, p, y) for p, y in seqs], abs=1e-4)
+        with core.model.disable_adapter():
+            assert base == pytest.approx([alone(core.model, p, y) for p, y in seqs], abs=1e-4)
+
+
+def test_vllm_scores_a_request_the_same_alone_and_in_a_batch(engine, trained):
+    adapter = AdapterRef("one-step", str(trained[-1]))
+    for a in (None, adapter):
+        batch = [s.logp for s in engine.score(MIXED, a)]
+        single = [engine.score([r], a)[0].logp for r in MIXED]
+        assert batch == pytest.approx(single, abs=1e-3)
