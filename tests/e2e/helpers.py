@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,7 +35,27 @@ STAGES = ["generate", "judge", "score", "select", "train", "metrics"]
 
 
 def selfreward(*args: str, env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess of its own process group; stdout and stderr captured as text.
+    """Run the real CLI in a subprocess of its own process group; stdout and stderr captured as text."""
+    return command([sys.executable, "-m", "orchestrator.cli", *args], env=env, timeout=timeout)
+
+
+def make_run(run_dir: Path) -> list[list[str]]:
+    """The commands of the Makefile's ``run`` target (what ``make run`` runs after setup), with ``RUN_DIR`` set to
+    ``run_dir`` and the tools taken from this interpreter's environment, as the Makefile takes them from .venv."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = lines.index("run: setup") + 1
+    recipe = []
+    for line in lines[start:]:
+        if not line.startswith("\t"):
+            break
+        if not line.strip().startswith("#"):
+            recipe.append(line.strip().replace("$(BIN)", str(Path(sys.executable).parent)).replace("$(RUN_DIR)", str(run_dir)))
+    assert recipe and not any("$(" in c for c in recipe), recipe
+    return [shlex.split(c) for c in recipe]
+
+
+def command(argv: list[str], env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
+    """Run ``argv`` from the repository root in a process group of its own; stdout and stderr captured as text.
 
     Afterwards whatever is left of that group is killed: a driver that was
     SIGKILLed on purpose leaves some of its local Ray's helper processes behind.
@@ -42,7 +63,7 @@ def selfreward(*args: str, env: dict | None = None, timeout: int = 1500) -> subp
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env=full_env,
+        argv, cwd=ROOT, env=full_env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
