@@ -125,22 +125,6 @@ def test_packed_passes_equal_one_at_a_time_bundled_model(bundled_model, seqs, pa
     _check_pairs(bundled_model, pairs, train, ckpt, adapter)
 
 
-def test_the_issues_canaries_score_as_alone_when_packed_together(tiny_model_path):
-    """The case found in a real run: two fixed canaries sharing a packed row, in eval mode, under the base model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from workers.canaries import FIXED
-    from workers.tokens import prompt_token_ids, response_token_ids
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_path, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32, trust_remote_code=False).eval()
-    seqs = [(prompt_token_ids(tok, r.user_message), response_token_ids(tok, r.response, r.finish_reason)) for r in FIXED]
-    with torch.no_grad():
-        packed = sequence_logprobs(model, seqs, torch.device("cpu")).tolist()
-        single = [alone(model, p, y) for p, y in seqs]
-    assert packed == pytest.approx(single, abs=ATOL)
-
-
 def test_an_empty_prompt_is_refused(random_model):
     with pytest.raises(ValueError, match="every prompt needs at least one token"):
         sequence_logprobs(random_model, [([], [5, 6])], torch.device("cpu"))

@@ -314,8 +314,9 @@ def test_the_trainer_fetches_the_adapter_it_continues_from_by_its_digest(trained
     assert seen == [(str(out), "sha-of-the-committed-train-stage")]
 
 
-# Requests of mixed lengths, so that MC-dropout's packed rows hold several of them.
-MIXED = [ScoreRequest(p, y, "stop") for p, c, r in PAIRS for y in (c, r, "Yes.", "No")] + list(canaries.FIXED)
+# A long response and short ones: packed rows are as wide as the longest sequence, so the short ones share rows.
+LONG = "Paris is the capital of France. It lies on the Seine, and its museums draw visitors from everywhere. " * 4
+MIXED = [ScoreRequest(p, y, "stop") for p, c, r in PAIRS for y in (c, r, "Yes.", LONG)] + list(canaries.FIXED)
 
 
 def test_mc_dropout_at_p_zero_equals_a_plain_forward_of_each_sequence_alone(tiny_model_path, trained):
@@ -337,9 +338,12 @@ def test_mc_dropout_at_p_zero_equals_a_plain_forward_of_each_sequence_alone(tiny
 
 
 def test_the_trainers_canaries_are_each_canary_scored_alone(trained):
-    """The canary log-probs an adapter is published with (all canaries in one packed pass) are each canary's own."""
+    """The canary log-probs an adapter is published with, as the Ray Train loop picks them (two kept pairs' chosen and
+    rejected, then the fixed text): all in one packed pass, where the short ones share rows as wide as the long
+    ones, yet each equals its own plain forward. (A run once stopped at iteration 2 because they did not.)"""
     core = trained[0]
-    requests = list(canaries.FIXED)
+    requests = canaries.pick(pairs_table([(p, LONG, r) for p, _, r in PAIRS]).to_pylist())
+    assert len(requests) == 5
     with_adapter, base, _ = core.canary_logprobs(requests)
     seqs = [(prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
             for r in requests]
