@@ -14,14 +14,23 @@ import contextlib
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from workers.logprobs import pair_logprobs, sequence_logprobs
 
 pytestmark = pytest.mark.integration
 
-ATOL = 1e-4  # per sequence, float32
+
+
+def approx(values: list[float]):
+    """Equal per sequence up to float32 noise: 1e-4 absolute, or 1e-5 of the summed log-prob where that is larger.
+
+    Batching alone moves a sum by that much: plain transformers on two identical rows of the bundled model (random
+    adapter) gives -69.70836 for a 5-token response that a row of its own scores -69.70850 (2e-6 relative). An
+    attention leak moves a sum by whole nats.
+    """
+    return pytest.approx(values, abs=1e-4, rel=1e-5)
 VOCAB_LO, VOCAB_HI = 100, 40_000  # ordinary token ids of the bundled tokenizer's vocabulary
 
 
@@ -38,7 +47,7 @@ def alone(model: torch.nn.Module, p: list[int], y: list[int]) -> float:
     """The response's summed log-prob from a plain forward of this one sequence, nothing else in the batch."""
     if not y:
         return 0.0
-    logits = model(input_ids=torch.tensor([p + y])).logits[0, len(p) - 1 : -1]
+    logits = model(input_ids=torch.tensor([p + y])).logits[0, len(p) - 1 : -1].detach()
     return float(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(y).unsqueeze(-1)).sum())
 
 
@@ -90,7 +99,7 @@ def _check_sequences(model, seqs, train, ckpt, adapter):
         packed = sequence_logprobs(model, seqs, torch.device("cpu")).tolist()
         with torch.no_grad():
             single = [alone(model, p, y) for p, y in seqs]
-    assert packed == pytest.approx(single, abs=ATOL)
+    assert packed == approx(single)
 
 
 def _check_pairs(model, pairs, train, ckpt, adapter):
@@ -99,8 +108,8 @@ def _check_pairs(model, pairs, train, ckpt, adapter):
         with torch.no_grad():
             want_c = [alone(model, p, c) for p, c, _ in pairs]
             want_r = [alone(model, p, r) for p, _, r in pairs]
-    assert chosen.tolist() == pytest.approx(want_c, abs=ATOL)
-    assert rejected.tolist() == pytest.approx(want_r, abs=ATOL)
+    assert chosen.tolist() == approx(want_c)
+    assert rejected.tolist() == approx(want_r)
 
 
 @pytest.mark.parametrize("train, ckpt, adapter", MODES)
@@ -120,6 +129,11 @@ def test_packed_pairs_equal_one_at_a_time_tiny_random_model(random_model, pairs,
 @pytest.mark.parametrize("train, ckpt, adapter", MODES)
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seqs=SEQS, pairs=PAIRS)
+# Found by the property: float32 batching noise of 2.8e-4 on a sum of -69.7 (see approx), not a leak.
+@example(seqs=[([290, 423, 2163, 1432, 481, 1833, 40000, 21794, 30358, 1944, 1140], [39999, 1197, 524, 23992, 3729, 165]),
+               ([24896, 2508], [7504, 1282, 5621, 6701, 464])],
+         pairs=[([5322], [], [2000, 459, 9025, 4193, 2067, 36082, 3852, 3150, 10477]),
+                ([448, 2519, 3937, 39999, 4547, 265, 1409, 1859], [101, 639, 338, 36141, 2490], [])])
 def test_packed_passes_equal_one_at_a_time_bundled_model(bundled_model, seqs, pairs, train, ckpt, adapter):
     _check_sequences(bundled_model, seqs, train, ckpt, adapter)
     _check_pairs(bundled_model, pairs, train, ckpt, adapter)

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from tests.workers.test_batch_invariance import alone
+from tests.workers.test_batch_invariance import alone, approx
 from workers.hf_engine import HFEngine
 from workers.judge import choice_token_ids, pairwise_message, score_choice, winner_choice
 from hypothesis import HealthCheck, given, settings
@@ -146,7 +146,7 @@ def test_scores_and_choices_do_not_depend_on_the_rest_of_the_batch(engine, adapt
     for a in (None, ref):
         batch = [s.logp for s in engine.score(scores, a)]
         single = engine.score([scores[which]], a)[0].logp
-        assert batch[which] == pytest.approx(single, abs=1e-4)
+        assert [batch[which]] == approx([single])
     batch_c = engine.choice_distribution(choices, None)[which]
     assert batch_c == pytest.approx(engine.choice_distribution([choices[which]], None)[0], abs=1e-4)
 

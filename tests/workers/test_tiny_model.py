@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.workers.pairs_table import pairs_table
-from tests.workers.test_batch_invariance import alone
+from tests.workers.test_batch_invariance import alone, approx
 from workers.engine import VLLMEngine
 from workers.judge import choice_token_ids, pairwise_message, score_choice, winner_choice
 from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, SoftPreference
@@ -333,8 +333,8 @@ def test_mc_dropout_at_p_zero_equals_a_plain_forward_of_each_sequence_alone(tiny
         policy = [alone(core.model, p, y) for p, y in seqs]
         with core.model.disable_adapter():
             base = [alone(core.model, p, y) for p, y in seqs]
-    assert [row[0] for row in by_pass] == pytest.approx(policy, abs=1e-4)
-    assert ref == pytest.approx(base, abs=1e-4)
+    assert [row[0] for row in by_pass] == approx(policy)
+    assert ref == approx(base)
 
 
 def test_the_trainers_canaries_are_each_canary_scored_alone(trained):
@@ -349,9 +349,9 @@ def test_the_trainers_canaries_are_each_canary_scored_alone(trained):
             for r in requests]
     core.model.eval()
     with torch.no_grad():
-        assert with_adapter == pytest.approx([alone(core.model, p, y) for p, y in seqs], abs=1e-4)
+        assert with_adapter == approx([alone(core.model, p, y) for p, y in seqs])
         with core.model.disable_adapter():
-            assert base == pytest.approx([alone(core.model, p, y) for p, y in seqs], abs=1e-4)
+            assert base == approx([alone(core.model, p, y) for p, y in seqs])
 
 
 def test_vllm_scores_a_request_the_same_alone_and_in_a_batch(engine, trained):
