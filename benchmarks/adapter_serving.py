@@ -42,10 +42,13 @@ def make_adapter(model: str, folder: str) -> None:
 def run_way(model: str, adapter, merged: bool, prompts: list[str], samples: int, max_tokens: int,
             texts: dict | None = None) -> dict:
     """One way's numbers; ``texts`` (per model, the requests to score) makes it score another way's answers."""
-    from workers.engine import VLLMEngine
-    from workers.types import CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest
+    from orchestrator.config import load_config
+    from orchestrator.specs import engine_spec
+    from workers.engines.vllm import VLLMEngine
+    from workers.types import CompletionRequest, SamplingSpec, ScoreRequest
 
-    engine = VLLMEngine(EngineSpec(model, "float32", 2048, 8, 0, 2.0, merge_adapters=merged))
+    serving = "merged" if merged else "lora"
+    engine = VLLMEngine(engine_spec(load_config(None, [f"resources.adapter_serving={serving}"]), model))
     sampling = SamplingSpec(temperature=0.8, top_p=0.95, max_tokens=max_tokens)
     requests = [CompletionRequest(p, 100 + i * samples + k) for i, p in enumerate(prompts) for k in range(samples)]
     out: dict = {}

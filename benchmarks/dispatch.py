@@ -21,7 +21,7 @@ import time
 import ray
 
 from benchmarks import write_result
-from workers.pool import EnginePool, PoolResources
+from workers.engines.pool import EnginePool, PoolResources
 from workers.types import EngineInfo
 
 

@@ -36,12 +36,14 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     args = p.parse_args()
 
+    from orchestrator.config import load_config
     from orchestrator.models import ensure_default_model
-    from workers.engine import VLLMEngine
-    from workers.types import EngineSpec, SamplingSpec
+    from orchestrator.specs import engine_spec
+    from workers.engines.vllm import VLLMEngine
+    from workers.types import SamplingSpec
 
     model = str(ensure_default_model())
-    spec = EngineSpec(model, "float32", 2048, 8, 0, 2.0)
+    spec = engine_spec(load_config(None), model)
     reqs = requests(args.prompts, args.samples)
     sampling = SamplingSpec(0.8, 0.95, args.max_tokens)
     warm = reqs[:2]
@@ -67,7 +69,7 @@ def main() -> None:
 
     import ray
 
-    from workers.pool import EnginePool, PoolResources
+    from workers.engines.pool import EnginePool, PoolResources
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     pool = EnginePool(spec, PoolResources(1, 1, 0))

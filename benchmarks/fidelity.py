@@ -3,8 +3,8 @@
 ``python -m benchmarks.fidelity [--prompts N] [--seed S]`` builds a synthetic
 iteration (t >= 2: a previous model and a policy that differs from its
 reference) with known truth, runs the project's own selection
-(``orchestrator.selection.select`` with each shipped recipe's config) and
-losses (``workers.losses``) on it, and prints, per noise model and recipe:
+(``orchestrator.rewards.selection.select`` with each shipped recipe's config) and
+losses (``workers.training.losses``) on it, and prints, per noise model and recipe:
 pairs kept, kept-label precision with its 95% interval, the lift over a
 random drop of the same size from the same candidates, the verdict, the
 verdict of each filter on its own, and how often the loss's gradient pushes
@@ -63,10 +63,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from orchestrator import artifacts, stats
 from orchestrator.config import RunConfig, load_config
-from orchestrator.metrics import label_quality
-from orchestrator.selection import select
+from orchestrator.evaluation import stats
+from orchestrator.evaluation.labels import label_quality
+from orchestrator.rewards.selection import select
+from orchestrator.run import artifacts
 
 CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 RESPONSES, VERDICTS, PASSES = 4, 4, 8
@@ -175,7 +176,7 @@ def gradient_toward_truth(pairs: pa.Table, cfg: RunConfig) -> dict[str, Any]:
     """
     import torch
 
-    from orchestrator.loop import make_loss
+    from orchestrator.specs import make_loss
 
     rows = [r for r in pairs.to_pylist() if r["kept"] and r["chosen_correct"] is not None
             and r["rejected_correct"] is not None and r["chosen_correct"] != r["rejected_correct"]]
@@ -207,7 +208,7 @@ def simulate(prompts: int = 6000, seed: int = 0, noise_models: tuple[str, ...] =
 
 def evaluate(w: World, cfg: RunConfig) -> dict[str, Any]:
     """The recipe's selection on the world: pairs, label quality against a random drop, the gradient's direction."""
-    from orchestrator.loop import make_selection
+    from orchestrator.rewards.selection import make_selection
 
     pairs = select(w.generations, w.rewards, w.judgments, make_selection(cfg), policy_is_reference=False)
     quality = label_quality(pairs)
@@ -219,8 +220,8 @@ def position_bias(prompts: int = 2000, seed: int = 0, bias: float = 2.0, skill: 
     """A pairwise judge whose log-odds of "A" are skill * (quality_A - quality_B) + bias, judging M(t) against M0
     in both orders: the first order's verdict alone, the sampled two-order outcome, and the probability verdict
     averaged over the orders, each against the true win rate; and whether the judge is flagged as degenerate."""
-    from orchestrator.evaluation import TIE_BAND, outcome
-    from orchestrator.evaluation import position_bias as judge_positions
+    from orchestrator.evaluation.stage import TIE_BAND, outcome
+    from orchestrator.evaluation.stage import position_bias as judge_positions
 
     rng = np.random.default_rng([seed, 99])
     gain = rng.normal(0.3, 1.0, prompts)  # quality of M(t)'s response minus M0's
@@ -245,7 +246,7 @@ def position_bias(prompts: int = 2000, seed: int = 0, bias: float = 2.0, skill: 
 
 
 def _rows(result: dict[str, Any]) -> list[list[str]]:
-    from orchestrator.measures import against_chance, show
+    from orchestrator.reporting.metrics import against_chance, show
 
     rows = [["noise", "recipe", "kept/built", "kept-label precision", "against a random drop", "lift",
              "gradient toward truth (pairs, net)", "filters on their own"]]

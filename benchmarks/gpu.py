@@ -3,8 +3,8 @@
 The models are Llama-architecture configs with random weights (bf16, SDPA
 attention), saved once to a temporary folder with the bundled model's
 tokenizer (vocabulary 49152). A trainer step is the trainer's own math: the
-packed pair log-prob pass of ``workers.logprobs`` over a DPO batch (each
-pair one block, its prompt computed once), the sigmoid DPO loss of ``workers.losses`` against
+packed pair log-prob pass of ``workers.training.logprobs`` over a DPO batch (each
+pair one block, its prompt computed once), the sigmoid DPO loss of ``workers.training.losses`` against
 reference log-probs computed once, backward, gradient clipping and AdamW;
 with a LoRA adapter (rank 16 on every projection, through
 ``DPOTrainerCore``) or as a full fine-tune. MFU = model FLOPs per second /
@@ -77,19 +77,19 @@ def trainer_steps(path: Path, lora: bool, pairs: int, seq: int, steps: int, devi
     """Timed DPO steps (after 2 warm-up steps) on random token ids: prompt seq/2, responses seq/2 each."""
     import torch
 
-    from workers.logprobs import pair_logprobs
-    from workers.losses import DPO
-    from workers.trainer import DPOTrainerCore, TrainSpec
+    from orchestrator.config import load_config
+    from orchestrator.specs import train_spec
+    from workers.training.logprobs import pair_logprobs
+    from workers.training.losses import DPO
+    from workers.training.trainer import DPOTrainerCore
 
     half = seq // 2
     g = torch.Generator().manual_seed(0)
     batch = [(torch.randint(0, VOCAB, (half,), generator=g).tolist(), torch.randint(0, VOCAB, (half,), generator=g).tolist(),
               torch.randint(0, VOCAB, (half,), generator=g).tolist()) for _ in range(pairs)]
     if lora:
-        core = DPOTrainerCore(TrainSpec(model_path=str(path), dtype="bfloat16", pairs_path="", output_dir="",
-                                        lora_rank=16, lora_alpha=32, micro_batch_pairs=pairs,
-                                        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                        "down_proj")), device=device)
+        cfg = load_config(None, ["model.dtype=bfloat16", "lora.rank=16", "lora.alpha=32", f"dpo.micro_batch_pairs={pairs}"])
+        core = DPOTrainerCore(train_spec(cfg, str(path), 0, None, "", ""), device=device)
         model, opt = core.model, core.optimizer
         base = core.model.get_base_model()
     else:
@@ -132,10 +132,13 @@ def trainer_steps(path: Path, lora: bool, pairs: int, seq: int, steps: int, devi
 
 
 def generation(path: Path, batch: int, max_tokens: int) -> dict:
-    from workers.hf_engine import HFEngine
-    from workers.types import CompletionRequest, EngineSpec, SamplingSpec
+    from orchestrator.config import load_config
+    from orchestrator.specs import engine_spec
+    from workers.engines.hf import HFEngine
+    from workers.types import CompletionRequest, SamplingSpec
 
-    engine = HFEngine(EngineSpec(str(path), "bfloat16", 4096, 16, 0, 1.0), batch_size=batch)
+    cfg = load_config(None, ["model.dtype=bfloat16", "model.max_model_len=4096", "lora.rank=16", "resources.kv_cache_gib=1"])
+    engine = HFEngine(engine_spec(cfg, str(path)), batch_size=batch)
     reqs = [CompletionRequest(f"Question {i}: explain, step by step, how a heat pump moves heat.", seed=i) for i in range(batch)]
     sampling = SamplingSpec(1.0, 1.0, max_tokens)
     engine.complete(reqs[:2], SamplingSpec(1.0, 1.0, 4), None)

@@ -43,15 +43,17 @@ def train_adapter(model: Path, out: Path, dtype: str, device: str) -> dict[str, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workers import canaries
-    from workers.trainer import DPOTrainerCore, TrainSpec
+    from orchestrator.config import load_config
+    from orchestrator.specs import train_spec
+    from workers.training import canaries
+    from workers.training.trainer import DPOTrainerCore
 
     pairs = out.parent / "pairs.parquet"
     rows = _pairs(6)
     pq.write_table(pa.Table.from_pylist(rows), pairs)
-    spec = TrainSpec(model_path=str(model), dtype=dtype, pairs_path=str(pairs), output_dir=str(out), lora_rank=16,
-                     lora_alpha=32, learning_rate=2e-2, micro_batch_pairs=2, epochs=1, gradient_checkpointing=True,
-                     target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    cfg = load_config(None, [f"model.dtype={dtype}", "lora.rank=16", "lora.alpha=32", "dpo.learning_rate=2e-2",
+                             "dpo.micro_batch_pairs=2", "resources.gradient_checkpointing=true"])
+    spec = train_spec(cfg, str(model), 0, None, str(pairs), str(out))
     core = DPOTrainerCore(spec, device)
     result = core.fit(core.encode(pq.read_table(pairs)))
     requests = canaries.pick(rows)
@@ -65,7 +67,11 @@ def train_adapter(model: Path, out: Path, dtype: str, device: str) -> dict[str, 
 
 
 def engine_checks(model: Path, adapter: Path, dtype: str, cuda: bool) -> dict[str, Any]:
-    from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ServedModelError
+    from dataclasses import replace
+
+    from orchestrator.config import load_config
+    from orchestrator.specs import engine_spec
+    from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ServedModelError
 
     use_vllm = False
     if cuda:
@@ -75,11 +81,13 @@ def engine_checks(model: Path, adapter: Path, dtype: str, cuda: bool) -> dict[st
             use_vllm = current_platform.is_cuda()
         except ImportError:
             pass
-    spec = EngineSpec(str(model), dtype, 512, 16, 0, 1.0, gpu_memory_utilization=0.5, enable_sleep_mode=cuda)
+    cfg = load_config(None, [f"model.dtype={dtype}", "model.max_model_len=512", "lora.rank=16", "resources.kv_cache_gib=1"])
+    # Half the GPU, and sleep mode as a colocated run has it.
+    spec = replace(engine_spec(cfg, str(model)), gpu_memory_utilization=0.5, enable_sleep_mode=cuda, merge_adapters=False)
     if use_vllm:
-        from workers.engine import VLLMEngine as Engine
+        from workers.engines.vllm import VLLMEngine as Engine
     else:
-        from workers.hf_engine import HFEngine as Engine
+        from workers.engines.hf import HFEngine as Engine
     engine = Engine(spec)
     ref = AdapterRef("smoke", str(adapter))
     requests = [CompletionRequest(f"Question {i}: what is {i} plus {i + 2}?", seed=i) for i in range(4)]

@@ -5,7 +5,7 @@ Every variant grades the same responses K times with the same seeds, on one
 engine built for it (the plain ``VLLMEngine``). Reported per variant: judge
 output tokens per second, the engine's prefix-cache hit rate (vLLM's own
 counters), and the prompt tokens per verdict. The rubric-first template is
-the one ``workers.judge`` uses; the question-first one is what it used before.
+the one ``orchestrator.rewards.judge`` uses; the question-first one is what it used before.
 
     python -m benchmarks.judge [--prompts 12] [--responses 4] [--k 3]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks import table, write_result
@@ -66,12 +67,14 @@ def run_variant(model: str, pairs: list[tuple[str, str]], k: int, caching: bool,
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import StructuredOutputsParams
 
-    from workers.engine import VLLMEngine
-    from workers.judge import _defuse, constrained_regex, judge_message
+    from orchestrator.config import load_config
+    from orchestrator.rewards.judge import _defuse, constrained_regex, judge_message
+    from orchestrator.specs import engine_spec
+    from workers.engines.vllm import VLLMEngine
     from workers.tokens import prompt_token_ids
-    from workers.types import EngineSpec
 
-    engine = VLLMEngine(EngineSpec(model, "float32", 2048, 8, 0, 2.0, enable_prefix_caching=caching, log_stats=True))
+    spec = engine_spec(load_config(None), model)
+    engine = VLLMEngine(replace(spec, enable_prefix_caching=caching, log_stats=True))
     try:
         def message(q: str, r: str) -> str:
             return judge_message(q, r) if template == "rubric first" else QUESTION_FIRST.format(

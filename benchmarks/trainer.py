@@ -84,11 +84,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from orchestrator import artifacts
+    from orchestrator.config import load_config
     from orchestrator.models import ensure_default_model
-    from workers.losses import DPO
+    from orchestrator.run import artifacts
+    from orchestrator.specs import train_spec
     from workers.tokens import prompt_token_ids, response_token_ids
-    from workers.trainer import DPOTrainerCore, TrainSpec
+    from workers.training.trainer import DPOTrainerCore
+    from workers.types import AdapterRef
 
     torch.set_num_threads(torch.get_num_threads())
     model_path = str(ensure_default_model())
@@ -106,8 +108,9 @@ def main() -> None:
                                   init_lora_weights=False, task_type="CAUSAL_LM")).save_pretrained(init)
 
         # Ours.
-        spec = TrainSpec(model_path=model_path, dtype="float32", pairs_path="", output_dir="", init_adapter=str(init),
-                         loss=DPO(0.1), learning_rate=args.lr, epochs=args.steps, micro_batch_pairs=args.pairs, seed=seed)
+        cfg = load_config(None, [f"lora.target_modules=[{', '.join(modules)}]", f"dpo.learning_rate={args.lr}",
+                                 f"dpo.epochs={args.steps}", f"dpo.micro_batch_pairs={args.pairs}"])
+        spec = train_spec(cfg, model_path, seed, AdapterRef("init", str(init)), "", "")
         core = DPOTrainerCore(spec)
         ours_init = {n: p.detach().clone() for n, p in core.model.named_parameters() if p.requires_grad}
         rows = [{**{n: None for n in artifacts.PAIRS.names}, "prompt": q, "chosen": c, "rejected": r, "weight": 1.0,

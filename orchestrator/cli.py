@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
@@ -14,36 +15,57 @@ EXIT_FAILED = 1  # the run could not finish (a full disk, a numerical blow-up): 
 EXIT_BAD_INPUT = 2  # unusable config, data, model or run directory: nothing was computed
 
 
+class _Stdout(logging.Handler):
+    """The run's log on whatever ``sys.stdout`` is when a line is written, message only (as before logging)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout, flush=True)
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    """The ``orchestrator`` loggers to stdout: warnings only with --quiet, debug lines too with --verbose."""
+    log = logging.getLogger("orchestrator")
+    for h in [h for h in log.handlers if isinstance(h, _Stdout)]:
+        log.removeHandler(h)
+    log.addHandler(_Stdout())
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    loud = common.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="log warnings only (progress bars stay)")
+    loud.add_argument("-v", "--verbose", action="store_true", help="log debug lines too")
     p = argparse.ArgumentParser(prog="selfreward", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run a config; rerunning with the same --run-dir resumes")
+    r = sub.add_parser("run", parents=[common], help="run a config; rerunning with the same --run-dir resumes")
     r.add_argument("config", help="YAML config (see jobs/configs/)")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.05")
     r.add_argument("--run-dir", help="run directory: a path or a pyarrow.fs URI (default: runs/<config name>)")
     r.add_argument("--redo", metavar="STAGE", help="compute this committed stage (e.g. iter_001/judge) and every stage "
                    "after it again, e.g. after one was found damaged")
-    s = sub.add_parser("status", help="show the stages a run directory has committed")
+    s = sub.add_parser("status", parents=[common], help="show the stages a run directory has committed")
     s.add_argument("run_dir")
-    rep = sub.add_parser("report", help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")
+    rep = sub.add_parser("report", parents=[common], help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")
     rep.add_argument("run_dir")
-    rp = sub.add_parser("replay", help="recompute each recipe's selection on one run's committed labels and compare "
-                        "their label quality side by side (printed, and written as Markdown + JSON)")
+    rp = sub.add_parser("replay", parents=[common], help="recompute each recipe's selection on one run's committed "
+                        "labels and compare their label quality side by side (printed, and written as Markdown + JSON)")
     rp.add_argument("run_dir")
     rp.add_argument("--recipe", action="append", required=True, metavar="CONFIG",
                     help="a recipe config (repeat for several), e.g. jobs/configs/cream.yaml")
     rp.add_argument("--out", help="Markdown file to write, a .json beside it (default: RUN_DIR/replay.md)")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="a dotted config override applied to every recipe, e.g. selection.strategy=margin")
-    pl = sub.add_parser("plan", help="GPUs per stage, placement and memory per GPU of a config, before any work; "
-                        "exit 2 when the cluster cannot hold it")
+    pl = sub.add_parser("plan", parents=[common], help="GPUs per stage, placement and memory per GPU of a config, "
+                        "before any work; exit 2 when the cluster cannot hold it")
     pl.add_argument("config", help="YAML config (see jobs/configs/)")
     pl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. resources.engines=4")
     pl.add_argument("--cluster", help="a Ray cluster launcher YAML (cluster.yaml): plan for the GPU nodes it declares "
                     "(default: this machine)")
     pl.add_argument("--model-config", help="the model's config.json, where model.path is not on this machine "
                     "(e.g. jobs/models/llama-3.1-8b-instruct.config.json)")
-    c = sub.add_parser("compare", help="put runs side by side (printed, and written as Markdown + JSON)")
+    c = sub.add_parser("compare", parents=[common],
+                       help="put runs side by side (printed, and written as Markdown + JSON)")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", default="compare.md", help="Markdown file to write; a .json beside it (default: compare.md)")
     return p
@@ -109,14 +131,14 @@ def _check_cluster(cfg: Any) -> None:
     cpus = os.cpu_count() or 1
     engine_cpus, train_cpus = r.engines * r.cpus_per_engine, r.train_workers * r.cpus_per_train_worker
     # Colocated CPU engines shut down while the trainer runs; colocated GPU engines sleep holding their bundles'
-    # CPUs, and the train workers borrowing their GPUs ask for CPUs of their own (workers.placement).
+    # CPUs, and the train workers borrowing their GPUs ask for CPUs of their own (workers.training.placement).
     need = max(engine_cpus, train_cpus) if r.colocate and not r.gpus_per_engine else engine_cpus + train_cpus
     if need > cpus:
         raise ConfigError(
             f"resources: the engines (resources.engines={r.engines} x resources.cpus_per_engine={r.cpus_per_engine:g}) "
             f"and the train workers (resources.train_workers={r.train_workers} x resources.cpus_per_train_worker="
             f"{r.cpus_per_train_worker:g}) need {need:g} CPUs at once; the local Ray has this machine's {cpus}")
-    from orchestrator.plan import stage_gpus
+    from orchestrator.resources.plan import stage_gpus
 
     need_gpus = max(n for _, n, _ in stage_gpus(cfg))
     if need_gpus:
@@ -140,11 +162,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepared = prepare(cfg, run_dir, args.redo)  # every input checked, nothing created or changed
     _check_cluster(cfg)
     _init_ray(cfg.resources.ray_address)
-    from orchestrator.plan import check_on_cluster
+    from orchestrator.resources.plan import check_on_cluster
 
     check_on_cluster(cfg, prepared.model_path)  # before any engine starts
     run(cfg, run_dir, redo=args.redo, prepared=prepared)
-    from orchestrator.rundir import RunDir
+    from orchestrator.run.rundir import RunDir
 
     print(f"done: {RunDir(run_dir).root}")
     return 0
@@ -152,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Every committed stage, checked; exit 2 when any is damaged or records a path outside the run dir."""
-    from orchestrator.rundir import RunDir
+    from orchestrator.run.rundir import RunDir
 
     rd = RunDir(args.run_dir)
     state = rd.load_state()
@@ -167,7 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = "" if rec["rows"] is None else f"{rec['rows']} rows"
         print(f"  {key:<22} {rows:>10} {rec['seconds']:>9.1f}s  {rec['artifact']!r}  {ok}")
     if rd.exists("metrics.jsonl"):
-        from orchestrator.runlog import format_iteration, format_table
+        from orchestrator.reporting.runlog import format_iteration, format_table
 
         try:
             rows = [json.loads(line) for line in rd.storage.read_text("metrics.jsonl").splitlines()]
@@ -182,7 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.report import write_report
+    from orchestrator.reporting.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
     return 0
@@ -199,7 +221,7 @@ def _markdown_out(out: str | None) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from orchestrator.replay import write_replay
+    from orchestrator.reporting.replay import write_replay
 
     _markdown_out(args.out)
     text, where = write_replay(args.run_dir, args.recipe, args.out, tuple(args.overrides))
@@ -211,7 +233,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
     from orchestrator.models import resolve_model_path
-    from orchestrator.plan import cluster_hardware, local_hardware, make_plan, model_shape
+    from orchestrator.resources.plan import cluster_hardware, local_hardware, make_plan, model_shape
 
     cfg = load_config(args.config, args.overrides)
     hw = cluster_hardware(args.cluster) if args.cluster else local_hardware()
@@ -224,7 +246,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from orchestrator.report import write_compare
+    from orchestrator.reporting.report import write_compare
 
     _markdown_out(args.out)
     print(write_compare(args.run_dirs, args.out))
@@ -236,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
     from orchestrator.models import ModelError
-    from orchestrator.replay import ReplayError
-    from orchestrator.rundir import RunDirError
-    from orchestrator.storage import StorageError
+    from orchestrator.reporting.replay import ReplayError
+    from orchestrator.run.rundir import RunDirError
+    from orchestrator.run.storage import StorageError
     from workers.tokens import TokenizerError
     from workers.types import PoolError, ServedModelError, TrainingError
 
@@ -250,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command in ("run", "plan"):
         args.overrides = [*args.overrides, *extra]
+    _configure_logging(args.quiet, args.verbose)
     try:
         commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare,
                     "plan": cmd_plan}

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from workers.engines.limits import GPU_MEMORY_SHARE, MAX_LORA_RANK
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the source and field."""
@@ -69,7 +71,7 @@ class ColumnsConfig(_Strict):
     kind: str | None = Field(
         "kind",
         description="Column of the task kind of a verifiable prompt, read when the file has it (null: never read). "
-        "A bundled kind (orchestrator/answers.py KINDS) lets the grader fall back to that kind's validated rules when a "
+        "A bundled kind (orchestrator/evaluation/answers.py KINDS) lets the grader fall back to that kind's validated rules when a "
         "response states no explicit answer; without one only explicit answers are graded. A name other than the "
         "default must exist in the file.",
     )
@@ -164,7 +166,7 @@ class JudgeConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    rank: int = Field(8, gt=0, le=512, description="LoRA rank r (vLLM serves ranks up to 512).")
+    rank: int = Field(8, gt=0, le=MAX_LORA_RANK, description=f"LoRA rank r (vLLM serves ranks up to {MAX_LORA_RANK}).")
     alpha: int = Field(16, gt=0, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout during training.")
     target_modules: tuple[str, ...] = Field(
@@ -328,7 +330,7 @@ class ResourcesConfig(_Strict):
     colocate_engine_gpu_fraction: float = Field(
         0.5, gt=0, lt=1,
         description="With colocate on GPUs: the share of its GPUs' memory an awake engine takes (vLLM "
-        "gpu_memory_utilization = 0.9 x this); train workers run while it sleeps, MC-dropout beside it in the rest.",
+        f"gpu_memory_utilization = {GPU_MEMORY_SHARE} x this); train workers run while it sleeps, MC-dropout beside it in the rest.",
     )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of each train worker; 0 = all cores of its machine."

@@ -10,6 +10,7 @@ driver, an engine, a node).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -20,17 +21,17 @@ import pyarrow as pa
 
 from orchestrator.config import RunConfig
 from orchestrator.models import ModelError, check_adapter
-from orchestrator.plan import engine_memory_utilization
-from orchestrator.rundir import RunDir
-from orchestrator.runlog import Progress
-from workers import canaries, faults
-from workers.engine import lora_slot_rank
+from orchestrator.reporting.runlog import Progress
+from orchestrator.run.rundir import RunDir
+from orchestrator.specs import engine_spec
+from workers import faults
+from workers.engines.pool import EnginePool, PoolResources
 from workers.files import local_copy
-from workers.placement import engine_gpus
-from workers.pool import EnginePool, PoolResources
-from workers.types import AdapterRef, Completion, EngineSpec, ScoreResult
+from workers.training import canaries
+from workers.training.placement import engine_gpus
+from workers.types import AdapterRef, Completion, ScoreResult
 
-Log = Callable[[str], None]
+LOG = logging.getLogger(__name__)
 # How each engine method's results are stored in part files (None: a plain value per item).
 RESULT_TYPES: dict[str, type | None] = {"complete": Completion, "score": ScoreResult, "choice_distribution": None}
 
@@ -76,7 +77,6 @@ class Context:
     cfg: RunConfig
     rd: RunDir
     model_path: Path
-    log: Log
     overlong: dict[str, Any] = field(default_factory=dict)  # what data.overlong did to each prompt set
     stage: str = ""
     engine_start_seconds: float = 0.0  # spent starting engines since the last metrics were taken
@@ -85,7 +85,7 @@ class Context:
 
     def check_adapters(self, adapters: list[AdapterRef | None]) -> None:
         """Check, once per run, that each committed adapter fits the base model and carries the canaries every
-        engine proves it with (``workers.canaries``); ModelError otherwise."""
+        engine proves it with (``workers.training.canaries``); ModelError otherwise."""
         for a in adapters:
             if a is not None and a.name not in self._adapters_checked and self.rd.exists(f"{a.name}/adapter"):
                 folder = Path(local_copy(a.path, a.digest))
@@ -95,25 +95,9 @@ class Context:
                     raise ModelError(f"adapter {a.name} ({a.path}) has no {canaries.CANARIES_FILE}: no engine could "
                                      "prove it serves it; rerun with --redo " + f"{a.name}/train")
                 if not canaries.distinguishable(*proof):
-                    self.log(f"  note: the canaries of {a.name} are within {proof[1]} nats/token of the base model: "
+                    LOG.warning(f"  note: the canaries of {a.name} are within {proof[1]} nats/token of the base model: "
                              "an engine serving the base model instead would pass their check")
                 self._adapters_checked.add(a.name)
-
-    def engine_spec(self) -> EngineSpec:
-        cfg, r = self.cfg, self.cfg.resources
-        return EngineSpec(
-            model_path=str(self.model_path),
-            dtype=cfg.model.dtype,
-            max_model_len=cfg.model.max_model_len,
-            max_lora_rank=lora_slot_rank(cfg.lora.rank),
-            seed=cfg.seed,
-            kv_cache_gib=r.kv_cache_gib,
-            tensor_parallel_size=max(1, r.gpus_per_engine),
-            trust_remote_code=cfg.model.trust_remote_code,
-            gpu_memory_utilization=engine_memory_utilization(cfg),
-            enable_sleep_mode=r.colocate and r.gpus_per_engine > 0,
-            merge_adapters=r.merge_adapters,
-        )
 
     def pool(self) -> EnginePool:
         """The engine pool, started on first use (a fully committed resume starts none)."""
@@ -121,16 +105,16 @@ class Context:
             r = self.cfg.resources
             t0 = time.monotonic()
             if r.engine_backend == "hf":
-                from workers.hf_engine import HFEngine as engine_cls
+                from workers.engines.hf import HFEngine as engine_cls
             else:
-                from workers.engine import VLLMEngine as engine_cls
-            self._pool = EnginePool(self.engine_spec(), PoolResources(
+                from workers.engines.vllm import VLLMEngine as engine_cls
+            self._pool = EnginePool(engine_spec(self.cfg, str(self.model_path)), PoolResources(
                 r.engines, r.cpus_per_engine, r.gpus_per_engine, r.engine_max_restarts, r.placement_strategy),
                 engine_cls=engine_cls)
             hosts = sorted({i.host for i in self._pool.infos})
             started = time.monotonic() - t0
             self.engine_start_seconds += started
-            self.log(f"  engine pool: {r.engines} engine(s) ready in {started:.1f}s on {', '.join(hosts)} "
+            LOG.info(f"  engine pool: {r.engines} engine(s) ready in {started:.1f}s on {', '.join(hosts)} "
                      f"({engine_cls.__name__})")
         return self._pool
 
@@ -149,6 +133,8 @@ class Context:
         for (a, b), part in committed.items():
             results[a:b] = _decode(method, rd.read_table(part))
         rd.reused_parts(key, len(committed))
+        if committed:
+            LOG.debug(f"  {desc}: {len(committed)} part(s) committed earlier, reused")
         ranges = uncovered_ranges(n, list(committed), self.cfg.resources.shard_size)
         if not ranges:
             return results
@@ -160,9 +146,10 @@ class Context:
             a, b = ranges[sid]
             results[a:b] = part
             rd.write_part(key, parts_dir, a, b, _encode(method, part))
+            LOG.debug(f"  {desc}: items {a}-{b - 1} committed (engine shard {sid})")
             bar.advance(len(part), sum(getattr(r, "num_tokens", 0) for r in part))
             if faults.engine_point(f"{key}:part"):
-                self.log(f"  fault injection: killing engine 0 (pid {pool.infos[0].pid}) during {desc}")
+                LOG.warning(f"  fault injection: killing engine 0 (pid {pool.infos[0].pid}) during {desc}")
                 pool.kill_engine(0)
 
         try:
@@ -182,10 +169,10 @@ class Context:
             return
         if self.cfg.resources.gpus_per_engine > 0:
             self._pool.sleep()
-            self.log("  engines asleep while the trainer holds the GPUs (colocate)")
+            LOG.debug("  engines asleep while the trainer holds the GPUs (colocate)")
         else:
             self.close()
-            self.log("  engines shut down while the trainer runs (colocate on CPU)")
+            LOG.debug("  engines shut down while the trainer runs (colocate on CPU)")
 
     def reacquire_engines(self) -> None:
         """After training in colocation mode: wake sleeping GPU engines (CPU engines restart lazily)."""
@@ -193,7 +180,7 @@ class Context:
             self._pool.wake()
 
     def borrowed_gpus(self) -> dict[str, list[int]] | None:
-        """With colocate on GPUs, while engines are up: node id -> the GPUs they hold (``workers.placement``)."""
+        """With colocate on GPUs, while engines are up: node id -> the GPUs they hold (``workers.training.placement``)."""
         if not (self.cfg.resources.colocate and self.cfg.resources.gpus_per_engine) or self._pool is None:
             return None
         return engine_gpus(self._pool.infos)

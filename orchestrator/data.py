@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.answers import KINDS
 from orchestrator.config import ColumnsConfig, RunConfig
-from workers.judge import judge_message, pairwise_message
+from orchestrator.evaluation.answers import KINDS
+from orchestrator.rewards.judge import judge_message, pairwise_message
 from workers.tokens import prompt_token_ids
 
 

@@ -22,46 +22,59 @@ with the same run dir verifies committed stages and skips them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import importlib.metadata
 import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator import artifacts, stats
-from orchestrator.answers import grade
 from orchestrator.config import RunConfig
-from orchestrator.context import Context, Log
+from orchestrator.context import Context
 from orchestrator.data import TokenBudget, fit_to_context, load_prompts, prompts_for_iteration
-from orchestrator.evaluation import EvalSets, eval_summary, evaluate, load_eval_sets
-from orchestrator.metrics import agreement_rate, consistency_summary, judge_agreement, judge_calibration, label_quality
-from orchestrator.models import check_model, model_fingerprint, resolve_model_path
-from orchestrator.rundir import RunDir, RunDirError
-from orchestrator.runlog import RemoteProgress, format_iteration, format_table, write_metrics_jsonl, write_tensorboard
-from orchestrator.selection import (
-    AgreementFilter,
-    BestVsWorst,
-    ConsistencyFilter,
-    Filter,
-    JudgeUncertaintyFilter,
-    MarginPairs,
-    MCDropoutFilter,
-    Selection,
-    SoftLabel,
-    select,
+from orchestrator.evaluation import stats
+from orchestrator.evaluation.answers import grade
+from orchestrator.evaluation.labels import (
+    agreement_rate,
+    consistency_summary,
+    judge_agreement,
+    judge_calibration,
+    label_quality,
 )
+from orchestrator.evaluation.stage import EvalSets, eval_summary, evaluate, load_eval_sets
+from orchestrator.models import check_model, model_fingerprint, resolve_model_path
+from orchestrator.reporting.runlog import (
+    RemoteProgress,
+    format_iteration,
+    format_table,
+    write_metrics_jsonl,
+    write_tensorboard,
+)
+from orchestrator.rewards.judge import (
+    aggregate,
+    constrained_regex,
+    expected_score,
+    judge_message,
+    parse_score,
+    score_choice,
+)
+from orchestrator.rewards.selection import make_selection, select_iteration
+from orchestrator.run import artifacts
+from orchestrator.run.roles import Models, adapter_of, model_name
+from orchestrator.run.rundir import RunDir, RunDirError
+from orchestrator.specs import train_spec
 from workers import faults
-from workers.judge import aggregate, constrained_regex, expected_score, judge_message, parse_score, score_choice
-from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, PreferenceLoss, SoftPreference
 from workers.progress import run_with_progress
-from workers.trainer import TrainSpec, mc_dropout_logprobs, run_training
+from workers.training.trainer import mc_dropout_logprobs, run_training
 from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ScoreRequest
+
+LOG = logging.getLogger(__name__)
 
 
 def derive_seed(*parts: object) -> int:
@@ -78,84 +91,6 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
-
-
-# --- strategy objects from the config ---------------------------------------------
-
-
-def make_loss(cfg: RunConfig) -> PreferenceLoss:
-    """The configured member of the DPO loss family."""
-    d = cfg.dpo
-    losses: dict[str, PreferenceLoss] = {
-        "dpo": DPO(d.beta), "cdpo": CDPO(d.beta, d.epsilon), "rdpo": RDPO(d.beta, d.epsilon),
-        "ipo": IPO(d.beta, length_normalized=True), "ipo_sum": IPO(d.beta), "soft": SoftPreference(d.beta),
-        "cream": CREAM(d.beta),
-    }
-    return losses[d.loss]
-
-
-def make_selection(cfg: RunConfig) -> Selection:
-    """The configured pair strategy, filters (in the order they are checked) and soft label."""
-    s = cfg.selection
-    filters: list[Filter] = []
-    if s.consistency.mode == "filter":
-        filters.append(ConsistencyFilter(s.consistency.threshold))
-    if s.agreement.enabled:
-        filters.append(AgreementFilter(s.agreement.confidence if s.agreement.require_confident else None,
-                                       s.agreement.signal))
-    if s.judge_uncertainty.p_min is not None:
-        filters.append(JudgeUncertaintyFilter(s.judge_uncertainty.p_min))
-    downweighted: tuple[str, ...] = ()
-    if s.mc_dropout.passes > 0 and s.mc_dropout.fraction > 0:
-        mc = MCDropoutFilter(s.mc_dropout.fraction)
-        filters.append(mc)
-        if s.mc_dropout.action == "downweight":
-            downweighted = (mc.name,)
-    label = {"dyn": SoftLabel("consistency"), "avg": SoftLabel("mean_consistency")}.get(
-        s.consistency.mode, SoftLabel("score_margin", cfg.dpo.soft_temperature) if cfg.dpo.loss == "soft" else SoftLabel()
-    )
-    return Selection(
-        strategy=BestVsWorst() if s.strategy == "best_vs_worst" else MarginPairs(s.min_margin, s.max_pairs_per_prompt),
-        filters=tuple(filters), label=label, beta=cfg.dpo.beta, judge_signal=cfg.judge.score_source, rank_by=s.rank_by,
-        holdout_verdicts=s.judge_uncertainty.p_min is not None or (s.agreement.enabled and s.agreement.require_confident),
-        length_normalized=s.length_normalized, consistency_source=s.consistency.source,
-        mc_measure=s.mc_dropout.measure, downweight_filters=downweighted, downweight=s.mc_dropout.downweight,
-    )
-
-
-def adapter_of(rd: RunDir, t: int) -> AdapterRef | None:
-    """M(t): the adapter trained at iteration t; None for M0, the base model.
-
-    Its digest is the committed folder's sha256 (empty before the train stage commits).
-    """
-    if t <= 0:
-        return None
-    rec = rd.committed(rd.stage_key(t, "train"))
-    return AdapterRef(name=f"iter_{t:03d}", path=rd.storage.uri(f"{rd.iter_dir(t)}/adapter"),
-                      digest=rec["sha256"] if rec else "")
-
-
-def _name(adapter: AdapterRef | None) -> str:
-    return "base" if adapter is None else adapter.name
-
-
-@dataclass(frozen=True)
-class Models:
-    """Which model plays which part at iteration t (None = the base model M0)."""
-
-    policy: AdapterRef | None  # M(t-1): generates, judges, is trained from
-    previous: AdapterRef | None  # M(t-2); meaningful only when has_previous
-    has_previous: bool  # t >= 2
-    reference: AdapterRef | None  # base, or the previous iterate
-
-    @staticmethod
-    def at(rd: RunDir, t: int, reference: str) -> "Models":
-        prev = adapter_of(rd, t - 2)
-        return Models(adapter_of(rd, t - 1), prev, t >= 2, None if reference == "base" else prev)
-
-    def describe(self) -> dict[str, str | None]:
-        return {"policy": _name(self.policy), "previous": _name(self.previous) if self.has_previous else None,
-                "reference": _name(self.reference)}
 
 
 # --- stages ------------------------------------------------------------------
@@ -259,15 +194,15 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
     logps: dict[str, list[Any]] = {}
     wanted = [models.policy, models.reference] + ([models.previous] if models.has_previous else [])
     for adapter in wanted:
-        if _name(adapter) not in logps:
-            logps[_name(adapter)] = ctx.engines("score", requests, adapter, desc=f"score log-probs ({_name(adapter)})")
-            bad = next((i for i, s in enumerate(logps[_name(adapter)]) if not math.isfinite(s.logp)), None)
+        if model_name(adapter) not in logps:
+            logps[model_name(adapter)] = ctx.engines("score", requests, adapter, desc=f"score log-probs ({model_name(adapter)})")
+            bad = next((i for i, s in enumerate(logps[model_name(adapter)]) if not math.isfinite(s.logp)), None)
             if bad is not None:
                 g = gens[bad]
-                raise FloatingPointError(f"log-prob {logps[_name(adapter)][bad].logp} of response {g['prompt_id']}/"
-                                         f"{g['sample_idx']} under model {_name(adapter)} (iteration {t}, score stage)")
-    pol, ref = logps[_name(models.policy)], logps[_name(models.reference)]
-    prev = logps[_name(models.previous)] if models.has_previous else [None] * len(gens)
+                raise FloatingPointError(f"log-prob {logps[model_name(adapter)][bad].logp} of response {g['prompt_id']}/"
+                                         f"{g['sample_idx']} under model {model_name(adapter)} (iteration {t}, score stage)")
+    pol, ref = logps[model_name(models.policy)], logps[model_name(models.reference)]
+    prev = logps[model_name(models.previous)] if models.has_previous else [None] * len(gens)
     mc, mc_ref = _mc_dropout(ctx, t, requests, models)
     keys = [(g["prompt_id"], g["sample_idx"]) for g in gens]
     cur = [aggregate([jr["score"] for jr in by_role["current"].get(k, [])]) for k in keys]
@@ -307,22 +242,6 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
     )
 
 
-def _train_spec(ctx: Context, t: int, policy: AdapterRef | None, pairs_path: str = "", output_dir: str = "") -> TrainSpec:
-    cfg, r = ctx.cfg, ctx.cfg.resources
-    return TrainSpec(
-        model_path=str(ctx.model_path), dtype=cfg.model.dtype, pairs_path=pairs_path,
-        output_dir=output_dir, init_adapter=policy.path if policy else None,
-        init_adapter_digest=policy.digest if policy else "",
-        trust_remote_code=cfg.model.trust_remote_code, lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules, loss=make_loss(cfg),
-        reference=cfg.scoring.reference, learning_rate=cfg.dpo.learning_rate, weight_decay=cfg.dpo.weight_decay,
-        epochs=cfg.dpo.epochs, micro_batch_pairs=cfg.dpo.micro_batch_pairs, grad_accum_steps=cfg.dpo.grad_accum_steps,
-        max_grad_norm=cfg.dpo.max_grad_norm, lr_schedule=cfg.dpo.lr_schedule, warmup_steps=cfg.dpo.warmup_steps,
-        checkpoint_every=cfg.dpo.checkpoint_every, strategy=r.train_strategy, seed=derive_seed(cfg.seed, "train", t),
-        torch_threads=r.torch_threads, gradient_checkpointing=r.gradient_checkpointing,
-    )
-
-
 def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
                 models: Models) -> tuple[list[list[float] | None], list[float | None]]:
     """MC-dropout passes of the policy and the reference's log-probs by the same code, per response.
@@ -337,7 +256,7 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
     import ray
 
     r = ctx.cfg.resources
-    spec = replace(_train_spec(ctx, t, models.policy), seed=derive_seed(ctx.cfg.seed, "mc_dropout", t))
+    spec = train_spec(ctx.cfg, ctx.model_path, derive_seed(ctx.cfg.seed, "mc_dropout", t), models.policy, "", "")
     borrowed = ctx.borrowed_gpus()
     if borrowed:
         # Beside the first engine, on its GPU, in the memory the awake engine leaves (``selfreward plan`` checks it).
@@ -368,13 +287,14 @@ def train(ctx: Context, t: int, pairs: str, policy: AdapterRef | None, staged: s
     was killed resumes from the latest one.
     """
     r, rd, key = ctx.cfg.resources, ctx.rd, ctx.stage
-    spec = _train_spec(ctx, t, policy, rd.storage.uri(pairs), rd.storage.uri(staged))
+    spec = train_spec(ctx.cfg, ctx.model_path, derive_seed(ctx.cfg.seed, "train", t), policy, rd.storage.uri(pairs),
+                      rd.storage.uri(staged))
     bar = RemoteProgress("train")
 
     def on_message(msg: dict[str, Any]) -> None:
         if msg.get("resumed_from_step"):
             rd.session["train_resumed_from_step"][key] = msg["resumed_from_step"]
-            ctx.log(f"  train    resuming from the checkpoint of step {msg['resumed_from_step']}")
+            LOG.info(f"  train    resuming from the checkpoint of step {msg['resumed_from_step']}")
         bar(msg)
         if "checkpoint" in msg:
             faults.point(f"{key}:step")
@@ -403,7 +323,7 @@ def _table_stage(ctx: Context, t: int, name: str, kind: str, path: str, compute:
     rec = rd.record(key)
     if rec is not None:
         rd.reused(key)
-        ctx.log(f"  {name:<8} committed earlier ({rec.rows} rows), skipped")
+        LOG.info(f"  {name:<8} committed earlier ({rec.rows} rows), skipped")
         return rd.read_table(path), {**rec.summary, "seconds": rec.seconds}
     ctx.stage = key
     t0 = time.monotonic()
@@ -414,7 +334,7 @@ def _table_stage(ctx: Context, t: int, name: str, kind: str, path: str, compute:
     summary = summarize(table)
     rd.commit(key, path, table.num_rows, seconds, summary)
     rd.clear_parts(key)
-    ctx.log(f"  {name:<8} {table.num_rows} rows in {seconds:.1f}s")
+    LOG.info(f"  {name:<8} {table.num_rows} rows in {seconds:.1f}s")
     return table, {**summary, "seconds": round(seconds, 3)}
 
 
@@ -485,7 +405,7 @@ def prepare(cfg: RunConfig, run_dir: str | Path, redo: str | None = None) -> Pre
     return Prepared(cfg, str(run_dir), model_path, fingerprint, prompts, eval_sets, {"data.prompts": fit, **eval_fit}, redo)
 
 
-def run(cfg: RunConfig, run_dir: str | Path, log: Log = print, redo: str | None = None,
+def run(cfg: RunConfig, run_dir: str | Path, redo: str | None = None,
         prepared: Prepared | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the loop for ``cfg.iterations`` iterations; returns the per-iteration metrics.
 
@@ -497,28 +417,28 @@ def run(cfg: RunConfig, run_dir: str | Path, log: Log = print, redo: str | None 
     rd = RunDir(p.run_dir)
     resumed = rd.open(cfg, library_versions(), p.fingerprint)
     try:
-        return _run(cfg, rd, p.model_path, p.prompts, p.eval_sets, p.overlong, resumed, log, p.redo)
+        return _run(cfg, rd, p.model_path, p.prompts, p.eval_sets, p.overlong, resumed, p.redo)
     finally:
         rd.close()
 
 
 def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_sets: EvalSets, overlong: dict[str, Any],
-         resumed: bool, log: Log, redo: str | None) -> list[dict[str, Any]]:
-    log(f"run dir {rd.root} ({'resuming' if resumed else 'new run'}), model {model_path}")
+         resumed: bool, redo: str | None) -> list[dict[str, Any]]:
+    LOG.info(f"run dir {rd.root} ({'resuming' if resumed else 'new run'}), model {model_path}")
     for source, f in overlong.items():
         if f["skipped"] or f["truncated"]:
-            log(f"  {source}: {f['skipped']} prompt(s) too long for the context skipped, {f['truncated']} truncated "
+            LOG.info(f"  {source}: {f['skipped']} prompt(s) too long for the context skipped, {f['truncated']} truncated "
                 f"(data.overlong={f['policy']})")
     if redo:
-        log(f"  redo: forgot {', '.join(rd.redo(redo))}")
-    ctx = Context(cfg, rd, model_path, log, overlong=overlong)
+        LOG.info(f"  redo: forgot {', '.join(rd.redo(redo))}")
+    ctx = Context(cfg, rd, model_path, overlong=overlong)
     selection = make_selection(cfg)
     answers = {r["prompt_id"]: (r["answer"], r["kind"]) for r in prompts.select(["prompt_id", "answer", "kind"]).to_pylist()}
     all_metrics = []
     try:
         baseline = _baseline(ctx, eval_sets)
         for t in range(1, cfg.iterations + 1):
-            log(f"iteration {t}/{cfg.iterations}")
+            LOG.info(f"iteration {t}/{cfg.iterations}")
             d = rd.iter_dir(t)
             t_iter = time.monotonic()
             batch = prompts_for_iteration(prompts, t, cfg.data.prompts_per_iteration, cfg.seed)
@@ -533,8 +453,7 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
                                             lambda: score(ctx, t, gens, judg, answers, models),
                                             lambda table: _score_summary(table, models))
             pairs, s_select = _table_stage(ctx, t, "select", "pairs", f"{d}/pairs.parquet",
-                                           lambda: select(gens, rewards, judg, selection, models.policy == models.reference,
-                                                          models.has_previous and models.previous == models.reference),
+                                           lambda: select_iteration(gens, rewards, judg, selection, models),
                                            lambda table: _pairs_summary(table, cfg, t))
             s_train = _train_stage(ctx, t, d, models.policy)
             stages = {"generate": s_gen, "judge": s_judge, "score": s_score, "select": s_select, "train": s_train}
@@ -547,8 +466,8 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
             all_metrics.append(metrics)
             rows = write_metrics_jsonl(rd)
             write_tensorboard(rd, rows)
-            log(format_iteration(metrics))
-            log(format_table([r for r in rows if r["kind"] != "train_step"]))
+            LOG.info(format_iteration(metrics))
+            LOG.info(format_table([r for r in rows if r["kind"] != "train_step"]))
     finally:
         ctx.close()
     return all_metrics
@@ -559,7 +478,7 @@ def _baseline(ctx: Context, sets: EvalSets) -> pa.Table | None:
     if sets.empty:
         return None
     rd = ctx.rd
-    ctx.log("baseline: evaluating M0")
+    LOG.info("baseline: evaluating M0")
     table, summary = _table_stage(ctx, 0, "eval", "eval", f"{rd.iter_dir(0)}/eval.parquet",
                                   lambda: evaluate(ctx.engines, ctx.cfg, 0, None, sets, None), eval_summary)
     key, path = rd.stage_key(0, "metrics"), f"{rd.iter_dir(0)}/metrics.json"
@@ -580,7 +499,7 @@ def _train_stage(ctx: Context, t: int, d: str, policy: AdapterRef | None) -> dic
     rec = rd.record(key)
     if rec is not None:
         rd.reused(key)
-        ctx.log(f"  train    committed earlier ({rec.summary.get('optimizer_steps')} steps), skipped")
+        LOG.info(f"  train    committed earlier ({rec.summary.get('optimizer_steps')} steps), skipped")
         return {**rec.summary, "seconds": rec.seconds}
     ctx.stage = key
     t0 = time.monotonic()
@@ -593,12 +512,12 @@ def _train_stage(ctx: Context, t: int, d: str, policy: AdapterRef | None) -> dic
     rd.commit_dir(staged, final)
     seconds = time.monotonic() - t0
     rd.commit(key, final, None, seconds, summary)
-    ctx.log(f"  train    {summary['optimizer_steps']} steps on {summary['train_pairs']} pairs in {seconds:.1f}s")
+    LOG.info(f"  train    {summary['optimizer_steps']} steps on {summary['train_pairs']} pairs in {seconds:.1f}s")
     return {**summary, "seconds": round(seconds, 3)}
 
 
 def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
-    """metrics.json of iteration t: the stages' summaries in one row (see ``orchestrator.measures``)."""
+    """metrics.json of iteration t: the stages' summaries in one row (see ``orchestrator.reporting.metrics``)."""
     key = ctx.rd.stage_key(t, "metrics")
     path = f"{ctx.rd.iter_dir(t)}/metrics.json"
     if ctx.rd.record(key) is not None:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from orchestrator import cli
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.rundir import RunDir
+from orchestrator.run.rundir import RunDir
 
 PROMPTS = [{"prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(6)]
 

@@ -4,11 +4,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+from tests import ROOT
 
 
 @pytest.mark.integration
@@ -46,10 +45,11 @@ def test_hf_engine_on_a_gpu_is_seeded_and_survives_sleep(tiny_model_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from workers.hf_engine import HFEngine
-    from workers.types import CompletionRequest, EngineSpec, SamplingSpec
+    from tests import specs
+    from workers.engines.hf import HFEngine
+    from workers.types import CompletionRequest, SamplingSpec
 
-    engine = HFEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0))
+    engine = HFEngine(specs.engine(tiny_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1"))
     assert engine.device.type == "cuda"
     reqs = [CompletionRequest("Name the capital of France.", 1), CompletionRequest("What is 2 + 2?", 2)]
     greedy = engine.complete(reqs, SamplingSpec(0.0, 1.0, 16), None)

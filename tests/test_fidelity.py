@@ -4,7 +4,7 @@ drop of the same size at 5,000 pairs, and claims nothing where it does not."""
 import pytest
 
 from benchmarks import fidelity
-from orchestrator.stats import Estimate
+from orchestrator.evaluation.stats import Estimate
 
 PROMPTS = 5000  # best-vs-worst: one candidate pair per prompt
 

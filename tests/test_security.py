@@ -3,7 +3,8 @@
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).parents[1]
+from tests import ROOT
+
 CODE = [p for d in ("orchestrator", "workers", "jobs", "benchmarks") for p in (ROOT / d).rglob("*.py")]
 TEXT = CODE + [ROOT / "README.md", ROOT / "Makefile", ROOT / "cluster.yaml", *(ROOT / "docs").glob("*.md"),
                *(ROOT / "jobs").rglob("*.yaml"), *(ROOT / "tests").rglob("*.py"), ROOT / ".ci" / "run"]

@@ -78,7 +78,10 @@ class ScoreResult:
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """Everything an engine needs to load the base model and serve adapters."""
+    """Everything an engine needs to load the base model and serve adapters.
+
+    No field has a default: ``orchestrator.specs.engine_spec`` derives every one from the run config.
+    """
 
     model_path: str
     dtype: str
@@ -86,23 +89,23 @@ class EngineSpec:
     max_lora_rank: int
     seed: int
     kv_cache_gib: float
-    tensor_parallel_size: int = 1
-    max_loras: int = 2
-    trust_remote_code: bool = False
+    tensor_parallel_size: int
+    max_loras: int
+    trust_remote_code: bool
     # GPU only: share of each GPU's memory the engine may use, and whether it
     # can sleep (release it) while a colocated trainer holds the GPUs.
-    gpu_memory_utilization: float = 0.9
-    enable_sleep_mode: bool = False
+    gpu_memory_utilization: float
+    enable_sleep_mode: bool
     # Prefix caching lets judge prompts share the rubric's KV cache; off only to measure what it buys.
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool
     # vLLM's own statistics (prefix-cache hits and the like, read with LLM.get_metrics), for benchmarks.
-    log_stats: bool = False
-    # vLLM's engine core in a process of its own (vLLM's default; off here, see workers.engine): tests use it to
+    log_stats: bool
+    # vLLM's engine core in a process of its own (vLLM's default; off here, see workers.engines.vllm): tests use it to
     # check that no engine process outlives its actor.
-    engine_core_process: bool = False
+    engine_core_process: bool
     # Serve an adapter by reloading the weights with its update merged in (one model at a time, at the base model's
-    # speed) instead of vLLM's per-request LoRA; one device per engine and no sleep mode (see workers.engine).
-    merge_adapters: bool = False
+    # speed) instead of vLLM's per-request LoRA; one device per engine and no sleep mode (see workers.engines.vllm).
+    merge_adapters: bool
 
 
 @dataclass(frozen=True)

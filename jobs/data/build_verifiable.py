@@ -1,7 +1,7 @@
 """Writes jobs/data/verifiable_train.jsonl and verifiable_heldout.jsonl: tasks with exact answers.
 
 Every response to these prompts can be checked against the reference answer
-(``orchestrator/answers.py``), so the label precision of every preference
+(``orchestrator/evaluation/answers.py``), so the label precision of every preference
 pair and the accuracy of every model are measurable. Each prompt asks for a
 fixed final-answer form, a last line ``Answer: <value>`` (SmolLM2-135M keeps
 this form in about a third of its replies; the grader reads it first and

@@ -1,8 +1,8 @@
 """The main job, run once per test session exactly as ``make run`` runs it, for every test that reads a finished run."""
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-import subprocess
 
 import pytest
 

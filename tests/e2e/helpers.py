@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import artifacts
+from orchestrator.run import artifacts
+from tests import ROOT
 
-ROOT = Path(__file__).parents[2]
 CONFIG = ROOT / "jobs" / "configs" / "tiny-cpu.yaml"
 # The tiny config, made smaller so a full loop takes a few minutes on 2 cores:
 # still every stage, the real model, real judge, real DPO on Ray Train.

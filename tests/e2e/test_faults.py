@@ -132,8 +132,8 @@ def _state(run_dir):
 def test_damaged_run_dir_full_disk_and_nan_loss_are_clear_errors_that_lose_nothing(tmp_path, tiny_model_path, reference):
     import shutil
 
-    from orchestrator.lock import RunLock
-    from orchestrator.storage import Storage
+    from orchestrator.run.lock import RunLock
+    from orchestrator.run.storage import Storage
     from workers.faults import FAIL_WRITE_ENV, NAN_AT_ENV
 
     run_dir = tmp_path / "run"

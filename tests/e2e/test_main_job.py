@@ -7,13 +7,12 @@ import re
 import shutil
 
 import pyarrow.parquet as pq
-
 import pytest
 
 from orchestrator.config import load_config
 from tests.e2e.conftest import SECRET
 from tests.e2e.helpers import CONFIG, check_run_dir, selfreward
-from tests.orchestrator.test_report import CHROMIUM, PLOTS, render
+from tests.orchestrator.reporting.test_report import CHROMIUM, PLOTS, render
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from workers.pool import EnginePool, PoolResources, shard
-from workers.types import CompletionRequest, EngineSpec, SamplingSpec
+from tests import specs
+from workers.engines.pool import EnginePool, PoolResources, shard
+from workers.types import CompletionRequest, SamplingSpec
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,7 @@ def cluster():
 
 def test_engines_spread_over_nodes_and_survive_a_lost_node(cluster, tiny_model_path):
     c, (node_a, node_b) = cluster
-    spec = EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0)
+    spec = specs.engine(tiny_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1")
     pool = EnginePool(spec, PoolResources(engines=2, cpus_per_engine=1, gpus_per_engine=0, max_restarts=2))
     try:
         # One engine per worker node (the head offers no CPU).

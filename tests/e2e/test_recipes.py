@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.consistency import consistency
-from orchestrator.loop import make_selection
-from orchestrator.metrics import label_quality
-from orchestrator.selection import select
+from orchestrator.evaluation.labels import label_quality
+from orchestrator.rewards.consistency import consistency
+from orchestrator.rewards.selection import make_selection, select
 from tests.e2e.helpers import NO_EVAL, ROOT, check_run_dir, selfreward
 
 pytestmark = pytest.mark.e2e

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from orchestrator import artifacts, stats
 from orchestrator.config import load_config
-from orchestrator.metrics import label_quality
-from orchestrator.rundir import RunDir
+from orchestrator.evaluation import stats
+from orchestrator.evaluation.labels import label_quality
+from orchestrator.run import artifacts
+from orchestrator.run.rundir import RunDir
 
 EVIL = "<script>alert('x')</script> & <img src=http://example.com/x.png>"
 N = 10  # held-out verifiable prompts of the made-up evaluations

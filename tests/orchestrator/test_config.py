@@ -1,11 +1,11 @@
 import re
-from pathlib import Path
 
 import pytest
 
 from orchestrator.config import ConfigError, RunConfig, changed_fields, config_hash, load_config, safe_fields
+from tests import ROOT
 
-CONFIGS = sorted((Path(__file__).parents[2] / "jobs" / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

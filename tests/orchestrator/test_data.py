@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.data import build_verifiable
-from orchestrator.answers import KINDS, grade
 from orchestrator.config import ColumnsConfig
 from orchestrator.data import DataError, load_prompts, normalised, prompt_id, prompts_for_iteration
+from orchestrator.evaluation.answers import KINDS, grade
 from orchestrator.models import ModelError, resolve_model_path
 from tests.e2e.helpers import ROOT
 
@@ -106,7 +106,7 @@ def test_verifiable_answers_are_right():
 
 def test_held_out_prompts_equal_to_training_ones_up_to_case_and_punctuation_are_refused(tmp_path):
     from orchestrator.config import load_config
-    from orchestrator.evaluation import load_eval_sets
+    from orchestrator.evaluation.stage import load_eval_sets
 
     train = _write(tmp_path / "train.jsonl", [{"prompt": "Explain gravity to a child."}, {"prompt": "What is 9 - 4?"}])
     held = _write(tmp_path / "held.jsonl", [{"prompt": "What is 9 + 4?"}, {"prompt": "  explain GRAVITY, to a child  "}])

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from orchestrator import artifacts
+from orchestrator.run import artifacts
 
 
 def pairs_table(triples: list[tuple[str, str, str]], weights: list[float] | None = None) -> pa.Table:

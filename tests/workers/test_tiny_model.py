@@ -5,29 +5,31 @@ import math
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import torch
 
+from orchestrator.rewards.judge import pairwise_message, score_choice, winner_choice
+from tests import ROOT, specs
 from tests.workers.pairs_table import pairs_table
-from tests.workers.test_batch_invariance import alone, approx
-from workers.engine import VLLMEngine
-from workers.judge import choice_token_ids, pairwise_message, score_choice, winner_choice
-from workers.losses import CDPO, CREAM, DPO, IPO, RDPO, SoftPreference
+from tests.workers.training.test_batch_invariance import alone, approx
+from workers.engines.choices import choice_token_ids
+from workers.engines.vllm import VLLMEngine
 from workers.tokens import prompt_token_ids, response_token_ids
-from workers.trainer import DPOTrainerCore, TrainSpec, mc_dropout_logprobs
-from workers import canaries
-from workers.types import AdapterRef, CompletionRequest, EngineSpec, SamplingSpec, ScoreRequest, ServedModelError
+from workers.training import canaries
+from workers.training.losses import CDPO, CREAM, DPO, IPO, RDPO, SoftPreference
+from workers.training.trainer import DPOTrainerCore, mc_dropout_logprobs
+from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ScoreRequest, ServedModelError
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).parents[2]
 
 # Summed log-probs over ~10-30 tokens, vLLM vs PyTorch, both float32: they
 # agree to ~1e-4 in practice; the stated tolerance leaves room for kernel
 # differences (vLLM's CPU attention vs SDPA).
 LOGP_ATOL = 5e-3
+ENGINE = ("model.max_model_len=1024", "resources.kv_cache_gib=1")
 
 PAIRS = [
     ("What is 17 * 23? Answer with a number.", "17 * 23 = 391.", "17 * 23 = 315."),
@@ -37,7 +39,7 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_path):
-    eng = VLLMEngine(EngineSpec(str(tiny_model_path), "float32", 1024, 8, 0, 1.0, merge_adapters=True))
+    eng = VLLMEngine(specs.engine(tiny_model_path, *ENGINE, "resources.adapter_serving=merged"))
     yield eng
     eng.close()
 
@@ -47,8 +49,7 @@ def trained(tiny_model_path, tmp_path_factory):
     """A trainer after one DPO step on PAIRS, its loss before/after, and the LoRA weights before."""
     out = tmp_path_factory.mktemp("adapter")
     table = pairs_table(PAIRS)
-    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir=str(out),
-                     learning_rate=5e-3, micro_batch_pairs=len(PAIRS), epochs=1, loss=DPO(0.1))
+    spec = specs.training(tiny_model_path, "dpo.learning_rate=5e-3", f"dpo.micro_batch_pairs={len(PAIRS)}", out=out)
     core = DPOTrainerCore(spec)
     examples = core.encode(table)
     before = {n: p.detach().clone() for n, p in core.model.named_parameters() if "lora_" in n}
@@ -120,10 +121,11 @@ def test_merged_and_lora_serving_agree(engine, trained, tiny_model_path):
     base_after = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
     # vLLM's in-process engines share global state (closing one tears down another's): the LoRA way runs in its own
     # process.
-    code = ("import json, sys; from workers.engine import VLLMEngine; "
-            "from workers.types import AdapterRef, EngineSpec, ScoreRequest; "
+    code = ("import json, sys; from workers.engines.vllm import VLLMEngine; "
+            "from workers.types import AdapterRef, ScoreRequest; from tests.specs import engine; "
             "model, folder, requests = json.loads(sys.stdin.read()); "
-            "e = VLLMEngine(EngineSpec(model, 'float32', 1024, 8, 0, 1.0, merge_adapters=False)); "
+            "e = VLLMEngine(engine(model, 'model.max_model_len=1024', 'resources.kv_cache_gib=1', "
+            "'resources.adapter_serving=lora')); "
             "requests = [ScoreRequest(*r) for r in requests]; "
             "out = [[s.logp for s in e.score(requests, a)] for a in (AdapterRef('one-step', folder), None)]; "
             "e.close(); print('LOGPS', json.dumps(out))")
@@ -138,8 +140,7 @@ def test_merged_and_lora_serving_agree(engine, trained, tiny_model_path):
 
 def _retrained(tiny_model_path, out, lr):
     """Another adapter, trained on PAIRS at learning rate ``lr`` and written (with its canaries) to ``out``."""
-    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir=str(out),
-                     learning_rate=lr, micro_batch_pairs=len(PAIRS), epochs=1, loss=DPO(0.1))
+    spec = specs.training(tiny_model_path, f"dpo.learning_rate={lr}", f"dpo.micro_batch_pairs={len(PAIRS)}", out=out)
     core = DPOTrainerCore(spec)
     table = pairs_table(PAIRS)
     requests = canaries.pick(table.to_pylist())
@@ -182,14 +183,14 @@ PAIRS_REQUESTS = [ScoreRequest(p, y, "stop") for p, c, r in PAIRS for y in (c, r
 
 def test_reference_previous_is_the_adapter_training_starts_from(tiny_model_path, trained):
     *_, adapter_dir = trained
-    common = dict(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
-                  init_adapter=str(adapter_dir), micro_batch_pairs=len(PAIRS), epochs=1, learning_rate=1e-3)
-    prev = DPOTrainerCore(TrainSpec(**common, reference="previous", loss=RDPO(0.1, 0.2)))
+    common = (f"dpo.micro_batch_pairs={len(PAIRS)}", "dpo.learning_rate=1e-3")
+    prev = DPOTrainerCore(specs.training(tiny_model_path, *common, "scoring.reference=previous", "dpo.loss=rdpo",
+                                   "dpo.epsilon=0.2", "iterations=2", init_adapter=adapter_dir))
     examples = prev.encode(pairs_table(PAIRS))
     # Reference = M(t-1) itself: every implicit margin starts at 0, so the first
     # step's loss is l(0) for any loss of the family: rDPO gives log 2 too.
     assert prev.fit(examples).steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
-    base = DPOTrainerCore(TrainSpec(**common, reference="base", loss=DPO(0.1)))
+    base = DPOTrainerCore(specs.training(tiny_model_path, *common, init_adapter=adapter_dir))
     # Against the base model, M(1) already prefers the chosen responses it was trained on.
     first = base.fit(base.encode(pairs_table(PAIRS))).steps[0]
     assert first["loss"] < 0.6931 - 1e-3 and first["reward_accuracy"] == 1.0
@@ -216,8 +217,7 @@ def test_choice_distribution_reads_the_judges_next_token_probabilities(engine, t
 def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path, trained):
     """T dropout passes of the policy, and the reference scored by the same code without dropout."""
     *_, adapter_dir = trained
-    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="", seed=3,
-                     init_adapter=str(adapter_dir))
+    spec = specs.training(tiny_model_path, seed=3, init_adapter=adapter_dir)
     reqs = [ScoreRequest(p, c, "stop") for p, c, _ in PAIRS]
     a, ref = mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)
     assert (a, ref) == mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)  # same seed, same passes
@@ -246,8 +246,8 @@ def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path, trained):
 def test_every_loss_of_the_family_trains_the_tiny_model(tiny_model_path, loss, at_zero):
     """One short training per loss: the first step starts at the loss's value at margin 0 (a fresh adapter is the
     reference), every step is finite, and the first update moves the policy toward the chosen responses."""
-    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="", learning_rate=5e-3,
-                     micro_batch_pairs=len(PAIRS), epochs=2, loss=loss)
+    spec = replace(specs.training(tiny_model_path, "dpo.learning_rate=5e-3", f"dpo.micro_batch_pairs={len(PAIRS)}",
+                            "dpo.epochs=2"), loss=loss)  # the loss object itself is under test
     core = DPOTrainerCore(spec)
     before = {n: p.detach().clone() for n, p in core.model.named_parameters() if "lora_" in n}
     result = core.fit(core.encode(pairs_table(PAIRS)))
@@ -261,8 +261,7 @@ def test_every_loss_of_the_family_trains_the_tiny_model(tiny_model_path, loss, a
 def test_down_weighting_is_absolute(tiny_model_path, monkeypatch):
     """A step's loss is normalised by its pair count times the stage's mean weight, not by its own weight sum: a
     batch of only down-weighted pairs trains at reduced strength."""
-    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
-                     micro_batch_pairs=2, epochs=1)
+    spec = specs.training(tiny_model_path, "dpo.micro_batch_pairs=2")
     core = DPOTrainerCore(spec)
     triples = PAIRS + [(p + " Please.", c, r) for p, c, r in PAIRS]
     examples = core.encode(pairs_table(triples, weights=[1.0, 1.0, 0.25, 0.25]))
@@ -284,9 +283,8 @@ def test_down_weighting_is_absolute(tiny_model_path, monkeypatch):
 def test_gradient_checkpointing_changes_memory_not_the_math(tiny_model_path):
     """The same two DPO steps with activations recomputed give the same losses and the same adapter."""
     def run(checkpointing):
-        spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
-                         learning_rate=5e-3, micro_batch_pairs=1, epochs=1, seed=3, lora_dropout=0.1,
-                         gradient_checkpointing=checkpointing)
+        spec = specs.training(tiny_model_path, "dpo.learning_rate=5e-3", "dpo.micro_batch_pairs=1", "lora.dropout=0.1",
+                        f"resources.gradient_checkpointing={str(checkpointing).lower()}", seed=3)
         core = DPOTrainerCore(spec)
         result = core.fit(core.encode(pairs_table(PAIRS)))
         return core, [s["loss"] for s in result.steps]
@@ -304,13 +302,12 @@ def test_gradient_checkpointing_changes_memory_not_the_math(tiny_model_path):
 
 def test_the_trainer_fetches_the_adapter_it_continues_from_by_its_digest(trained, tiny_model_path, monkeypatch):
     """A remote adapter trained again under the same URI (after --redo) is downloaded anew, never the cached one."""
-    import workers.trainer as trainer_module
+    import workers.training.trainer as trainer_module
 
     out = trained[5]
     seen, real = [], trainer_module.local_copy
     monkeypatch.setattr(trainer_module, "local_copy", lambda loc, digest="": seen.append((str(loc), digest)) or real(loc, digest))
-    DPOTrainerCore(TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="",
-                             init_adapter=str(out), init_adapter_digest="sha-of-the-committed-train-stage"))
+    DPOTrainerCore(specs.training(tiny_model_path, init_adapter=out, digest="sha-of-the-committed-train-stage"))
     assert seen == [(str(out), "sha-of-the-committed-train-stage")]
 
 
@@ -322,8 +319,7 @@ MIXED = [ScoreRequest(p, y, "stop") for p, c, r in PAIRS for y in (c, r, "Yes.",
 def test_mc_dropout_at_p_zero_equals_a_plain_forward_of_each_sequence_alone(tiny_model_path, trained):
     """With nothing dropped, the MC-dropout pass and its reference are each sequence's own plain forward."""
     *_, adapter_dir = trained
-    spec = TrainSpec(model_path=str(tiny_model_path), dtype="float32", pairs_path="", output_dir="", seed=3,
-                     init_adapter=str(adapter_dir), micro_batch_pairs=4)
+    spec = specs.training(tiny_model_path, "dpo.micro_batch_pairs=4", seed=3, init_adapter=adapter_dir)
     by_pass, ref = mc_dropout_logprobs(spec, MIXED, passes=1, p=0.0)
     core = DPOTrainerCore(spec)
     core.model.eval()

@@ -1,0 +1,1 @@
+"""Resources: the plan of GPUs, CPUs and memory a run needs, made before any work."""

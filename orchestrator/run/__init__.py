@@ -1,0 +1,1 @@
+"""The run directory and its commit protocol: storage, the lock, the artifact contract."""

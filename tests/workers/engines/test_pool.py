@@ -1,0 +1,56 @@
+"""The engine pool's dispatcher, with light engines that sleep instead of computing (no model needed)."""
+
+import pytest
+import ray
+
+from benchmarks.dispatch import SleepEngine
+from workers.engines.pool import EnginePool, PoolResources, shard
+from workers.types import PoolError
+
+
+def test_shard_keeps_order_and_sizes():
+    assert shard(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert shard([], 4) == []
+    with pytest.raises(ValueError, match="shard_size"):
+        shard([1], 0)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+def test_back_pressure_gives_a_slow_engine_less_work_and_keeps_order(local_ray):
+    pool = EnginePool(None, PoolResources(2, 1, 0), engine_cls=SleepEngine)
+    try:
+        ray.get(pool.actors[0].set_slowdown.remote(10.0))
+        shards = [[0.02 + i / 1000] for i in range(20)]
+        served = []
+        results = pool.map_shards("complete", shards, on_done=lambda sid, _: served.append(sid))
+        assert results == shards  # in shard order, whatever order they finished in
+        assert sorted(served) == list(range(20))  # each shard exactly once
+        # The slow engine (10x) is never given more than its 2 in-flight shards at a time, so the fast one
+        # takes nearly all the work: by the time the slow one finished 2 shards the fast one did ~18.
+        slow, fast = ray.get([a.calls.remote() for a in pool.actors])
+        assert slow + fast == 20 and slow <= 4
+    finally:
+        pool.shutdown()
+
+
+def test_a_pool_the_cluster_cannot_place_is_a_clear_error(local_ray):
+    with pytest.raises(PoolError, match=r"cannot place 3 engine\(s\) of \{'CPU': 1\}"):
+        EnginePool(None, PoolResources(3, 1, 0, placement_timeout_s=2), engine_cls=SleepEngine)
+
+
+def test_the_local_ray_listens_on_loopback_only(local_ray):
+    import os
+
+    import psutil
+
+    ours = psutil.Process(os.getpid()).children(recursive=True)  # gcs_server, raylet, agents, workers
+    listening = [(p.name(), c.laddr.ip) for p in ours for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening, "the local Ray's servers were not found"
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip in listening), listening

@@ -1,0 +1,714 @@
+"""DPO training of a LoRA adapter, as a plain object and as a Ray Train job.
+
+``DPOTrainerCore`` holds the model and does the math (tests use it
+directly). ``run_training`` runs it on Ray Train's ``TorchTrainer``: one
+process per worker, DDP (or FSDP) over gloo (CPU) or NCCL (GPU). The
+reference model is either the base model (the same weights with the adapter
+disabled) or the previous iterate (the adapter training starts from, before
+its first step); neither costs extra memory, and reference log-probs are
+computed once before the first step.
+
+Every ``checkpoint_every`` optimizer steps the trainer reports a Ray Train
+checkpoint: the trainable weights, the optimizer and scheduler states, the
+torch and numpy RNG states, the position in the epoch's pair order, the step
+log and the reference log-probs. A training stage that is started again with
+the same storage path (after its driver or a worker died) resumes from the
+latest one and continues exactly as the uninterrupted run would have.
+Optimizer and scheduler states are read back with
+``torch.load(weights_only=True)``; nothing is unpickled.
+
+``mc_dropout_logprobs`` is the MC-dropout scorer of the uncertainty filter:
+the policy with dropout on its last hidden state, and the reference scored by
+the same code without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from workers import faults
+from workers.files import local_copy, publish, read_text
+from workers.progress import Report, reporter
+from workers.tokens import prompt_token_ids, response_token_ids
+from workers.training import canaries
+from workers.training.logprobs import pair_logprobs, sequence_logprobs
+from workers.training.losses import PreferenceLoss
+from workers.training.placement import cuda_index, label_selectors, my_gpu
+from workers.types import ScoreRequest, TrainingError
+
+TRAIN_LOG = "train_log.json"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training stage: where the data is, where the adapter goes, and the hyper-parameters.
+
+    No field has a default: ``orchestrator.specs.train_spec`` derives every one from the run config.
+    """
+
+    model_path: str
+    dtype: str
+    pairs_path: str
+    output_dir: str
+    init_adapter: str | None
+    init_adapter_digest: str  # its committed sha256: a remote adapter trained again is downloaded anew
+    trust_remote_code: bool
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    target_modules: tuple[str, ...]
+    loss: PreferenceLoss
+    # "base": reference = base model (adapter disabled); "previous": the
+    # adapter as loaded from init_adapter, i.e. M(t-1) (the base at t=1).
+    reference: str
+    learning_rate: float
+    weight_decay: float
+    epochs: int
+    micro_batch_pairs: int
+    grad_accum_steps: int
+    max_grad_norm: float
+    lr_schedule: str  # "constant", "linear" or "cosine" decay to 0 after warmup
+    warmup_steps: int
+    checkpoint_every: int  # optimizer steps between Ray Train checkpoints; 0 = none
+    strategy: str  # with several workers: "ddp" (replicas) or "fsdp" (parameters sharded)
+    gradient_checkpointing: bool  # recompute each layer's activations in backward instead of keeping them
+    seed: int
+    torch_threads: int
+
+
+@dataclass(frozen=True)
+class PairExample:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    weight: float
+    label_p: float = 1.0
+
+
+@dataclass
+class TrainResult:
+    """What a training stage reports back: per-step logs and their summary."""
+
+    steps: list[dict[str, float]] = field(default_factory=list)
+    pairs: int = 0
+    resumed_from_step: int = 0  # the checkpoint this stage's last attempt started from (0: none)
+
+    def summary(self) -> dict[str, Any]:
+        """Loss, reward accuracy and margin averaged over the last epoch (and the first epoch's loss)."""
+        if not self.steps:
+            return {"train_pairs": self.pairs, "optimizer_steps": 0, "epochs": 0, "dpo_loss": None,
+                    "dpo_loss_first": None, "reward_accuracy": None, "reward_margin": None, "resumed_from_step": 0}
+
+        def epoch_mean(epoch: int, key: str) -> float:
+            rows = [s for s in self.steps if s["epoch"] == epoch]
+            return sum(s[key] * s["pairs"] for s in rows) / sum(s["pairs"] for s in rows)
+
+        last = self.steps[-1]["epoch"]
+        return {
+            "train_pairs": self.pairs,
+            "optimizer_steps": len(self.steps),
+            "epochs": last + 1,
+            "dpo_loss": epoch_mean(last, "loss"),
+            "dpo_loss_first": epoch_mean(0, "loss"),
+            "reward_accuracy": epoch_mean(last, "reward_accuracy"),
+            "reward_margin": epoch_mean(last, "reward_margin"),
+            "resumed_from_step": self.resumed_from_step,
+        }
+
+
+class DPOTrainerCore:
+    """A causal LM with a trainable LoRA adapter and the DPO step.
+
+    Assumes ``spec.model_path`` is a local HF folder of a causal LM whose
+    tokenizer has a chat template. If ``spec.init_adapter`` is given, training
+    continues from that adapter (M(t) starts from M(t-1)); otherwise a fresh
+    adapter (B = 0, so identical to the base) is created.
+    """
+
+    def __init__(self, spec: TrainSpec, device: torch.device | str = "cpu", move: bool = True) -> None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.spec = spec
+        self.device = torch.device(device)
+        torch.manual_seed(spec.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        base = AutoModelForCausalLM.from_pretrained(
+            spec.model_path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code
+        )
+        if spec.init_adapter:
+            model = PeftModel.from_pretrained(base, local_copy(spec.init_adapter, spec.init_adapter_digest),
+                                              is_trainable=True)
+        else:
+            model = get_peft_model(
+                base,
+                LoraConfig(
+                    r=spec.lora_rank,
+                    lora_alpha=spec.lora_alpha,
+                    lora_dropout=spec.lora_dropout,
+                    target_modules=list(spec.target_modules),
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        if spec.gradient_checkpointing:
+            # Non-reentrant: gradients reach the LoRA weights although the frozen embeddings' output needs none.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        # ``move=False`` (FSDP): the weights stay in host memory until ``shard`` moves each rank's shard.
+        self.model = model.to(self.device) if move else model
+        self.loss_fn = spec.loss
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=spec.learning_rate,
+            weight_decay=spec.weight_decay,
+        )
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.sharded = False
+
+    def make_scheduler(self, total_steps: int) -> None:
+        """The learning-rate schedule over ``total_steps`` optimizer steps (linear warmup, then the decay)."""
+        spec, warm = self.spec, self.spec.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if spec.lr_schedule == "constant" or total_steps <= warm:
+                return 1.0
+            progress = (step - warm) / max(1, total_steps - warm)
+            if spec.lr_schedule == "linear":
+                return max(0.0, 1.0 - progress)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # --- checkpoints ----------------------------------------------------------
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    # --- sharding ------------------------------------------------------------
+    def shard(self) -> None:
+        """FSDP: shard every decoder layer, then the rest, over the process group (collective; every rank calls it).
+
+        The optimizer is rebuilt over the sharded parameters.
+        """
+        from torch.distributed.fsdp import fully_shard
+
+        layer_classes = set(getattr(self.model.get_base_model(), "_no_split_modules", None) or [])
+        if not layer_classes:
+            raise ValueError(f"{self.spec.model_path}: the model names no decoder layer class (_no_split_modules) to shard")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        # Built in host memory (``move=False``): fully_shard moves only this rank's shard of each parameter to
+        # the device, so no GPU ever holds the whole model.
+        mesh = init_device_mesh(self.device.type, (torch.distributed.get_world_size(),))
+        for module in self.model.modules():
+            if type(module).__name__ in layer_classes:
+                fully_shard(module, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)  # the rest, buffers included, moves to the device here
+        self.sharded = True
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=self.spec.learning_rate, weight_decay=self.spec.weight_decay)
+
+    def full_trainable(self) -> dict[str, torch.Tensor]:
+        """The trainable weights as whole CPU tensors (a collective when sharded: every rank calls it)."""
+        return {n: (p.full_tensor() if self.sharded else p).detach().cpu().contiguous() for n, p in self._trainable().items()}
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save_checkpoint(self, directory: Path | None, state: "TrainState", reference: torch.Tensor) -> None:
+        """Everything ``load_checkpoint`` needs to continue exactly where training is now.
+
+        Every rank calls it (gathering sharded state is collective); only a rank
+        given a ``directory`` writes.
+        """
+        assert self.scheduler is not None
+        weights, optimizer = self.full_trainable(), self._optimizer_state()
+        if directory is None:
+            return
+        save_file(weights, directory / "trainable.safetensors")
+        torch.save(optimizer, directory / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
+        rng = {"torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        save_file({**rng, "reference_logps": reference.detach().cpu().contiguous()}, directory / "tensors.safetensors")
+        (directory / "train_state.json").write_text(json.dumps(asdict(state)))
+
+    def load_checkpoint(self, directory: Path) -> tuple["TrainState", torch.Tensor]:
+        """Restore weights, optimizer, scheduler and RNG from ``directory``; returns the loop state and reference log-probs.
+
+        Raises ValueError when the checkpoint's parameters do not match this model's.
+        """
+        assert self.scheduler is not None
+        weights = load_file(directory / "trainable.safetensors")
+        params = self._trainable()
+        if weights.keys() != params.keys():
+            raise ValueError(f"checkpoint {directory} holds other parameters than the model trains "
+                             f"({sorted(weights.keys() ^ params.keys())[:3]} ...)")
+        optimizer = torch.load(directory / "optimizer.pt", weights_only=True, map_location=self.device)
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=optimizer,
+                           options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(weights[name].to(p.device))
+            self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+        tensors = load_file(directory / "tensors.safetensors")
+        torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
+        state = TrainState(**json.loads((directory / "train_state.json").read_text()))
+        return state, tensors["reference_logps"].to(self.device)
+
+    # --- data ---------------------------------------------------------------
+    def encode(self, pairs: pa.Table) -> list[PairExample]:
+        """Token ids of the kept pairs of a pairs table (same encoding as the engines)."""
+        kept = pairs.filter(pc.equal(pairs["kept"], True))
+        cols = ["prompt", "chosen", "rejected", "chosen_finish_reason", "rejected_finish_reason", "weight", "label_p"]
+        rows = kept.select(cols).to_pylist()
+        return [
+            PairExample(
+                prompt_ids=prompt_token_ids(self.tokenizer, r["prompt"]),
+                chosen_ids=response_token_ids(self.tokenizer, r["chosen"], r["chosen_finish_reason"]),
+                rejected_ids=response_token_ids(self.tokenizer, r["rejected"], r["rejected_finish_reason"]),
+                weight=float(r["weight"]),
+                label_p=1.0 if r["label_p"] is None else float(r["label_p"]),
+            )
+            for r in rows
+        ]
+
+    # --- math ---------------------------------------------------------------
+    def sequence_logprobs(self, model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Summed log-prob of each response given its prompt, in one packed forward pass (``workers.training.logprobs``)."""
+        return sequence_logprobs(model, seqs, self.device, self.pad_id)
+
+    def pair_logprobs(self, model: torch.nn.Module, batch: list[PairExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) log-probs in one forward pass that computes each prompt once (``workers.training.logprobs``)."""
+        return pair_logprobs(model, [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in batch], self.device, self.pad_id)
+
+    @torch.no_grad()
+    def reference_logprobs(self, examples: list[PairExample]) -> torch.Tensor:
+        """(n, 2) reference log-probs in eval mode: base model (adapter disabled) or the adapter as loaded."""
+        out = []
+        was_training = self.model.training
+        self.model.eval()
+        with self.model.disable_adapter() if self.spec.reference == "base" else contextlib.nullcontext():
+            for i in range(0, len(examples), self.spec.micro_batch_pairs):
+                c, r = self.pair_logprobs(self.model, examples[i : i + self.spec.micro_batch_pairs])
+                out.append(torch.stack([c, r], dim=1))
+        self.model.train(was_training)
+        return torch.cat(out) if out else torch.zeros((0, 2), device=self.device)
+
+    def fit(self, examples: list[PairExample], ddp_model: torch.nn.Module | None = None, rank: int = 0, world: int = 1,
+            report: Report | None = None, checkpoints: "Checkpoints | None" = None) -> TrainResult:
+        """Run ``epochs`` of DPO over ``examples`` on this rank.
+
+        Each optimizer step takes a global batch of
+        ``micro_batch_pairs * grad_accum_steps * world`` pairs; rank r trains
+        on every world-th pair of it. Every rank makes the same number of
+        backward passes (short ranks pad with zero-weight pairs), and each
+        micro-batch loss is scaled so that DDP's gradient average equals the
+        gradient of the weighted mean loss over the whole global batch.
+        ``report`` gets ``{"total": steps}`` first, then one message per step.
+        ``checkpoints``: where training resumes from and saves to (every rank
+        calls it at the same steps).
+        """
+        model = ddp_model if ddp_model is not None else self.model
+        spec = self.spec
+        result = TrainResult(pairs=len(examples))
+        if not examples:
+            return result
+        per_step = spec.micro_batch_pairs * spec.grad_accum_steps * world
+        batches = math.ceil(len(examples) / per_step)
+        # Weights are absolute: a step's loss is normalised by its pair count times the mean weight of the whole
+        # stage, not by its own weight sum, so a batch of down-weighted pairs trains at reduced strength.
+        weight_unit = sum(e.weight for e in examples) / len(examples)
+        self.make_scheduler(spec.epochs * batches)
+        resumed = checkpoints.load(self) if checkpoints is not None else None
+        if resumed is not None:
+            state, ref = resumed
+            result.steps, result.resumed_from_step = list(state.steps), state.step
+        else:
+            ref = self.reference_logprobs(examples)
+            state = TrainState(np_rng=np.random.default_rng(spec.seed).bit_generator.state)
+        if report is not None:
+            report({"total": spec.epochs * batches, "unit": "step", "resumed_from_step": state.step})
+            if state.step:
+                report({"n": state.step})
+        self.model.train()
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.np_rng
+        step = state.step
+        for epoch in range(state.epoch, spec.epochs):
+            if epoch == state.epoch and state.order:
+                order, first = np.asarray(state.order), state.next_batch  # resumed inside this epoch
+            else:
+                order, first = rng.permutation(len(examples)), 0
+            for b in range(first, batches):
+                global_idx = order[b * per_step : (b + 1) * per_step]
+                weight_total = float(sum(examples[i].weight for i in global_idx))
+                if weight_total > 0:  # else nothing to learn from; every rank sees the same global batch
+                    step += 1
+                    result.steps.append(self._step(model, examples, ref, global_idx, len(global_idx) * weight_unit,
+                                                   rank, world, step, epoch))
+                    if report is not None:
+                        last = result.steps[-1]
+                        report({"n": 1, "tokens": last["tokens"], "loss": last["loss"]})
+                elif report is not None:
+                    report({"n": 1, "skipped": "zero weight"})
+                if checkpoints is not None and checkpoints.every and weight_total > 0 and step % checkpoints.every == 0:
+                    checkpoints.save(self, TrainState(step, epoch, b + 1, order.tolist(), rng.bit_generator.state,
+                                                      result.steps), ref)
+        return result
+
+    def accumulate(self, model: torch.nn.Module, examples: list[PairExample], ref: torch.Tensor, idx: list[int],
+                   scale: float, real: bool = True, nan: bool = False) -> torch.Tensor:
+        """Forward and backward of one micro-batch: gradients of sum(weight * loss) * ``scale`` are added to the
+        trainable parameters. Returns its statistics [weighted loss, weight, right, margin, pairs, tokens].
+
+        ``real``: False for a zero-weight filler that only keeps DDP ranks in step.
+        """
+        batch = [examples[i] for i in idx]
+        w = torch.tensor([e.weight for e in batch], device=self.device) * (1.0 if real else 0.0)
+        label_p = torch.tensor([e.label_p for e in batch], device=self.device)
+        lengths = tuple(torch.tensor([len(getattr(e, f"{side}_ids")) for e in batch], device=self.device)
+                        for side in ("chosen", "rejected"))
+        lp_c, lp_r = self.pair_logprobs(model, batch)
+        if nan:
+            lp_c = lp_c * float("nan")
+        out = self.loss_fn(lp_c, lp_r, ref[idx, 0], ref[idx, 1], torch.ones_like(w), label_p, lengths)
+        ((out.per_pair * w).sum() * scale).backward()
+        if not real:
+            return torch.zeros(6, device=self.device, dtype=torch.float64)
+        tokens = sum(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
+        return torch.tensor([float((out.per_pair.detach() * w).sum()), float(w.sum()), float((out.margin > 0).sum()),
+                             float(out.margin.sum()), len(batch), tokens], device=self.device, dtype=torch.float64)
+
+    def _step(self, model: torch.nn.Module, examples: list[PairExample], ref: torch.Tensor, global_idx: np.ndarray,
+              normaliser: float, rank: int, world: int, step: int, epoch: int) -> dict[str, Any]:
+        """One optimizer step over a global batch; this rank trains on every world-th pair of it.
+
+        ``normaliser``: the step's loss is sum(weight * loss) / normaliser over the global batch.
+        """
+        spec = self.spec
+        mine = list(global_idx[rank::world])
+        stats = torch.zeros(6, device=self.device, dtype=torch.float64)  # wloss, w, correct, margin, n, tokens
+        for k in range(spec.grad_accum_steps):
+            idx = mine[k * spec.micro_batch_pairs : (k + 1) * spec.micro_batch_pairs]
+            # An empty micro-batch becomes a zero-weight filler that keeps DDP in step.
+            stats += self.accumulate(model, examples, ref, idx or [int(global_idx[0])], world / normaliser,
+                                     real=bool(idx), nan=faults.nan_at(step))
+        if world > 1:
+            torch.distributed.all_reduce(stats)
+        wl, wsum, correct, margin, n, tokens = stats.tolist()
+        loss_val = wl / wsum if wsum > 0 else math.nan
+        # Checked before the update: a non-finite step never reaches the weights, and the last good adapter stays.
+        if not math.isfinite(loss_val):
+            raise FloatingPointError(f"DPO loss is {loss_val} at optimizer step {step} (epoch {epoch}); no update was applied")
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], spec.max_grad_norm)
+        if not math.isfinite(float(norm)):
+            raise FloatingPointError(f"gradient norm is {float(norm)} at optimizer step {step} (epoch {epoch}); "
+                                     "no update was applied")
+        self.optimizer.step()
+        assert self.scheduler is not None
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"step": step, "epoch": epoch, "loss": loss_val, "reward_accuracy": correct / n,
+                "reward_margin": margin / n, "pairs": int(n), "tokens": int(tokens)}
+
+    @torch.no_grad()
+    def canary_logprobs(self, requests: list[ScoreRequest]) -> tuple[list[float], list[float], list[int]]:
+        """(log-probs under the adapter, under the base model, response tokens) of the canaries, in eval mode.
+
+        Every rank calls it (a sharded model's forward is collective).
+        """
+        seqs = [(prompt_token_ids(self.tokenizer, r.user_message), response_token_ids(self.tokenizer, r.response,
+                                                                                     r.finish_reason)) for r in requests]
+        was_training = self.model.training
+        self.model.eval()
+        adapter = self.sequence_logprobs(self.model, seqs).tolist()
+        with self.model.disable_adapter():
+            base = self.sequence_logprobs(self.model, seqs).tolist()
+        self.model.train(was_training)
+        return [float(v) for v in adapter], [float(v) for v in base], [len(y) for _, y in seqs]
+
+    def save(self, output_dir: str | Path, result: TrainResult, weights: dict[str, torch.Tensor] | None = None,
+             canary: tuple[list[ScoreRequest], tuple[list[float], list[float], list[int]]] | None = None) -> None:
+        """Write the adapter (safetensors), the step log and its canaries into ``output_dir`` (a path or a URI).
+
+        ``weights``: the trainable weights gathered with ``full_trainable`` (needed when sharded).
+        ``canary``: the canary requests and their ``canary_logprobs`` (computed here when None and not sharded).
+        """
+        if self.sharded and (weights is None or canary is None):
+            raise ValueError("a sharded model is saved from the weights and canaries every rank computed")
+        if canary is None:
+            requests = list(canaries.FIXED)
+            canary = requests, self.canary_logprobs(requests)
+
+        def build(out: Path) -> None:
+            self.model.save_pretrained(out, safe_serialization=True, state_dict=weights)
+            (out / TRAIN_LOG).write_text(json.dumps(asdict(result), indent=1))
+            canaries.write(out, self.spec.dtype, canary[0], *canary[1])
+
+        publish(build, output_dir)
+
+
+@dataclass
+class TrainState:
+    """Where a training stage is, besides weights, optimizer, scheduler and RNG (saved in every checkpoint)."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    next_batch: int = 0  # index of the next global batch in ``order``
+    order: list[int] = field(default_factory=list)  # this epoch's pair order
+    np_rng: dict[str, Any] = field(default_factory=dict)  # numpy bit generator state after drawing ``order``
+    steps: list[dict[str, Any]] = field(default_factory=list)  # the step log so far
+
+
+class Checkpoints:
+    """Ray Train checkpoints of a training stage: every ``every`` steps, and the one to resume from.
+
+    ``save`` is called by every rank (``ray.train.report`` is a barrier);
+    rank 0 writes the checkpoint, and the call returns once Ray Train has
+    committed it, so a driver that dies after seeing the step loses nothing.
+    """
+
+    def __init__(self, every: int, rank: int, on_saved: Report | None = None) -> None:
+        self.every, self.rank, self.on_saved = every, rank, on_saved
+
+    def load(self, core: DPOTrainerCore) -> tuple[TrainState, torch.Tensor] | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return core.load_checkpoint(Path(d))
+
+    def save(self, core: DPOTrainerCore, state: TrainState, reference: torch.Tensor) -> None:
+        import tempfile
+
+        import ray.train
+        from ray.train import CheckpointConsistencyMode
+
+        metrics = {"step": state.step}
+        if self.rank == 0:
+            with tempfile.TemporaryDirectory(prefix="selfreward-ckpt-") as d:
+                core.save_checkpoint(Path(d), state, reference)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            core.save_checkpoint(None, state, reference)
+            ray.train.report(metrics, checkpoint=None)
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+        if self.on_saved is not None:
+            self.on_saved({"checkpoint": state.step})
+        if self.rank == 0:
+            faults.train_worker_point(state.step)
+
+
+def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
+                        reference_adapter: str | None = None, device: str = "cpu",
+                        reference_digest: str = "", borrowed_gpu: int | None = None) -> tuple[list[list[float]], list[float]]:
+    """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy, and under the
+    reference computed by the same model code without dropout.
+
+    The policy is the base model with ``spec.init_adapter`` (the base alone
+    when None); the reference is the base model (``reference_adapter``
+    None: the adapter disabled) or the adapter at ``reference_adapter``.
+    Llama-family models have no dropout layers of their own, so dropout with
+    rate ``p`` is applied to the last hidden state (the LM head's input);
+    pass t is seeded with ``spec.seed + t``, so results are reproducible.
+    Everything else runs in eval mode. ``progress``: a queue of
+    ``workers.progress`` (one message per scored chunk). ``device``: where
+    it runs ("cuda": the GPU Ray gave the task); ``borrowed_gpu``: the Ray id
+    of an engine's GPU it runs on instead (the task holds none).
+    """
+    torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
+    if borrowed_gpu is not None:
+        device = f"cuda:{cuda_index(borrowed_gpu)}"
+    core = DPOTrainerCore(spec, device)
+    core.model.eval()
+    seqs = [
+        (prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
+        for r in requests
+    ]
+    chunk = max(1, 2 * spec.micro_batch_pairs)
+    report = reporter(progress)
+    report({"total": (passes + 1) * len(seqs), "unit": "seq"})
+
+    def score_all(label: Any) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(seqs), chunk):
+            part = seqs[i : i + chunk]
+            out += [float(v) for v in core.sequence_logprobs(core.model, part).tolist()]
+            report({"n": len(part), "tokens": sum(len(a) + len(b) for a, b in part), "pass": label})
+        return out
+
+    with torch.no_grad():
+        if reference_adapter is None:
+            with core.model.disable_adapter():
+                reference = score_all("reference")
+        else:
+            core.model.load_adapter(local_copy(reference_adapter, reference_digest), adapter_name="reference")
+            core.model.set_adapter("reference")
+            reference = score_all("reference")
+            core.model.set_adapter("default")
+        head = core.model.get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda _m, args: (torch.nn.functional.dropout(args[0], p, training=True),))
+        try:
+            by_pass = []
+            for t in range(passes):
+                torch.manual_seed(spec.seed + t)  # seeds the CUDA generators too
+                by_pass.append(score_all(t + 1))
+        finally:
+            hook.remove()
+    return [list(row) for row in zip(*by_pass)] if by_pass else [[] for _ in seqs], reference
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker function: every rank trains; rank 0 writes the adapter."""
+    import ray.train
+    import ray.train.torch
+
+    spec: TrainSpec = config["spec"]
+    torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    fsdp = world > 1 and spec.strategy == "fsdp"
+    device = worker_device(config.get("borrowed_gpus"))
+    core = DPOTrainerCore(spec, device, move=not fsdp)
+    examples = core.encode(pq.read_table(spec.pairs_path))
+    wrapped = None
+    if fsdp:
+        core.shard()  # the module is sharded in place: it is its own wrapper
+    elif world > 1 and config.get("borrowed_gpus"):
+        wrapped = torch.nn.parallel.DistributedDataParallel(core.model, device_ids=[device.index])
+    elif world > 1:
+        wrapped = ray.train.torch.prepare_model(core.model, move_to_device=False)
+    report = reporter(config.get("progress")) if rank == 0 else None
+    checkpoints = Checkpoints(spec.checkpoint_every, rank, report) if spec.checkpoint_every else None
+    result = core.fit(examples, wrapped, rank, world, report, checkpoints)
+    weights = core.full_trainable() if core.sharded else None
+    requests = canaries.pick(pq.read_table(spec.pairs_path).to_pylist())
+    canary = requests, core.canary_logprobs(requests)
+    if rank == 0:
+        core.save(spec.output_dir, result, weights, canary)
+
+
+def borrowed_gpu(borrowed_gpus: dict[str, list[int]]) -> int:
+    """The engine GPU (Ray's id) a colocated train worker takes: the k-th of its node for the k-th worker there.
+
+    Every rank calls it (a collective). Workers are counted per Ray node id,
+    in world-rank order, over a gloo group: Ray Train's own local rank counts
+    per IP address, which nodes sharing an address would confuse, and NCCL
+    cannot be used before each rank has its device.
+    """
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return my_gpu(borrowed_gpus, node, 0)
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node, group=dist.new_group(backend="gloo"))
+    return my_gpu(borrowed_gpus, node, nodes[: dist.get_rank()].count(node))
+
+
+def worker_device(borrowed_gpus: dict[str, list[int]] | None) -> torch.device:
+    """This train worker's device: Ray Train's, or with colocated engines the engine GPU it borrows."""
+    import ray.train.torch
+
+    if not borrowed_gpus:
+        return ray.train.torch.get_device()
+    device = torch.device("cuda", cuda_index(borrowed_gpu(borrowed_gpus)))
+    torch.cuda.set_device(device)
+    return device
+
+
+def scaling(workers: int, cpus_per_worker: float, gpus_per_worker: int,
+            borrowed_gpus: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """Ray Train's scaling and torch configs: whole GPUs of their own, or the colocated engines' GPUs borrowed.
+
+    Borrowing workers ask Ray for CPUs only, each pinned to the node of one
+    engine GPU (``workers.training.placement``); NCCL still connects them.
+    """
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    if borrowed_gpus:
+        selectors = label_selectors(borrowed_gpus)
+        if len(selectors) != workers:
+            raise ValueError(f"{workers} colocated train workers for {len(selectors)} engine GPUs")
+        return {"scaling_config": ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
+                                                label_selector=selectors),
+                "torch_config": TorchConfig(backend="nccl")}
+    use_gpu = gpus_per_worker > 0
+    resources: dict[str, float] = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
+    return {"scaling_config": ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+            "torch_config": TorchConfig(backend="nccl" if use_gpu else "gloo")}
+
+
+def _root_cause(e: BaseException) -> str:
+    """The last 'SomeError: message' line of a failure that may wrap remote tracebacks."""
+    lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"^\s*[A-Za-z_.]*(Error|Exception): ", ln)]
+    return lines[-1] if lines else str(e).strip().splitlines()[-1]
+
+
+def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per_worker: int, storage_path: str,
+                 progress: Any = None, max_failures: int = 0,
+                 borrowed_gpus: dict[str, list[int]] | None = None) -> TrainResult:
+    """Train on Ray Train (DDP over ``workers`` ranks); returns the step log written by rank 0.
+
+    ``storage_path`` (local path or URI) holds the run's Ray Train checkpoints:
+    calling again with the same path resumes from the latest one. Ray Train
+    restarts failed workers from it up to ``max_failures`` times.
+    ``progress``: a queue of ``workers.progress`` that rank 0 reports its steps on.
+    ``borrowed_gpus``: node id -> GPU ids of colocated (sleeping) engines,
+    one train worker on each (``scaling``).
+    Raises ray.train's TrainingFailedError when training fails beyond that.
+    """
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        TrainingFailedError,  # the V2 class under Ray Train V2 (the default)
+    )
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"spec": spec, "progress": progress, "borrowed_gpus": borrowed_gpus},
+        **scaling(workers, cpus_per_worker, gpus_per_worker, borrowed_gpus),
+        run_config=RunConfig(storage_path=storage_path, name="dpo", checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    try:
+        trainer.fit()
+    except TrainingFailedError as e:
+        raise TrainingError(f"training failed: {_root_cause(e)}") from e
+    log = json.loads(read_text(f"{spec.output_dir.rstrip('/')}/{TRAIN_LOG}"))
+    return TrainResult(steps=log["steps"], pairs=log["pairs"], resumed_from_step=log["resumed_from_step"])
