@@ -283,7 +283,8 @@ class DPOConfig(_Strict):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="Learning rate after warmup: constant, or linear / cosine decay to 0 over the stage."
     )
-    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warmup per training stage.")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warmup per training stage "
+                              "(transformers' schedule: 0 at the first step).")
     checkpoint_every: int = Field(
         10,
         ge=0,

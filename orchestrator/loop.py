@@ -22,8 +22,8 @@ with the same run dir verifies committed stages and skips them.
 from __future__ import annotations
 
 import hashlib
-import logging
 import importlib.metadata
+import logging
 import math
 import time
 from collections import Counter
@@ -71,7 +71,8 @@ from orchestrator.run.rundir import RunDir, RunDirError
 from orchestrator.specs import train_spec
 from workers import faults
 from workers.progress import run_with_progress
-from workers.training.trainer import mc_dropout_logprobs, run_training
+from workers.training.launcher import run_training
+from workers.training.mc_dropout import mc_dropout_logprobs
 from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ScoreRequest
 
 LOG = logging.getLogger(__name__)

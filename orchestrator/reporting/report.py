@@ -31,7 +31,7 @@ from typing import Any
 
 from orchestrator.evaluation import stats
 from orchestrator.evaluation.stats import Estimate
-from orchestrator.reporting.metrics import BY_KEY, METRICS, against_chance, show, metric_rows
+from orchestrator.reporting.metrics import BY_KEY, METRICS, against_chance, metric_rows, show
 from orchestrator.reporting.runlog import metrics_rows
 from orchestrator.run.rundir import RunDir, RunDirError
 from orchestrator.run.storage import Storage

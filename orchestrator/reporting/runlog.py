@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from orchestrator.evaluation.stats import Estimate
-from orchestrator.reporting.metrics import METRICS, cell, kept_against_chance, filter_lines, show, metric_rows
+from orchestrator.reporting.metrics import METRICS, cell, filter_lines, kept_against_chance, metric_rows, show
 from orchestrator.run.rundir import RunDir
 
 TENSORBOARD_DIR = "tensorboard"

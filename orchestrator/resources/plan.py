@@ -17,8 +17,8 @@ MC-dropout step cannot fit beside what shares its GPU.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,7 +371,7 @@ def _train_budget(cfg: RunConfig, shape: ModelShape, hw: Hardware) -> Budget:
 
 def _mc_budget(cfg: RunConfig, shape: ModelShape, hw: Hardware) -> Budget:
     r, b = cfg.resources, DTYPE_BYTES[cfg.model.dtype]
-    chunk = 2 * cfg.dpo.micro_batch_pairs  # sequences per forward pass (workers.training.trainer.mc_dropout_logprobs)
+    chunk = 2 * cfg.dpo.micro_batch_pairs  # sequences per forward pass (workers.training.mc_dropout)
     seq = cfg.model.max_model_len
     parts = (Line("weights (a full copy, inference)", shape.params * b / GIB),
              Line(f"logits of {chunk} sequences of {seq} tokens", chunk * seq * shape.vocab * b / GIB),

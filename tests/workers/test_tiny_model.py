@@ -19,7 +19,8 @@ from workers.engines.vllm import VLLMEngine
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training import canaries
 from workers.training.losses import CDPO, CREAM, DPO, IPO, RDPO, SoftPreference
-from workers.training.trainer import DPOTrainerCore, mc_dropout_logprobs
+from workers.training.mc_dropout import mc_dropout_logprobs
+from workers.training.trainer import DPOTrainerCore
 from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ScoreRequest, ServedModelError
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Which GPU each colocated train rank (and MC-dropout) uses: the ones the engines hold.
+"""Which GPU each colocated train rank (and MC-dropout) uses: the ones the engines hold, and how a rank takes one.
 
 Engines hold whole GPUs: one placement-group bundle of ``gpus_per_engine``
 GPUs each, the engine actor taking all of its bundle. With ``colocate`` the
@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from workers.types import EngineInfo
+
+if TYPE_CHECKING:
+    import torch
 
 NODE_LABEL = "ray.io/node-id"
 
@@ -60,3 +64,34 @@ def my_gpu(gpus: dict[str, list[int]], node_id: str, local_rank: int) -> int:
     if local_rank >= len(ids):
         raise RuntimeError(f"train rank {local_rank} on node {node_id} has no engine GPU there (engines hold {ids})")
     return ids[local_rank]
+
+
+def borrowed_gpu(borrowed_gpus: dict[str, list[int]]) -> int:
+    """The engine GPU (Ray's id) a colocated train worker takes: the k-th of its node for the k-th worker there.
+
+    Every rank calls it (a collective). Workers are counted per Ray node id,
+    in world-rank order, over a gloo group: Ray Train's own local rank counts
+    per IP address, which nodes sharing an address would confuse, and NCCL
+    cannot be used before each rank has its device.
+    """
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return my_gpu(borrowed_gpus, node, 0)
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node, group=dist.new_group(backend="gloo"))
+    return my_gpu(borrowed_gpus, node, nodes[: dist.get_rank()].count(node))
+
+
+def worker_device(borrowed_gpus: dict[str, list[int]] | None) -> torch.device:
+    """This train worker's device: Ray Train's, or with colocated engines the engine GPU it borrows."""
+    import ray.train.torch
+    import torch
+
+    if not borrowed_gpus:
+        return ray.train.torch.get_device()
+    device = torch.device("cuda", cuda_index(borrowed_gpu(borrowed_gpus)))
+    torch.cuda.set_device(device)
+    return device

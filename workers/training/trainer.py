@@ -1,8 +1,7 @@
-"""DPO training of a LoRA adapter, as a plain object and as a Ray Train job.
+"""DPO training of a LoRA adapter: the model, its LoRA (or FSDP) set-up, the optimizer steps, checkpoint I/O.
 
 ``DPOTrainerCore`` holds the model and does the math (tests use it
-directly). ``run_training`` runs it on Ray Train's ``TorchTrainer``: one
-process per worker, DDP (or FSDP) over gloo (CPU) or NCCL (GPU). The
+directly); ``workers.training.launcher`` runs it on Ray Train. The
 reference model is either the base model (the same weights with the adapter
 disabled) or the previous iterate (the adapter training starts from, before
 its first step); neither costs extra memory, and reference log-probs are
@@ -16,10 +15,6 @@ the same storage path (after its driver or a worker died) resumes from the
 latest one and continues exactly as the uninterrupted run would have.
 Optimizer and scheduler states are read back with
 ``torch.load(weights_only=True)``; nothing is unpickled.
-
-``mc_dropout_logprobs`` is the MC-dropout scorer of the uncertainty filter:
-the policy with dropout on its last hidden state, and the reference scored by
-the same code without it.
 """
 
 from __future__ import annotations
@@ -27,28 +22,27 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
 from workers import faults
-from workers.files import local_copy, publish, read_text
-from workers.progress import Report, reporter
+from workers.files import local_copy, publish
+from workers.progress import Report
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training import canaries
 from workers.training.logprobs import pair_logprobs, sequence_logprobs
 from workers.training.losses import PreferenceLoss
-from workers.training.placement import cuda_index, label_selectors, my_gpu
-from workers.types import ScoreRequest, TrainingError
+from workers.types import ScoreRequest
+
+if TYPE_CHECKING:
+    from workers.training.checkpoints import Checkpoints
 
 TRAIN_LOG = "train_log.json"
 
@@ -181,20 +175,13 @@ class DPOTrainerCore:
         self.sharded = False
 
     def make_scheduler(self, total_steps: int) -> None:
-        """The learning-rate schedule over ``total_steps`` optimizer steps (linear warmup, then the decay)."""
-        spec, warm = self.spec, self.spec.warmup_steps
+        """The learning-rate schedule over ``total_steps`` optimizer steps: transformers' linear warmup (from 0 at
+        the first step), then constant, or linear / cosine decay to 0."""
+        from transformers import get_scheduler
 
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if spec.lr_schedule == "constant" or total_steps <= warm:
-                return 1.0
-            progress = (step - warm) / max(1, total_steps - warm)
-            if spec.lr_schedule == "linear":
-                return max(0.0, 1.0 - progress)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        name = {"constant": "constant_with_warmup"}.get(self.spec.lr_schedule, self.spec.lr_schedule)
+        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=self.spec.warmup_steps,
+                                       num_training_steps=total_steps)
 
     # --- checkpoints ----------------------------------------------------------
     def _trainable(self) -> dict[str, torch.nn.Parameter]:
@@ -235,7 +222,7 @@ class DPOTrainerCore:
 
         return get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def save_checkpoint(self, directory: Path | None, state: "TrainState", reference: torch.Tensor) -> None:
+    def save_checkpoint(self, directory: Path | None, state: TrainState, reference: torch.Tensor) -> None:
         """Everything ``load_checkpoint`` needs to continue exactly where training is now.
 
         Every rank calls it (gathering sharded state is collective); only a rank
@@ -254,7 +241,7 @@ class DPOTrainerCore:
         save_file({**rng, "reference_logps": reference.detach().cpu().contiguous()}, directory / "tensors.safetensors")
         (directory / "train_state.json").write_text(json.dumps(asdict(state)))
 
-    def load_checkpoint(self, directory: Path) -> tuple["TrainState", torch.Tensor]:
+    def load_checkpoint(self, directory: Path) -> tuple[TrainState, torch.Tensor]:
         """Restore weights, optimizer, scheduler and RNG from ``directory``; returns the loop state and reference log-probs.
 
         Raises ValueError when the checkpoint's parameters do not match this model's.
@@ -324,7 +311,7 @@ class DPOTrainerCore:
         return torch.cat(out) if out else torch.zeros((0, 2), device=self.device)
 
     def fit(self, examples: list[PairExample], ddp_model: torch.nn.Module | None = None, rank: int = 0, world: int = 1,
-            report: Report | None = None, checkpoints: "Checkpoints | None" = None) -> TrainResult:
+            report: Report | None = None, checkpoints: Checkpoints | None = None) -> TrainResult:
         """Run ``epochs`` of DPO over ``examples`` on this rank.
 
         Each optimizer step takes a global batch of
@@ -487,228 +474,3 @@ class TrainState:
     order: list[int] = field(default_factory=list)  # this epoch's pair order
     np_rng: dict[str, Any] = field(default_factory=dict)  # numpy bit generator state after drawing ``order``
     steps: list[dict[str, Any]] = field(default_factory=list)  # the step log so far
-
-
-class Checkpoints:
-    """Ray Train checkpoints of a training stage: every ``every`` steps, and the one to resume from.
-
-    ``save`` is called by every rank (``ray.train.report`` is a barrier);
-    rank 0 writes the checkpoint, and the call returns once Ray Train has
-    committed it, so a driver that dies after seeing the step loses nothing.
-    """
-
-    def __init__(self, every: int, rank: int, on_saved: Report | None = None) -> None:
-        self.every, self.rank, self.on_saved = every, rank, on_saved
-
-    def load(self, core: DPOTrainerCore) -> tuple[TrainState, torch.Tensor] | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return core.load_checkpoint(Path(d))
-
-    def save(self, core: DPOTrainerCore, state: TrainState, reference: torch.Tensor) -> None:
-        import tempfile
-
-        import ray.train
-        from ray.train import CheckpointConsistencyMode
-
-        metrics = {"step": state.step}
-        if self.rank == 0:
-            with tempfile.TemporaryDirectory(prefix="selfreward-ckpt-") as d:
-                core.save_checkpoint(Path(d), state, reference)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            core.save_checkpoint(None, state, reference)
-            ray.train.report(metrics, checkpoint=None)
-        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
-        if self.on_saved is not None:
-            self.on_saved({"checkpoint": state.step})
-        if self.rank == 0:
-            faults.train_worker_point(state.step)
-
-
-def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
-                        reference_adapter: str | None = None, device: str = "cpu",
-                        reference_digest: str = "", borrowed_gpu: int | None = None) -> tuple[list[list[float]], list[float]]:
-    """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy, and under the
-    reference computed by the same model code without dropout.
-
-    The policy is the base model with ``spec.init_adapter`` (the base alone
-    when None); the reference is the base model (``reference_adapter``
-    None: the adapter disabled) or the adapter at ``reference_adapter``.
-    Llama-family models have no dropout layers of their own, so dropout with
-    rate ``p`` is applied to the last hidden state (the LM head's input);
-    pass t is seeded with ``spec.seed + t``, so results are reproducible.
-    Everything else runs in eval mode. ``progress``: a queue of
-    ``workers.progress`` (one message per scored chunk). ``device``: where
-    it runs ("cuda": the GPU Ray gave the task); ``borrowed_gpu``: the Ray id
-    of an engine's GPU it runs on instead (the task holds none).
-    """
-    torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
-    if borrowed_gpu is not None:
-        device = f"cuda:{cuda_index(borrowed_gpu)}"
-    core = DPOTrainerCore(spec, device)
-    core.model.eval()
-    seqs = [
-        (prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
-        for r in requests
-    ]
-    chunk = max(1, 2 * spec.micro_batch_pairs)
-    report = reporter(progress)
-    report({"total": (passes + 1) * len(seqs), "unit": "seq"})
-
-    def score_all(label: Any) -> list[float]:
-        out: list[float] = []
-        for i in range(0, len(seqs), chunk):
-            part = seqs[i : i + chunk]
-            out += [float(v) for v in core.sequence_logprobs(core.model, part).tolist()]
-            report({"n": len(part), "tokens": sum(len(a) + len(b) for a, b in part), "pass": label})
-        return out
-
-    with torch.no_grad():
-        if reference_adapter is None:
-            with core.model.disable_adapter():
-                reference = score_all("reference")
-        else:
-            core.model.load_adapter(local_copy(reference_adapter, reference_digest), adapter_name="reference")
-            core.model.set_adapter("reference")
-            reference = score_all("reference")
-            core.model.set_adapter("default")
-        head = core.model.get_output_embeddings()
-        hook = head.register_forward_pre_hook(lambda _m, args: (torch.nn.functional.dropout(args[0], p, training=True),))
-        try:
-            by_pass = []
-            for t in range(passes):
-                torch.manual_seed(spec.seed + t)  # seeds the CUDA generators too
-                by_pass.append(score_all(t + 1))
-        finally:
-            hook.remove()
-    return [list(row) for row in zip(*by_pass)] if by_pass else [[] for _ in seqs], reference
-
-
-def _train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker function: every rank trains; rank 0 writes the adapter."""
-    import ray.train
-    import ray.train.torch
-
-    spec: TrainSpec = config["spec"]
-    torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    fsdp = world > 1 and spec.strategy == "fsdp"
-    device = worker_device(config.get("borrowed_gpus"))
-    core = DPOTrainerCore(spec, device, move=not fsdp)
-    examples = core.encode(pq.read_table(spec.pairs_path))
-    wrapped = None
-    if fsdp:
-        core.shard()  # the module is sharded in place: it is its own wrapper
-    elif world > 1 and config.get("borrowed_gpus"):
-        wrapped = torch.nn.parallel.DistributedDataParallel(core.model, device_ids=[device.index])
-    elif world > 1:
-        wrapped = ray.train.torch.prepare_model(core.model, move_to_device=False)
-    report = reporter(config.get("progress")) if rank == 0 else None
-    checkpoints = Checkpoints(spec.checkpoint_every, rank, report) if spec.checkpoint_every else None
-    result = core.fit(examples, wrapped, rank, world, report, checkpoints)
-    weights = core.full_trainable() if core.sharded else None
-    requests = canaries.pick(pq.read_table(spec.pairs_path).to_pylist())
-    canary = requests, core.canary_logprobs(requests)
-    if rank == 0:
-        core.save(spec.output_dir, result, weights, canary)
-
-
-def borrowed_gpu(borrowed_gpus: dict[str, list[int]]) -> int:
-    """The engine GPU (Ray's id) a colocated train worker takes: the k-th of its node for the k-th worker there.
-
-    Every rank calls it (a collective). Workers are counted per Ray node id,
-    in world-rank order, over a gloo group: Ray Train's own local rank counts
-    per IP address, which nodes sharing an address would confuse, and NCCL
-    cannot be used before each rank has its device.
-    """
-    import ray
-    import torch.distributed as dist
-
-    node = ray.get_runtime_context().get_node_id()
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return my_gpu(borrowed_gpus, node, 0)
-    nodes: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(nodes, node, group=dist.new_group(backend="gloo"))
-    return my_gpu(borrowed_gpus, node, nodes[: dist.get_rank()].count(node))
-
-
-def worker_device(borrowed_gpus: dict[str, list[int]] | None) -> torch.device:
-    """This train worker's device: Ray Train's, or with colocated engines the engine GPU it borrows."""
-    import ray.train.torch
-
-    if not borrowed_gpus:
-        return ray.train.torch.get_device()
-    device = torch.device("cuda", cuda_index(borrowed_gpu(borrowed_gpus)))
-    torch.cuda.set_device(device)
-    return device
-
-
-def scaling(workers: int, cpus_per_worker: float, gpus_per_worker: int,
-            borrowed_gpus: dict[str, list[int]] | None = None) -> dict[str, Any]:
-    """Ray Train's scaling and torch configs: whole GPUs of their own, or the colocated engines' GPUs borrowed.
-
-    Borrowing workers ask Ray for CPUs only, each pinned to the node of one
-    engine GPU (``workers.training.placement``); NCCL still connects them.
-    """
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchConfig
-
-    if borrowed_gpus:
-        selectors = label_selectors(borrowed_gpus)
-        if len(selectors) != workers:
-            raise ValueError(f"{workers} colocated train workers for {len(selectors)} engine GPUs")
-        return {"scaling_config": ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
-                                                label_selector=selectors),
-                "torch_config": TorchConfig(backend="nccl")}
-    use_gpu = gpus_per_worker > 0
-    resources: dict[str, float] = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
-    return {"scaling_config": ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-            "torch_config": TorchConfig(backend="nccl" if use_gpu else "gloo")}
-
-
-def _root_cause(e: BaseException) -> str:
-    """The last 'SomeError: message' line of a failure that may wrap remote tracebacks."""
-    lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"^\s*[A-Za-z_.]*(Error|Exception): ", ln)]
-    return lines[-1] if lines else str(e).strip().splitlines()[-1]
-
-
-def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per_worker: int, storage_path: str,
-                 progress: Any = None, max_failures: int = 0,
-                 borrowed_gpus: dict[str, list[int]] | None = None) -> TrainResult:
-    """Train on Ray Train (DDP over ``workers`` ranks); returns the step log written by rank 0.
-
-    ``storage_path`` (local path or URI) holds the run's Ray Train checkpoints:
-    calling again with the same path resumes from the latest one. Ray Train
-    restarts failed workers from it up to ``max_failures`` times.
-    ``progress``: a queue of ``workers.progress`` that rank 0 reports its steps on.
-    ``borrowed_gpus``: node id -> GPU ids of colocated (sleeping) engines,
-    one train worker on each (``scaling``).
-    Raises ray.train's TrainingFailedError when training fails beyond that.
-    """
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        RunConfig,
-        TrainingFailedError,  # the V2 class under Ray Train V2 (the default)
-    )
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"spec": spec, "progress": progress, "borrowed_gpus": borrowed_gpus},
-        **scaling(workers, cpus_per_worker, gpus_per_worker, borrowed_gpus),
-        run_config=RunConfig(storage_path=storage_path, name="dpo", checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=max_failures)),
-    )
-    try:
-        trainer.fit()
-    except TrainingFailedError as e:
-        raise TrainingError(f"training failed: {_root_cause(e)}") from e
-    log = json.loads(read_text(f"{spec.output_dir.rstrip('/')}/{TRAIN_LOG}"))
-    return TrainResult(steps=log["steps"], pairs=log["pairs"], resumed_from_step=log["resumed_from_step"])

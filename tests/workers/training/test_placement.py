@@ -3,7 +3,7 @@
 Ray hands out fake GPUs exactly as real ones (ids, CUDA_VISIBLE_DEVICES), so the layout the shipped
 configs get on a cluster is checked here, without a GPU: the engines through the real ``EnginePool``
 (a light engine class that only reports where it runs), the train ranks through Ray Train with the real
-``workers.training.trainer.scaling`` configs, each rank reporting the GPU ``borrowed_gpu`` gives it.
+``workers.training.launcher.scaling`` configs, each rank reporting the GPU ``borrowed_gpu`` gives it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from orchestrator.config import load_config
 from orchestrator.context import Context
 from tests import ROOT, specs
 from workers.engines.pool import EnginePool, PoolResources
-from workers.training.placement import cuda_index, engine_gpus, label_selectors, my_gpu
-from workers.training.trainer import borrowed_gpu, scaling
+from workers.training.launcher import scaling
+from workers.training.placement import borrowed_gpu, cuda_index, engine_gpus, label_selectors, my_gpu
 from workers.types import EngineInfo, EngineSpec
 
 ONE_NODE, TWO_NODES = (ROOT / "jobs" / "configs" / f"llama8b-{n}gpu.yaml" for n in ("1x8", "2x8"))

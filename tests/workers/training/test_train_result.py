@@ -21,3 +21,18 @@ def test_summary_averages_first_and_last_epoch_by_pairs():
 def test_summary_without_steps_reports_absence():
     s = TrainResult(steps=[], pairs=0).summary()
     assert s["optimizer_steps"] == 0 and s["dpo_loss"] is None and s["reward_accuracy"] is None
+
+
+def test_a_ray_train_failure_is_reported_by_the_exception_that_caused_it():
+    from ray.train import ControllerError, TrainingFailedError, WorkerGroupError
+
+    from workers.training.launcher import failure_cause
+
+    nan = FloatingPointError("DPO loss is nan at optimizer step 1 (epoch 0); no update was applied")
+    lost = ConnectionError("worker 1 lost")
+    e = WorkerGroupError("Training failed due to worker errors:\n[Rank 1]\nTraceback ...", {1: lost, 0: nan})
+    assert failure_cause(e) is nan  # the lowest rank's own exception, not a line of the traceback text
+    crash = RuntimeError("controller crashed")
+    assert failure_cause(ControllerError(crash)) is crash
+    other = TrainingFailedError("something else")
+    assert failure_cause(other) is other

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from tests import specs
 from tests.workers.pairs_table import pairs_table
 from workers.faults import KILL_TRAIN_WORKER_AT_ENV
-from workers.training.trainer import DPOTrainerCore, run_training
+from workers.training.launcher import run_training
+from workers.training.trainer import DPOTrainerCore
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from tests import specs
 from tests.workers.pairs_table import pairs_table
-from workers.training.trainer import run_training
+from workers.training.launcher import run_training
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,8 @@ def test_two_workers_ddp_and_fsdp_equal_one_worker_with_accumulation(local_ray, 
         out = tmp_path / f"adapter-{workers}-{strategy}"
         spec = specs.training(tiny_model_path, "dpo.learning_rate=2e-3", "dpo.micro_batch_pairs=1",
                               f"dpo.grad_accum_steps={accum}", "lora.target_modules=[q_proj, v_proj]",
-                              "resources.torch_threads=1", f"resources.train_strategy={strategy}", seed=3, pairs=pairs,
-                              out=out)
+                              "resources.torch_threads=1", f"resources.train_workers={workers}",
+                              f"resources.train_strategy={strategy}", seed=3, pairs=pairs, out=out)
         res = run_training(spec, workers=workers, cpus_per_worker=1, gpus_per_worker=0,
                            storage_path=str(tmp_path / f"train-{workers}-{strategy}"))
         results[(workers, strategy)] = (res, load_file(out / "adapter_model.safetensors"))

@@ -1,0 +1,75 @@
+"""MC-dropout scoring for the uncertainty filter (UPO-style): T dropout passes of the policy, and the reference
+scored by the same code without dropout."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from workers.files import local_copy
+from workers.progress import reporter
+from workers.tokens import prompt_token_ids, response_token_ids
+from workers.training.placement import cuda_index
+from workers.training.trainer import DPOTrainerCore, TrainSpec
+from workers.types import ScoreRequest
+
+
+def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
+                        reference_adapter: str | None = None, device: str = "cpu",
+                        reference_digest: str = "", borrowed_gpu: int | None = None) -> tuple[list[list[float]], list[float]]:
+    """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy, and under the
+    reference computed by the same model code without dropout.
+
+    The policy is the base model with ``spec.init_adapter`` (the base alone
+    when None); the reference is the base model (``reference_adapter``
+    None: the adapter disabled) or the adapter at ``reference_adapter``.
+    Llama-family models have no dropout layers of their own, so dropout with
+    rate ``p`` is applied to the last hidden state (the LM head's input);
+    pass t is seeded with ``spec.seed + t``, so results are reproducible.
+    Everything else runs in eval mode. ``progress``: a queue of
+    ``workers.progress`` (one message per scored chunk). ``device``: where
+    it runs ("cuda": the GPU Ray gave the task); ``borrowed_gpu``: the Ray id
+    of an engine's GPU it runs on instead (the task holds none).
+    """
+    torch.set_num_threads(spec.torch_threads or os.cpu_count() or 1)
+    if borrowed_gpu is not None:
+        device = f"cuda:{cuda_index(borrowed_gpu)}"
+    core = DPOTrainerCore(spec, device)
+    core.model.eval()
+    seqs = [
+        (prompt_token_ids(core.tokenizer, r.user_message), response_token_ids(core.tokenizer, r.response, r.finish_reason))
+        for r in requests
+    ]
+    chunk = max(1, 2 * spec.micro_batch_pairs)
+    report = reporter(progress)
+    report({"total": (passes + 1) * len(seqs), "unit": "seq"})
+
+    def score_all(label: Any) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(seqs), chunk):
+            part = seqs[i : i + chunk]
+            out += [float(v) for v in core.sequence_logprobs(core.model, part).tolist()]
+            report({"n": len(part), "tokens": sum(len(a) + len(b) for a, b in part), "pass": label})
+        return out
+
+    with torch.no_grad():
+        if reference_adapter is None:
+            with core.model.disable_adapter():
+                reference = score_all("reference")
+        else:
+            core.model.load_adapter(local_copy(reference_adapter, reference_digest), adapter_name="reference")
+            core.model.set_adapter("reference")
+            reference = score_all("reference")
+            core.model.set_adapter("default")
+        head = core.model.get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda _m, args: (torch.nn.functional.dropout(args[0], p, training=True),))
+        try:
+            by_pass = []
+            for t in range(passes):
+                torch.manual_seed(spec.seed + t)  # seeds the CUDA generators too
+                by_pass.append(score_all(t + 1))
+        finally:
+            hook.remove()
+    return [list(row) for row in zip(*by_pass)] if by_pass else [[] for _ in seqs], reference
