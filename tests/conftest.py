@@ -8,6 +8,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private 2-CPU Ray on loopback for the tests of one module."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path():
     """The bundled SmolLM2-135M-Instruct as a local HF folder (converted once into the cache)."""

@@ -4,6 +4,14 @@ import pyarrow as pa
 
 from orchestrator.run import artifacts
 
+# Four short pairs, the chosen response right and the rejected one wrong.
+PAIRS = [
+    ("What is 6 * 7?", "6 * 7 = 42.", "6 * 7 = 36."),
+    ("Name a primary colour.", "Red is a primary colour.", "Colours are nice."),
+    ("What is the capital of Italy?", "Rome.", "Italy is in Europe."),
+    ("Is 9 a prime number?", "No, 9 = 3 * 3.", "Yes, 9 is prime."),
+]
+
 
 def pairs_table(triples: list[tuple[str, str, str]], weights: list[float] | None = None) -> pa.Table:
     """Kept pairs from (prompt, chosen, rejected) triples, both responses stopped naturally."""

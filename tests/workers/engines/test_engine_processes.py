@@ -12,7 +12,6 @@ from dataclasses import replace
 
 import psutil
 import pytest
-import ray
 
 from tests import ROOT, specs
 from workers.engines.pool import EnginePool, PoolResources
@@ -42,19 +41,15 @@ def test_the_watcher_kills_what_a_killed_parent_left_behind():
 
 
 @pytest.mark.integration
-def test_no_engine_process_outlives_its_killed_actor(tiny_model_path):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    try:
-        spec = replace(specs.engine(tiny_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1"), engine_core_process=True)
-        pool = EnginePool(spec, PoolResources(1, 1, 0, max_restarts=0))
-        actor = psutil.Process(pool.infos[0].pid)
-        children = actor.children(recursive=True)
-        commands = [" ".join(c.cmdline()) for c in children]
-        assert any("workers.engines.reaper" in c or "psutil" in c for c in commands)  # the watcher
-        assert len(children) >= 2, commands  # ... and vLLM's engine core
-        pool.kill_engine(0)
-        gone, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, [" ".join(p.cmdline()) for p in alive]
-        pool.shutdown()
-    finally:
-        ray.shutdown()
+def test_no_engine_process_outlives_its_killed_actor(local_ray, tiny_model_path):
+    spec = specs.engine(tiny_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1")
+    pool = EnginePool(replace(spec, engine_core_process=True), PoolResources(1, 1, 0, max_restarts=0))
+    actor = psutil.Process(pool.infos[0].pid)
+    children = actor.children(recursive=True)
+    commands = [" ".join(c.cmdline()) for c in children]
+    assert any("workers.engines.reaper" in c or "psutil" in c for c in commands)  # the watcher
+    assert len(children) >= 2, commands  # ... and vLLM's engine core
+    pool.kill_engine(0)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    pool.shutdown()

@@ -15,13 +15,6 @@ def test_shard_keeps_order_and_sizes():
         shard([1], 0)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
-
-
 def test_back_pressure_gives_a_slow_engine_less_work_and_keeps_order(local_ray):
     pool = EnginePool(None, PoolResources(2, 1, 0), engine_cls=SleepEngine)
     try:

@@ -15,20 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from tests import specs
-from tests.workers.pairs_table import pairs_table
+from tests.workers.pairs_table import PAIRS, pairs_table
 from workers.faults import KILL_TRAIN_WORKER_AT_ENV
 from workers.training.launcher import run_training
 from workers.training.trainer import DPOTrainerCore
 
 pytestmark = pytest.mark.integration
-
-PAIRS = [
-    ("What is 6 * 7?", "6 * 7 = 42.", "6 * 7 = 36."),
-    ("Name a primary colour.", "Red is a primary colour.", "Colours are nice."),
-    ("What is the capital of Italy?", "Rome.", "Italy is in Europe."),
-    ("Is 9 a prime number?", "No, 9 = 3 * 3.", "Yes, 9 is prime."),
-]
-
 
 def _spec(model, *overrides, pairs="", out=""):
     # LoRA dropout and a warmup + cosine schedule: resuming must restore the RNG and the scheduler too.

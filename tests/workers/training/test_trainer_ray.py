@@ -2,30 +2,14 @@
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 
 from tests import specs
-from tests.workers.pairs_table import pairs_table
+from tests.workers.pairs_table import PAIRS, pairs_table
 from workers.training.launcher import run_training
 
 pytestmark = pytest.mark.integration
-
-PAIRS = [
-    ("What is 6 * 7?", "6 * 7 = 42.", "6 * 7 = 36."),
-    ("Name a primary colour.", "Red is a primary colour.", "Colours are nice."),
-    ("What is the capital of Italy?", "Rome.", "Italy is in Europe."),
-    ("Is 9 a prime number?", "No, 9 = 3 * 3.", "Yes, 9 is prime."),
-]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
-
 
 def _pairs(path):
     pq.write_table(pairs_table(PAIRS, [1.0, 2.0, 0.5, 1.0]), path)
