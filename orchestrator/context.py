@@ -168,10 +168,10 @@ class Context:
             return
         if self.cfg.resources.gpus_per_engine > 0:
             self._pool.sleep()
-            LOG.debug("  engines asleep while the trainer holds the GPUs (colocate)")
+            LOG.info("  engines asleep while the trainer holds the GPUs (colocate)")
         else:
             self.close()
-            LOG.debug("  engines shut down while the trainer runs (colocate on CPU)")
+            LOG.info("  engines shut down while the trainer runs (colocate on CPU)")
 
     def reacquire_engines(self) -> None:
         """After training in colocation mode: wake sleeping GPU engines (CPU engines restart lazily)."""
