@@ -1,10 +1,11 @@
-"""What every stage of a run needs: the config, the run directory, the log, and the engine pool.
+"""What every stage of a run needs: the config, the run directory, and the engine pool.
 
-``Context.engines`` is how a stage calls the engines: items are cut into
-shards, each shard's results are committed as a part file as soon as it
-finishes, and a call that finds committed parts (a resumed stage) sends only
-the items they do not cover. So a shard whose part is committed is never
-redone, and one that is not is redone exactly once, whatever died (the
+A stage calls the engines through ``Engines``, typed methods that
+``Context.engines_for(stage_key)`` binds to that stage's part files: items
+are cut into shards, each shard's results are committed as a part file as
+soon as it finishes, and a call that finds committed parts (a resumed stage)
+sends only the items they do not cover. So a shard whose part is committed is
+never redone, and one that is not is redone exactly once, whatever died (the
 driver, an engine, a node).
 """
 
@@ -14,7 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -28,7 +29,15 @@ from workers.engines.pool import EnginePool, PoolResources
 from workers.files import local_copy
 from workers.training import canaries
 from workers.training.placement import engine_gpus
-from workers.types import AdapterRef, Completion, ScoreResult
+from workers.types import (
+    AdapterRef,
+    ChoiceRequest,
+    Completion,
+    CompletionRequest,
+    SamplingSpec,
+    ScoreRequest,
+    ScoreResult,
+)
 
 LOG = logging.getLogger(__name__)
 # How each engine method's results are stored in part files (None: a plain value per item).
@@ -69,15 +78,82 @@ def uncovered_ranges(n: int, covered: list[tuple[int, int]], shard_size: int) ->
     return out
 
 
+class Engines(Protocol):
+    """The engine operations a stage uses: one result per request, in order. ``desc`` names the call (unique within
+    the stage): the progress bar's label, and the folder of its part files."""
+
+    def complete(self, requests: list[CompletionRequest], sampling: SamplingSpec, adapter: AdapterRef | None, *,
+                 desc: str) -> list[Completion]: ...
+
+    def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None, *, desc: str) -> list[ScoreResult]: ...
+
+    def choose(self, requests: list[ChoiceRequest], adapter: AdapterRef | None, *, desc: str) -> list[list[float]]:
+        """Each request's option probabilities, renormalised over its options."""
+        ...
+
+
+@dataclass(frozen=True)
+class StageEngines:
+    """``Engines`` of the run's pool for the stage ``key``: every call exactly once across resumes."""
+
+    ctx: Context
+    key: str
+
+    def complete(self, requests: list[CompletionRequest], sampling: SamplingSpec, adapter: AdapterRef | None, *,
+                 desc: str) -> list[Completion]:
+        return self._call("complete", requests, sampling, adapter, desc=desc)
+
+    def score(self, requests: list[ScoreRequest], adapter: AdapterRef | None, *, desc: str) -> list[ScoreResult]:
+        return self._call("score", requests, adapter, desc=desc)
+
+    def choose(self, requests: list[ChoiceRequest], adapter: AdapterRef | None, *, desc: str) -> list[list[float]]:
+        return self._call("choice_distribution", requests, adapter, desc=desc)
+
+    def _call(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
+        """``method`` of the engine actors over ``items``, sharded, each shard's results committed as a part file."""
+        if not items:
+            return []
+        ctx, key, rd, n = self.ctx, self.key, self.ctx.rd, len(items)
+        parts_dir = rd.parts_dir(key, desc)
+        results: list[Any] = [None] * n
+        committed = {r: p for r, p in rd.committed_parts(parts_dir).items() if r[1] <= n}
+        for (a, b), part in committed.items():
+            results[a:b] = _decode(method, rd.read_table(part))
+        rd.reused_parts(key, len(committed))
+        if committed:
+            LOG.debug(f"  {desc}: {len(committed)} part(s) committed earlier, reused")
+        ranges = uncovered_ranges(n, list(committed), ctx.cfg.resources.shard_size)
+        if not ranges:
+            return results
+        pool = ctx.pool()
+        bar = Progress(desc, n)
+        bar.advance(n - sum(b - a for a, b in ranges))
+
+        def done(sid: int, part: list[Any]) -> None:
+            a, b = ranges[sid]
+            results[a:b] = part
+            rd.write_part(key, parts_dir, a, b, _encode(method, part))
+            LOG.debug(f"  {desc}: items {a}-{b - 1} committed (engine shard {sid})")
+            bar.advance(len(part), sum(getattr(r, "num_tokens", 0) for r in part))
+            if faults.engine_point(f"{key}:part"):
+                LOG.warning(f"  fault injection: killing engine 0 (pid {pool.infos[0].pid}) during {desc}")
+                pool.kill_engine(0)
+
+        try:
+            pool.map_shards(method, [items[a:b] for a, b in ranges], *args, on_done=done)
+        finally:
+            bar.close()
+        return results
+
+
 @dataclass
 class Context:
-    """The run's shared state; ``stage`` is the key of the stage now computing (parts are filed under it)."""
+    """The run's shared state: its config, run directory, model and engine pool."""
 
     cfg: RunConfig
     rd: RunDir
     model_path: Path
     overlong: dict[str, Any] = field(default_factory=dict)  # what data.overlong did to each prompt set
-    stage: str = ""
     engine_start_seconds: float = 0.0  # spent starting engines since the last metrics were taken
     _pool: EnginePool | None = None
     _adapters_checked: set[str] = field(default_factory=set)
@@ -117,45 +193,9 @@ class Context:
                      f"({engine_cls.__name__})")
         return self._pool
 
-    def engines(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
-        """One result per item from the engine pool, with a progress bar; exactly once across resumes.
-
-        ``desc`` names the call (unique within the stage): it is the progress
-        bar's label and the folder of the call's part files.
-        """
-        if not items:
-            return []
-        key, rd, n = self.stage, self.rd, len(items)
-        parts_dir = rd.parts_dir(key, desc)
-        results: list[Any] = [None] * n
-        committed = {r: p for r, p in rd.committed_parts(parts_dir).items() if r[1] <= n}
-        for (a, b), part in committed.items():
-            results[a:b] = _decode(method, rd.read_table(part))
-        rd.reused_parts(key, len(committed))
-        if committed:
-            LOG.debug(f"  {desc}: {len(committed)} part(s) committed earlier, reused")
-        ranges = uncovered_ranges(n, list(committed), self.cfg.resources.shard_size)
-        if not ranges:
-            return results
-        pool = self.pool()
-        bar = Progress(desc, n)
-        bar.advance(n - sum(b - a for a, b in ranges))
-
-        def done(sid: int, part: list[Any]) -> None:
-            a, b = ranges[sid]
-            results[a:b] = part
-            rd.write_part(key, parts_dir, a, b, _encode(method, part))
-            LOG.debug(f"  {desc}: items {a}-{b - 1} committed (engine shard {sid})")
-            bar.advance(len(part), sum(getattr(r, "num_tokens", 0) for r in part))
-            if faults.engine_point(f"{key}:part"):
-                LOG.warning(f"  fault injection: killing engine 0 (pid {pool.infos[0].pid}) during {desc}")
-                pool.kill_engine(0)
-
-        try:
-            pool.map_shards(method, [items[a:b] for a, b in ranges], *args, on_done=done)
-        finally:
-            bar.close()
-        return results
+    def engines_for(self, key: str) -> StageEngines:
+        """The engines, for the stage ``key`` (its part files are filed under it)."""
+        return StageEngines(self, key)
 
     def take_engine_start_seconds(self) -> float:
         """Engine start-up time since the last call (part of the stage times; the loop benchmark subtracts it)."""

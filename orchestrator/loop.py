@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.config import RunConfig
-from orchestrator.context import Context
+from orchestrator.context import Context, Engines
 from orchestrator.data import TokenBudget, fit_to_context, load_prompts, prompts_for_iteration
 from orchestrator.evaluation import stats
 from orchestrator.evaluation.answers import grade
@@ -97,14 +97,14 @@ def library_versions() -> dict[str, str]:
 # --- stages ------------------------------------------------------------------
 
 
-def generate(ctx: Context, t: int, prompts: pa.Table, policy: AdapterRef | None) -> pa.Table:
+def generate(engines: Engines, cfg: RunConfig, t: int, prompts: pa.Table, policy: AdapterRef | None) -> pa.Table:
     """N sampled responses per prompt from M(t-1), one seed per (iteration, prompt, sample)."""
-    g = ctx.cfg.generation
+    g = cfg.generation
     keys = [(p["prompt_id"], p["prompt"], k) for p in prompts.to_pylist() for k in range(g.samples_per_prompt)]
-    seeds = [derive_seed(ctx.cfg.seed, "generate", t, pid, k) for pid, _, k in keys]
+    seeds = [derive_seed(cfg.seed, "generate", t, pid, k) for pid, _, k in keys]
     requests = [CompletionRequest(text, s) for (_, text, _), s in zip(keys, seeds)]
     sampling = SamplingSpec(g.temperature, g.top_p, g.max_tokens)
-    outs = ctx.engines("complete", requests, sampling, policy, desc="generate")
+    outs = engines.complete(requests, sampling, policy, desc="generate")
     return pa.Table.from_pydict(
         {
             "iteration": [t] * len(keys),
@@ -120,14 +120,14 @@ def generate(ctx: Context, t: int, prompts: pa.Table, policy: AdapterRef | None)
     )
 
 
-def judge(ctx: Context, t: int, generations: pa.Table, models: Models) -> pa.Table:
+def judge(engines: Engines, cfg: RunConfig, t: int, generations: pa.Table, models: Models) -> pa.Table:
     """K rubric verdicts per response from M(t-1) ("current"), and from M(t-2) ("previous") when configured.
 
     Scores are parsed from the verdicts only. With ``judge.expected_score``
     each verdict also gets its score distribution from one extra
     single-token pass of the same judge.
     """
-    j = ctx.cfg.judge
+    j = cfg.judge
     rows = generations.select(["prompt_id", "prompt", "sample_idx", "response"]).to_pylist()
     judges = [("current", models.policy)]
     if j.previous_judge and models.has_previous:
@@ -136,17 +136,17 @@ def judge(ctx: Context, t: int, generations: pa.Table, models: Models) -> pa.Tab
     parts = []
     for role, adapter in judges:
         keys = [(r, k) for r in rows for k in range(j.judge_samples)]
-        seeds = [derive_seed(ctx.cfg.seed, "judge", role, t, r["prompt_id"], r["sample_idx"], k) for r, k in keys]
+        seeds = [derive_seed(cfg.seed, "judge", role, t, r["prompt_id"], r["sample_idx"], k) for r, k in keys]
         requests = [CompletionRequest(judge_message(r["prompt"], r["response"]), s) for (r, _), s in zip(keys, seeds)]
-        outs = ctx.engines("complete", requests, sampling, adapter, desc=f"judge ({role})")
+        outs = engines.complete(requests, sampling, adapter, desc=f"judge ({role})")
         scores = [parse_score(o.text, o.finish_reason, (r["prompt"], r["response"])) for (r, _), o in zip(keys, outs)]
         probs: list[list[float] | None] = [None] * len(keys)
         if j.expected_score:
             # Only where the judge gave its own score line: the distribution is read at that line, never after
             # text a response planted (a verdict without one has no expected score either).
             own = [i for i, sc in enumerate(scores) if sc is not None]
-            dists = ctx.engines("choice_distribution", [score_choice(requests[i].user_message, outs[i].text) for i in own],
-                                adapter, desc=f"judge expected score ({role})")
+            dists = engines.choose([score_choice(requests[i].user_message, outs[i].text) for i in own], adapter,
+                                   desc=f"judge expected score ({role})")
             for i, d in zip(own, dists):
                 probs[i] = d
         parts.append(pa.Table.from_pydict(
@@ -176,7 +176,7 @@ def _mixture(dists: list[list[float]]) -> tuple[float | None, float | None]:
     return mean, sum(p * (i - mean) ** 2 for i, p in enumerate(mix)) ** 0.5
 
 
-def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answers: dict[str, tuple[str | None, str | None]],
+def score(ctx: Context, engines: Engines, t: int, generations: pa.Table, judgments: pa.Table, answers: dict[str, tuple[str | None, str | None]],
           models: Models) -> pa.Table:
     """Per response: judge aggregates, summed log-probs under policy / reference / previous model, correctness.
 
@@ -196,7 +196,7 @@ def score(ctx: Context, t: int, generations: pa.Table, judgments: pa.Table, answ
     wanted = [models.policy, models.reference] + ([models.previous] if models.has_previous else [])
     for adapter in wanted:
         if model_name(adapter) not in logps:
-            logps[model_name(adapter)] = ctx.engines("score", requests, adapter, desc=f"score log-probs ({model_name(adapter)})")
+            logps[model_name(adapter)] = engines.score(requests, adapter, desc=f"score log-probs ({model_name(adapter)})")
             bad = next((i for i, s in enumerate(logps[model_name(adapter)]) if not math.isfinite(s.logp)), None)
             if bad is not None:
                 g = gens[bad]
@@ -281,13 +281,13 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
     return list(passes), list(ref)
 
 
-def train(ctx: Context, t: int, pairs: str, policy: AdapterRef | None, staged: str) -> dict[str, Any]:
+def train(ctx: Context, key: str, t: int, pairs: str, policy: AdapterRef | None, staged: str) -> dict[str, Any]:
     """The configured loss on the kept pairs, continuing from M(t-1)'s adapter; writes M(t)'s adapter into ``staged``.
 
     Ray Train checkpoints go to ``iter_XXX/train/``: a training stage that
     was killed resumes from the latest one.
     """
-    r, rd, key = ctx.cfg.resources, ctx.rd, ctx.stage
+    r, rd = ctx.cfg.resources, ctx.rd
     spec = train_spec(ctx.cfg, ctx.model_path, derive_seed(ctx.cfg.seed, "train", t), policy, rd.storage.uri(pairs),
                       rd.storage.uri(staged))
     bar = RemoteProgress("train")
@@ -316,7 +316,7 @@ def train(ctx: Context, t: int, pairs: str, policy: AdapterRef | None, staged: s
 # --- the loop ----------------------------------------------------------------
 
 
-def _table_stage(ctx: Context, t: int, name: str, kind: str, path: str, compute: Callable[[], pa.Table],
+def _table_stage(ctx: Context, t: int, name: str, kind: str, path: str, compute: Callable[[Engines], pa.Table],
                  summarize: Callable[[pa.Table], dict[str, Any]]) -> tuple[pa.Table, dict[str, Any]]:
     """Run a stage that produces one Parquet artifact, or reuse it when committed (sha256-verified)."""
     rd = ctx.rd
@@ -326,9 +326,8 @@ def _table_stage(ctx: Context, t: int, name: str, kind: str, path: str, compute:
         rd.reused(key)
         LOG.info(f"  {name:<8} committed earlier ({rec.rows} rows), skipped")
         return rd.read_table(path), {**rec.summary, "seconds": rec.seconds}
-    ctx.stage = key
     t0 = time.monotonic()
-    table = compute()
+    table = compute(ctx.engines_for(key))
     artifacts.check_contract(table, kind)
     rd.write_table(path, table)
     seconds = time.monotonic() - t0
@@ -447,20 +446,20 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
             ctx.check_adapters([models.policy, models.previous])
 
             gens, s_gen = _table_stage(ctx, t, "generate", "generations", f"{d}/generations.parquet",
-                                       lambda: generate(ctx, t, batch, models.policy), _generation_summary)
+                                       lambda e: generate(e, cfg, t, batch, models.policy), _generation_summary)
             judg, s_judge = _table_stage(ctx, t, "judge", "judgments", f"{d}/judgments.parquet",
-                                         lambda: judge(ctx, t, gens, models), _judge_summary)
+                                         lambda e: judge(e, cfg, t, gens, models), _judge_summary)
             rewards, s_score = _table_stage(ctx, t, "score", "rewards", f"{d}/rewards.parquet",
-                                            lambda: score(ctx, t, gens, judg, answers, models),
+                                            lambda e: score(ctx, e, t, gens, judg, answers, models),
                                             lambda table: _score_summary(table, models))
             pairs, s_select = _table_stage(ctx, t, "select", "pairs", f"{d}/pairs.parquet",
-                                           lambda: select_iteration(gens, rewards, judg, selection, models),
+                                           lambda _: select_iteration(gens, rewards, judg, selection, models),
                                            lambda table: _pairs_summary(table, cfg, t))
             s_train = _train_stage(ctx, t, d, models.policy)
             stages = {"generate": s_gen, "judge": s_judge, "score": s_score, "select": s_select, "train": s_train}
             if not eval_sets.empty:
                 _, stages["eval"] = _table_stage(ctx, t, "eval", "eval", f"{d}/eval.parquet",
-                                                 lambda: evaluate(ctx.engines, cfg, t, adapter_of(rd, t), eval_sets, baseline),
+                                                 lambda e: evaluate(e, cfg, t, adapter_of(rd, t), eval_sets, baseline),
                                                  lambda table: eval_summary(table, baseline))
 
             metrics = _metrics_stage(ctx, t, stages, time.monotonic() - t_iter)
@@ -481,7 +480,7 @@ def _baseline(ctx: Context, sets: EvalSets) -> pa.Table | None:
     rd = ctx.rd
     LOG.info("baseline: evaluating M0")
     table, summary = _table_stage(ctx, 0, "eval", "eval", f"{rd.iter_dir(0)}/eval.parquet",
-                                  lambda: evaluate(ctx.engines, ctx.cfg, 0, None, sets, None), eval_summary)
+                                  lambda e: evaluate(e, ctx.cfg, 0, None, sets, None), eval_summary)
     key, path = rd.stage_key(0, "metrics"), f"{rd.iter_dir(0)}/metrics.json"
     if rd.record(key) is None:
         metrics = {"iteration": 0, "stage_seconds": {"eval": summary["seconds"]}, "iteration_seconds": summary["seconds"],
@@ -502,12 +501,11 @@ def _train_stage(ctx: Context, t: int, d: str, policy: AdapterRef | None) -> dic
         rd.reused(key)
         LOG.info(f"  train    committed earlier ({rec.summary.get('optimizer_steps')} steps), skipped")
         return {**rec.summary, "seconds": rec.seconds}
-    ctx.stage = key
     t0 = time.monotonic()
     staged = rd.staging_dir(final)
     if ctx.cfg.resources.colocate:
         ctx.release_engines()
-    summary = train(ctx, t, f"{d}/pairs.parquet", policy, staged)
+    summary = train(ctx, key, t, f"{d}/pairs.parquet", policy, staged)
     if ctx.cfg.resources.colocate:
         ctx.reacquire_engines()
     rd.commit_dir(staged, final)

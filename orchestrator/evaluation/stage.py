@@ -35,10 +35,9 @@ the models.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -58,8 +57,9 @@ from orchestrator.rewards.judge import (
 from orchestrator.run import artifacts
 from workers.types import AdapterRef, CompletionRequest, SamplingSpec
 
-# engines(method, items, *args, desc=...) -> one result per item (the loop's engine pool).
-Engines = Callable[..., list[Any]]
+if TYPE_CHECKING:
+    from orchestrator.context import Engines
+
 VERIFIABLE, INSTRUCTION = "verifiable", "instruction"
 OUTCOMES = ("win", "loss", "tie", "invalid")
 _GREEDY_SEED = 0  # greedy decoding does not read it
@@ -154,7 +154,7 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
         if table is None:
             continue
         prompts = table.to_pylist()
-        outs = engines("complete", [CompletionRequest(p["prompt"], _GREEDY_SEED) for p in prompts], greedy, model,
+        outs = engines.complete([CompletionRequest(p["prompt"], _GREEDY_SEED) for p in prompts], greedy, model,
                        desc=f"eval {split}")
         for p, o in zip(prompts, outs):
             row = {name: None for name in artifacts.EVAL.names}
@@ -167,8 +167,8 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
     instr = [r for r in rows if r["split"] == INSTRUCTION]
     if instr:
         verdicts = [CompletionRequest(judge_message(r["prompt"], r["response"]), _GREEDY_SEED) for r in instr]
-        fixed = engines("complete", verdicts, rubric, None, desc="eval fixed judge")
-        own = fixed if model is None else engines("complete", verdicts, rubric, model, desc="eval self judge")
+        fixed = engines.complete(verdicts, rubric, None, desc="eval fixed judge")
+        own = fixed if model is None else engines.complete(verdicts, rubric, model, desc="eval self judge")
         for r, f, s in zip(instr, fixed, own):
             quoted = (r["prompt"], r["response"])
             r.update(fixed_judge_text=f.text, fixed_judge_score=parse_score(f.text, f.finish_reason, quoted),
@@ -179,7 +179,7 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
         attacks = [sets.injections[k % len(sets.injections)] for k in range(len(instr))]
         verdicts = [CompletionRequest(judge_message(r["prompt"], r["response"] + text), _GREEDY_SEED)
                     for r, (_, text) in zip(instr, attacks)]
-        outs = engines("complete", verdicts, rubric, None, desc="eval judge injections")
+        outs = engines.complete(verdicts, rubric, None, desc="eval judge injections")
         for r, (aid, text), o in zip(instr, attacks, outs):
             r.update(injection_id=aid, injected_judge_text=o.text,
                      injected_judge_score=parse_score(o.text, o.finish_reason, (r["prompt"], r["response"] + text)))
@@ -200,7 +200,7 @@ def _pairwise(engines: Engines, cfg: RunConfig, instr: list[dict[str, Any]], bas
     messages = [pairwise_message(r["prompt"], a, b)
                 for r in judged for a, b in ((r["response"], r["baseline_response"]), (r["baseline_response"], r["response"]))]
     if cfg.eval.pairwise_verdict == "probability":
-        probs = engines("choice_distribution", [winner_choice(m) for m in messages], None, desc="eval win rate")
+        probs = engines.choose([winner_choice(m) for m in messages], None, desc="eval win rate")
         for k, r in enumerate(judged):
             first_a, second_a = probs[2 * k][0], probs[2 * k + 1][0]
             preference = (first_a + (1 - second_a)) / 2  # P(M(t) preferred), averaged over the two orders
@@ -210,7 +210,7 @@ def _pairwise(engines: Engines, cfg: RunConfig, instr: list[dict[str, Any]], bas
         return
     j = cfg.judge
     shape = SamplingSpec(0.0, 1.0, j.max_tokens, constrained_pairwise_regex(j.max_tokens) if j.constrained else None)
-    outs = engines("complete", [CompletionRequest(m, _GREEDY_SEED) for m in messages], shape, None, desc="eval win rate")
+    outs = engines.complete([CompletionRequest(m, _GREEDY_SEED) for m in messages], shape, None, desc="eval win rate")
     for k, r in enumerate(judged):
         first, second = outs[2 * k], outs[2 * k + 1]
         quoted = (r["prompt"], r["response"], r["baseline_response"])

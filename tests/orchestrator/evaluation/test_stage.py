@@ -132,22 +132,31 @@ def test_a_judge_always_answering_a_through_the_evaluate_stage(tmp_path):
 
     calls = []
 
-    def engines(method, items, *args, desc):
-        calls.append((method, desc, len(items)))
-        if method == "choice_distribution":
-            return [[0.9, 0.1] for _ in items]
-        model = args[1]
-        tag = "M0" if model is None else "M1"
-        return [Completion(f"{tag} says: Score: 3" if "grading" in r.user_message else f"{tag} answer {k}", 4, "stop")
-                for k, r in enumerate(items)]
+    class Engines:
+        def complete(self, items, sampling, model, *, desc):
+            calls.append(("complete", desc, len(items)))
+            tag = "M0" if model is None else "M1"
+            return [Completion(f"{tag} says: Score: 3" if "grading" in r.user_message else f"{tag} answer {k}", 4, "stop")
+                    for k, r in enumerate(items)]
 
+        def choose(self, items, model, *, desc):
+            calls.append(("choose", desc, len(items)))
+            return [[0.9, 0.1] for _ in items]
+
+    class SampledVerdicts(Engines):
+        def complete(self, items, sampling, model, *, desc):
+            if desc == "eval win rate":
+                return [Completion("Fine.\nWinner: A", 3, "stop") for _ in items]
+            return super().complete(items, sampling, model, desc=desc)
+
+    engines = Engines()
     prompts = pa.Table.from_pylist([{"prompt_id": f"i{k}", "prompt": f"Explain thing {k}.", "answer": None, "kind": None}
                                     for k in range(6)])
     sets = EvalSets(None, prompts)
     cfg = load_config(None, ["eval.injections=null"])
     baseline = evaluate(engines, cfg, 0, None, sets, None)
     table = evaluate(engines, cfg, 1, artifacts_adapter(), sets, baseline)
-    assert ("choice_distribution", "eval win rate", 12) in calls  # 6 prompts, both orders, one token each
+    assert ("choose", "eval win rate", 12) in calls  # 6 prompts, both orders, one token each
     rows = [r for r in table.to_pylist() if r["split"] == "instruction"]
     assert all(r["pairwise_first"] == r["pairwise_second"] == "A" for r in rows)
     assert all(r["pairwise_preference"] == pytest.approx(0.5) and r["outcome"] == "tie" for r in rows)
@@ -156,9 +165,7 @@ def test_a_judge_always_answering_a_through_the_evaluate_stage(tmp_path):
     assert s["win_rate"]["value"] is None and "first position in 100% of 12 verdicts" in s["win_rate"]["why"]
     # The sampled-text verdict stays available, with the same position statistics.
     sampled = load_config(None, ["eval.injections=null", "eval.pairwise_verdict=sampled"])
-    text = evaluate(lambda m, items, *a, desc: [Completion("Fine.\nWinner: A", 3, "stop") for _ in items]
-                    if desc == "eval win rate" else engines(m, items, *a, desc=desc), sampled, 1, artifacts_adapter(), sets,
-                    baseline)
+    text = evaluate(SampledVerdicts(), sampled, 1, artifacts_adapter(), sets, baseline)
     assert eval_summary(text, baseline)["pairwise_degenerate"]
 
 
