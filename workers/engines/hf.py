@@ -105,14 +105,11 @@ class HFEngine:
                 self.peft.load_adapter(folder, adapter_name=adapter.name)
             self.peft.eval()
             self.peft.set_adapter(adapter.name)
-            proof = canaries.load(folder)
-            if proof is not None:  # checked before first use, as the vLLM engine does
-                served = self._score_with(self.peft, [c.request() for c in proof[0]])
-                try:
-                    canaries.verify(adapter, *proof, served)
-                except Exception:
-                    self.peft.delete_adapter(adapter.name)
-                    raise
+            try:  # checked before first use, as the vLLM engine does
+                canaries.prove(adapter, folder, lambda requests: self._score_with(self.peft, requests))
+            except Exception:
+                self.peft.delete_adapter(adapter.name)
+                raise
             self._loaded[adapter.name] = adapter
             while len(self._loaded) > self.spec.max_loras:
                 oldest = next(n for n in self._loaded if n != adapter.name)

@@ -198,9 +198,8 @@ class VLLMEngine:
                 raise RuntimeError("vLLM did not reset its prefix cache after a weight reload")
             self._holds = adapter
         if adapter is not None and adapter not in self._proven:
-            proof = canaries.load(local_copy(adapter.path, adapter.digest))
-            if proof is not None:
-                canaries.verify(adapter, *proof, self._score([c.request() for c in proof[0]], None))
+            folder = local_copy(adapter.path, adapter.digest)
+            canaries.prove(adapter, folder, lambda requests: self._score(requests, None))
             self._proven.add(adapter)
         return None
 
@@ -215,10 +214,7 @@ class VLLMEngine:
             folder = local_copy(adapter.path, adapter.digest)
             self._next_lora_id += 1  # never reused, even for an adapter that failed its proof (vLLM keeps it loaded)
             lora = LoRARequest(adapter.name, self._next_lora_id, folder)
-            proof = canaries.load(folder)
-            if proof is not None:
-                served = self._score([c.request() for c in proof[0]], lora)
-                canaries.verify(adapter, *proof, served)
+            canaries.prove(adapter, folder, lambda requests: self._score(requests, lora))
             self._loras[adapter] = lora
         return self._loras[adapter]
 

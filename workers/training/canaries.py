@@ -17,6 +17,7 @@ from the base model at all (their gap exceeds the tolerance).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,14 @@ def load(folder: str | Path) -> tuple[list[Canary], float] | None:
 def distinguishable(canaries: list[Canary], tolerance: float) -> bool:
     """Whether serving the base model instead of this adapter would fail the check."""
     return any(abs(c.logp - c.logp_base) / max(c.num_tokens, 1) > tolerance for c in canaries)
+
+
+def prove(adapter: AdapterRef, folder: str | Path, score: Callable[[list[ScoreRequest]], list[ScoreResult]]) -> None:
+    """An engine's check of the adapter in ``folder`` before its first use: ``score`` (the engine serving it) scores
+    the canaries the trainer recorded, which ``verify`` compares. Nothing to check for a folder without canaries."""
+    proof = load(folder)
+    if proof is not None:
+        verify(adapter, *proof, score([c.request() for c in proof[0]]))
 
 
 def verify(adapter: AdapterRef, canaries: list[Canary], tolerance: float, served: list[ScoreResult]) -> float:
