@@ -171,7 +171,7 @@ class Context:
                                      "prove it serves it; rerun with --redo " + f"{a.name}/train")
                 if not canaries.distinguishable(*proof):
                     LOG.warning(f"  note: the canaries of {a.name} are within {proof[1]} nats/token of the base model: "
-                             "an engine serving the base model instead would pass their check")
+                                "an engine serving the base model instead would pass their check")
                 self._adapters_checked.add(a.name)
 
     def pool(self) -> EnginePool:

@@ -427,8 +427,8 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
     LOG.info(f"run dir {rd.root} ({'resuming' if resumed else 'new run'}), model {model_path}")
     for source, f in overlong.items():
         if f["skipped"] or f["truncated"]:
-            LOG.info(f"  {source}: {f['skipped']} prompt(s) too long for the context skipped, {f['truncated']} truncated "
-                f"(data.overlong={f['policy']})")
+            LOG.info(f"  {source}: {f['skipped']} prompt(s) too long for the context skipped, "
+                     f"{f['truncated']} truncated (data.overlong={f['policy']})")
     if redo:
         LOG.info(f"  redo: forgot {', '.join(rd.redo(redo))}")
     ctx = Context(cfg, rd, model_path, overlong=overlong)
