@@ -19,13 +19,12 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from orchestrator.backend import Backend, Pool
 from orchestrator.config import RunConfig
 from orchestrator.models import ModelError, check_adapter
 from orchestrator.reporting.runlog import Progress
 from orchestrator.run.rundir import RunDir
-from orchestrator.specs import engine_spec
 from workers import faults
-from workers.engines.pool import EnginePool, PoolResources
 from workers.files import local_copy
 from workers.training import canaries
 from workers.training.placement import engine_gpus
@@ -148,14 +147,15 @@ class StageEngines:
 
 @dataclass
 class Context:
-    """The run's shared state: its config, run directory, model and engine pool."""
+    """The run's shared state: its config, run directory, model, and the engine pool its backend started."""
 
     cfg: RunConfig
     rd: RunDir
     model_path: Path
+    backend: Backend
     overlong: dict[str, Any] = field(default_factory=dict)  # what data.overlong did to each prompt set
     engine_start_seconds: float = 0.0  # spent starting engines since the last metrics were taken
-    _pool: EnginePool | None = None
+    _pool: Pool | None = None
     _adapters_checked: set[str] = field(default_factory=set)
 
     def check_adapters(self, adapters: list[AdapterRef | None]) -> None:
@@ -174,23 +174,16 @@ class Context:
                                 "an engine serving the base model instead would pass their check")
                 self._adapters_checked.add(a.name)
 
-    def pool(self) -> EnginePool:
+    def pool(self) -> Pool:
         """The engine pool, started on first use (a fully committed resume starts none)."""
         if self._pool is None:
-            r = self.cfg.resources
             t0 = time.monotonic()
-            if r.engine_backend == "hf":
-                from workers.engines.hf import HFEngine as engine_cls
-            else:
-                from workers.engines.vllm import VLLMEngine as engine_cls
-            self._pool = EnginePool(engine_spec(self.cfg, str(self.model_path)), PoolResources(
-                r.engines, r.cpus_per_engine, r.gpus_per_engine, r.engine_max_restarts, r.placement_strategy),
-                engine_cls=engine_cls)
+            self._pool = self.backend.start_pool(self.cfg, self.model_path)
             hosts = sorted({i.host for i in self._pool.infos})
             started = time.monotonic() - t0
             self.engine_start_seconds += started
-            LOG.info(f"  engine pool: {r.engines} engine(s) ready in {started:.1f}s on {', '.join(hosts)} "
-                     f"({engine_cls.__name__})")
+            LOG.info(f"  engine pool: {len(self._pool.infos)} engine(s) ready in {started:.1f}s on {', '.join(hosts)} "
+                     f"({self._pool.engine_name})")
         return self._pool
 
     def engines_for(self, key: str) -> StageEngines:

@@ -35,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.backend import Backend, RayBackend
 from orchestrator.config import RunConfig
 from orchestrator.context import Context, Engines
 from orchestrator.data import TokenBudget, fit_to_context, load_prompts, prompts_for_iteration
@@ -70,9 +71,6 @@ from orchestrator.run.roles import Models, adapter_of, model_name
 from orchestrator.run.rundir import RunDir, RunDirError
 from orchestrator.specs import train_spec
 from workers import faults
-from workers.progress import run_with_progress
-from workers.training.launcher import run_training
-from workers.training.mc_dropout import mc_dropout_logprobs
 from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ScoreRequest
 
 LOG = logging.getLogger(__name__)
@@ -251,34 +249,11 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
     model (iteration 1) every implicit margin is 0 and the passes would
     measure nothing but dropout noise, so none are run (None).
     """
-    mc = ctx.cfg.selection.mc_dropout
-    if mc.passes == 0 or models.policy == models.reference:
+    if ctx.cfg.selection.mc_dropout.passes == 0 or models.policy == models.reference:
         return [None] * len(requests), [None] * len(requests)
-    import ray
-
-    r = ctx.cfg.resources
     spec = train_spec(ctx.cfg, ctx.model_path, derive_seed(ctx.cfg.seed, "mc_dropout", t), models.policy, "", "")
-    borrowed = ctx.borrowed_gpus()
-    if borrowed:
-        # Beside the first engine, on its GPU, in the memory the awake engine leaves (``selfreward plan`` checks it).
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        node, gpus = next(iter(borrowed.items()))
-        task = ray.remote(mc_dropout_logprobs).options(
-            num_cpus=r.cpus_per_train_worker, num_gpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-        device, gpu = "cuda", gpus[0]
-    else:
-        task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
-        device, gpu = ("cuda" if r.gpus_per_train_worker else "cpu"), None
-    bar = RemoteProgress("score MC-dropout")
-    reference, digest = (None, "") if models.reference is None else (models.reference.path, models.reference.digest)
-    try:
-        passes, ref = run_with_progress(
-            lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference, device, digest, gpu)), bar)
-    finally:
-        bar.close()
-    return list(passes), list(ref)
+    ref = (None, "") if models.reference is None else (models.reference.path, models.reference.digest)
+    return ctx.backend.mc_dropout(ctx.cfg, spec, requests, ref, ctx.borrowed_gpus())
 
 
 def train(ctx: Context, key: str, t: int, pairs: str, policy: AdapterRef | None, staged: str) -> dict[str, Any]:
@@ -287,7 +262,7 @@ def train(ctx: Context, key: str, t: int, pairs: str, policy: AdapterRef | None,
     Ray Train checkpoints go to ``iter_XXX/train/``: a training stage that
     was killed resumes from the latest one.
     """
-    r, rd = ctx.cfg.resources, ctx.rd
+    rd = ctx.rd
     spec = train_spec(ctx.cfg, ctx.model_path, derive_seed(ctx.cfg.seed, "train", t), policy, rd.storage.uri(pairs),
                       rd.storage.uri(staged))
     bar = RemoteProgress("train")
@@ -301,16 +276,12 @@ def train(ctx: Context, key: str, t: int, pairs: str, policy: AdapterRef | None,
             faults.point(f"{key}:step")
 
     try:
-        result = run_with_progress(
-            lambda q: run_training(spec, r.train_workers, r.cpus_per_train_worker, r.gpus_per_train_worker,
-                                   rd.storage.uri(f"{rd.iter_dir(t)}/train"), q, r.train_max_failures,
-                                   ctx.borrowed_gpus()),
-            on_message,
-        )
+        result = ctx.backend.train(ctx.cfg, spec, rd.storage.uri(f"{rd.iter_dir(t)}/train"), on_message,
+                                   ctx.borrowed_gpus())
     finally:
         bar.close()
-    return {**result.summary(), "steps": result.steps,
-            "effective_batch_pairs": ctx.cfg.dpo.micro_batch_pairs * ctx.cfg.dpo.grad_accum_steps * r.train_workers}
+    return {**result.summary(), "steps": result.steps, "effective_batch_pairs":
+            ctx.cfg.dpo.micro_batch_pairs * ctx.cfg.dpo.grad_accum_steps * ctx.cfg.resources.train_workers}
 
 
 # --- the loop ----------------------------------------------------------------
@@ -405,25 +376,25 @@ def prepare(cfg: RunConfig, run_dir: str | Path, redo: str | None = None) -> Pre
     return Prepared(cfg, str(run_dir), model_path, fingerprint, prompts, eval_sets, {"data.prompts": fit, **eval_fit}, redo)
 
 
-def run(cfg: RunConfig, run_dir: str | Path, redo: str | None = None,
-        prepared: Prepared | None = None) -> list[dict[str, Any]]:
+def run(cfg: RunConfig, run_dir: str | Path, redo: str | None = None, prepared: Prepared | None = None,
+        backend: Backend | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the loop for ``cfg.iterations`` iterations; returns the per-iteration metrics.
 
     ``redo``: a committed stage (``iter_001/judge``) to compute again, with every stage after it.
     ``prepared``: what ``prepare`` returned for these arguments (else it is called here).
-    Assumes Ray is initialised.
+    ``backend``: what starts the engines and trainers (default: ``RayBackend``, which assumes Ray is initialised).
     """
     p = prepared or prepare(cfg, run_dir, redo)
     rd = RunDir(p.run_dir)
     resumed = rd.open(cfg, library_versions(), p.fingerprint)
     try:
-        return _run(cfg, rd, p.model_path, p.prompts, p.eval_sets, p.overlong, resumed, p.redo)
+        return _run(cfg, rd, p.model_path, p.prompts, p.eval_sets, p.overlong, resumed, p.redo, backend or RayBackend())
     finally:
         rd.close()
 
 
 def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_sets: EvalSets, overlong: dict[str, Any],
-         resumed: bool, redo: str | None) -> list[dict[str, Any]]:
+         resumed: bool, redo: str | None, backend: Backend) -> list[dict[str, Any]]:
     LOG.info(f"run dir {rd.root} ({'resuming' if resumed else 'new run'}), model {model_path}")
     for source, f in overlong.items():
         if f["skipped"] or f["truncated"]:
@@ -431,7 +402,7 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
                      f"{f['truncated']} truncated (data.overlong={f['policy']})")
     if redo:
         LOG.info(f"  redo: forgot {', '.join(rd.redo(redo))}")
-    ctx = Context(cfg, rd, model_path, overlong=overlong)
+    ctx = Context(cfg, rd, model_path, backend, overlong=overlong)
     selection = make_selection(cfg)
     answers = {r["prompt_id"]: (r["answer"], r["kind"]) for r in prompts.select(["prompt_id", "answer", "kind"]).to_pylist()}
     all_metrics = []
@@ -482,7 +453,9 @@ def _baseline(ctx: Context, sets: EvalSets) -> pa.Table | None:
     table, summary = _table_stage(ctx, 0, "eval", "eval", f"{rd.iter_dir(0)}/eval.parquet",
                                   lambda e: evaluate(e, ctx.cfg, 0, None, sets, None), eval_summary)
     key, path = rd.stage_key(0, "metrics"), f"{rd.iter_dir(0)}/metrics.json"
-    if rd.record(key) is None:
+    if rd.record(key) is not None:
+        rd.reused(key)
+    else:
         metrics = {"iteration": 0, "stage_seconds": {"eval": summary["seconds"]}, "iteration_seconds": summary["seconds"],
                    "prompts_overlong": ctx.overlong, "engine_start_seconds": ctx.take_engine_start_seconds(),
                    **{k: v for k, v in summary.items() if k != "seconds"}}
@@ -520,6 +493,7 @@ def _metrics_stage(ctx: Context, t: int, s: dict[str, dict[str, Any]], wall: flo
     key = ctx.rd.stage_key(t, "metrics")
     path = f"{ctx.rd.iter_dir(t)}/metrics.json"
     if ctx.rd.record(key) is not None:
+        ctx.rd.reused(key)
         return ctx.rd.read_json(path)
     gen_s, judge_s, train = s["generate"]["seconds"], s["judge"]["seconds"], s["train"]
     quality = s["select"]["label_quality"]

@@ -317,6 +317,7 @@ class RunDir:
     def reused(self, key: str) -> None:
         """Account a committed stage this session skipped."""
         self.session["stages_reused"].append(key)
+        self._write_state()
 
     def commit(self, key: str, artifact: str, rows: int | None, seconds: float, summary: dict[str, Any]) -> StageRecord:
         """Record an already committed artifact as the output of stage ``key`` (atomic)."""

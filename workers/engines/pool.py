@@ -86,6 +86,7 @@ class EnginePool:
         self.inflight_per_engine = inflight_per_engine
         self.max_shard_attempts = res.max_restarts + 2
         self.infos: list[EngineInfo] = ray.get([a.ready.remote() for a in self.actors])
+        self.engine_name = engine_cls.__name__
 
     def map_shards(self, method: str, shards: list[Any], *args: Any,
                    on_done: Callable[[int, Any], None] | None = None) -> list[Any]:

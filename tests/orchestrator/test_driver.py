@@ -1,0 +1,181 @@
+"""The driver (orchestrator.loop) against the stand-in backend (tests/orchestrator/standins.py): the whole loop in
+seconds, with no Ray and no engine. Committed stages skipped, redo, the session records, the metrics, and the
+driver SIGKILLed at every stage and part boundary: after any sequence of kills and resumes, the run's artifacts are
+byte-identical to an uninterrupted run's, with no stage or part computed twice.
+
+Each session runs in a process of its own (forked from a server that has imported the driver), so a kill is a real
+SIGKILL of the driver: no ``finally`` runs, the run dir's lock is left behind, half-written files stay.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator import loop
+from orchestrator.config import load_config
+from orchestrator.run.rundir import RunDirError
+from tests.e2e.helpers import CONFIG, check_run_dir
+from tests.orchestrator import driver_session
+from tests.orchestrator.standins import StandInBackend
+from workers import faults
+
+PROMPTS, SAMPLES, K, EVALS = 3, 3, 2, (3, 2)
+SMALL = [
+    f"data.prompts_per_iteration={PROMPTS}",
+    f"generation.samples_per_prompt={SAMPLES}",
+    f"judge.judge_samples={K}",
+    f"eval.verifiable_prompts={EVALS[0]}",
+    f"eval.instruction_prompts={EVALS[1]}",
+    # Small shards and a checkpoint per step: every stage has several parts to die between.
+    "resources.shard_size=4",
+    "dpo.micro_batch_pairs=1",
+    "dpo.checkpoint_every=1",
+]
+# What a resumed run must reproduce byte for byte: every table and every adapter file.
+RESULTS = ("iter_*/*.parquet", "iter_*/adapter/*")
+
+
+def results(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for pattern in RESULTS for p in sorted(run_dir.glob(pattern))}
+
+
+def sessions(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "state.json").read_text())["sessions"]
+
+
+def stages(run_dir: Path) -> dict:
+    return json.loads((run_dir / "state.json").read_text())["stages"]
+
+
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["tests.orchestrator.driver_session"])
+
+
+def session(overrides: list[str], run_dir: Path, kill_at: str | None = None, redo: str | None = None) -> int:
+    """The exit code of one driver session in a process of its own: 0, or -SIGKILL where it was killed."""
+    p = _FORKS.Process(target=driver_session.session, args=(overrides, str(run_dir), kill_at, redo))
+    p.start()
+    p.join()
+    return p.exitcode
+
+
+@pytest.fixture(scope="module")
+def overrides(tiny_random_model_path):
+    return [*SMALL, f"model.path={tiny_random_model_path}"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, overrides):
+    """An uninterrupted run, in this process, with every fault point it passed (in order)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    reached: list[str] = []
+    real = faults.point
+    faults.point = reached.append
+    try:
+        backend = StandInBackend()
+        metrics = loop.run(load_config(CONFIG, overrides), run_dir, backend=backend)
+    finally:
+        faults.point = real
+    return run_dir, reached, metrics, backend
+
+
+def test_a_run_commits_every_artifact_to_its_contract(reference):
+    run_dir, reached, metrics, backend = reference
+    state = check_run_dir(run_dir, 2, PROMPTS, SAMPLES, K, evals=EVALS)
+    assert [m["iteration"] for m in metrics] == [1, 2]
+    # One pool for the whole run (no colocation), one training per iteration, each adapter proven before its use.
+    assert len(backend.pools) == 1 and len(backend.trained) == 2
+    assert {a.name for a in backend.pools[0].engine.proven} == {"iter_001", "iter_002"}  # M2 is evaluated
+    (only,) = sessions(run_dir)
+    assert not only["stages_reused"] and set(only["stages_computed"]) == set(state["stages"])
+    # Every stage and every part passed a kill point: the property below draws from these.
+    assert {p for p in reached if ":" not in p} == set(state["stages"])
+    assert {"iter_000/eval:part", "iter_001/generate:part", "iter_002/train:step"} <= set(reached)
+
+
+def test_a_finished_run_resumes_without_starting_anything(reference, overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    before = stages(run_dir)
+    backend = StandInBackend()
+    loop.run(load_config(CONFIG, overrides), run_dir, backend=backend)
+    assert backend.pools == [] and backend.trained == []
+    assert stages(run_dir) == before and results(run_dir) == results(reference[0])
+    last = sessions(run_dir)[-1]
+    assert not last["stages_computed"] and set(last["stages_reused"]) == set(before)
+
+
+def test_redo_recomputes_that_stage_and_every_one_after_it(reference, overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    assert session(overrides, run_dir, redo="iter_002/judge") == 0
+    last = sessions(run_dir)[-1]
+    assert set(last["stages_computed"]) == {f"iter_002/{s}" for s in ("judge", "score", "select", "train", "eval",
+                                                                        "metrics")}
+    assert results(run_dir) == results(reference[0])  # the same inputs give the same results
+
+
+def test_a_config_change_that_alters_results_is_refused(reference, overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    before = (run_dir / "state.json").read_bytes()
+    with pytest.raises(RunDirError, match="dpo.beta"):
+        loop.run(load_config(CONFIG, [*overrides, "dpo.beta=0.5"]), run_dir, backend=StandInBackend())
+    assert (run_dir / "state.json").read_bytes() == before
+
+
+def test_the_metrics_carry_every_stage_summary(reference):
+    run_dir, _, metrics, _ = reference
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "train_step"]
+    assert len(steps) == sum(m["optimizer_steps"] for m in metrics) and all(m["optimizer_steps"] > 0 for m in metrics)
+    for m in metrics:
+        assert set(m["stage_seconds"]) == {"generate", "judge", "score", "select", "train", "eval"}
+        assert m["judge_parse_rate"]["n"] == PROMPTS * SAMPLES * K
+        assert m["eval_accuracy"]["n"] == EVALS[0]
+
+
+def _kill_points(reached: list[str]) -> list[str]:
+    """Each point of the reference run as ``name@n`` (its n-th passage)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in reached:
+        seen[p] = seen.get(p, 0) + 1
+        out.append(f"{p}@{seen[p]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def kill_points(reference):
+    return _kill_points(reference[1])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_killed_anywhere_any_number_of_times_the_run_resumes_to_the_uninterrupted_result(
+        data, reference, kill_points, overrides, tmp_path_factory):
+    kills = data.draw(st.lists(st.sampled_from(kill_points), min_size=1, max_size=3), label="kills")
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    codes = [session(overrides, run_dir, kill_at=k) for k in kills]
+    # A session dies where it is told to, unless an earlier session already committed past that point.
+    assert codes[0] == -signal.SIGKILL and set(codes) <= {0, -signal.SIGKILL}
+    assert session(overrides, run_dir) == 0
+    ref_dir = reference[0]
+    assert results(run_dir) == results(ref_dir)
+    assert stages(run_dir).keys() == stages(ref_dir).keys()
+    # No committed work redone: every stage computed in exactly one session, every part committed once.
+    computed = [k for s in sessions(run_dir) for k in s["stages_computed"]]
+    assert sorted(computed) == sorted(sessions(ref_dir)[0]["stages_computed"])
+    parts: dict[str, int] = {}
+    for s in sessions(run_dir):
+        for key, n in s["parts_computed"].items():
+            parts[key] = parts.get(key, 0) + n
+    assert parts == sessions(ref_dir)[0]["parts_computed"]
