@@ -61,16 +61,31 @@ class RunLock:
             f.flush()
             self._file = f
         else:
-            if self.storage.is_file(LOCK_FILE):
-                try:
-                    lease = json.loads(self.storage.read_text(LOCK_FILE))
-                    fresh = time.time() - float(lease["heartbeat"]) < LEASE_S
-                except (ValueError, KeyError, TypeError):
-                    lease, fresh = {}, False
-                if fresh:
-                    raise RunLockedError(self._message(json.dumps(lease)))
+            self.check()
             self.storage.write_text(LOCK_FILE, json.dumps(_holder()))
         self._held = True
+
+    def check(self) -> None:
+        """RunLockedError when another process holds the lock; creates and changes nothing."""
+        if self._held or not self.storage.is_file(LOCK_FILE):
+            return
+        if self.storage.local:
+            import fcntl
+
+            with open(self.storage.path(LOCK_FILE), encoding="utf-8") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RunLockedError(self._message(f.read().strip() or "another process")) from None
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return
+        try:
+            lease = json.loads(self.storage.read_text(LOCK_FILE))
+            fresh = time.time() - float(lease["heartbeat"]) < LEASE_S
+        except (ValueError, KeyError, TypeError):
+            lease, fresh = {}, False
+        if fresh:
+            raise RunLockedError(self._message(json.dumps(lease)))
 
     def _message(self, holder: str) -> str:
         return (f"{self.storage} is in use by another run ({holder}); two runs on one run directory would overwrite "

@@ -130,7 +130,8 @@ class RunDir:
         unwritable folder where the run dir goes, a damaged state.json or
         config.yaml, a config that differs in fields that change results, a
         base model that changed, a ``redo`` stage that is not committed or
-        whose later artifacts lie outside the run dir.
+        whose later artifacts lie outside the run dir, a committed artifact
+        that is missing or damaged, a run dir another process holds.
         """
         st = self.storage
         if st.exists() and not st.is_dir():
@@ -167,9 +168,16 @@ class RunDir:
                 f"one this run started with (fingerprint {model_fingerprint[:12]} != {known[:12]}); the run's "
                 "adapters were trained for the other one. Point model.path back at it, or use a new --run-dir."
             )
-        if redo:
-            for k in self.redo_keys(redo):
-                self.check_artifact(k)
+        forgotten = self.redo_keys(redo) if redo else []
+        for k in forgotten:
+            self.check_artifact(k)
+        for k in self._state["stages"]:
+            if k not in forgotten:
+                self.record(k)  # each committed artifact still what was committed
+        try:
+            self._lock.check()
+        except RunLockedError as e:
+            raise RunDirError(str(e)) from None
         return True
 
     def _open(self, cfg: RunConfig, versions: dict[str, str], model_fingerprint: str) -> bool:

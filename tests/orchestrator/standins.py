@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
+from workers import faults
 from workers.files import local_copy
 from workers.training import canaries
 from workers.training.trainer import TrainResult, TrainSpec
@@ -35,6 +36,7 @@ from workers.types import (
     SamplingSpec,
     ScoreRequest,
     ScoreResult,
+    TrainingError,
 )
 
 WEIGHTS = "adapter_model.safetensors"
@@ -166,6 +168,9 @@ class StandInBackend:
             on_message({"resumed_from_step": resumed})
         on_message({"total": total, "unit": "step"})
         for k in range(resumed + 1, total + 1):
+            if faults.nan_at(k):  # what the real trainer raises through Ray Train on a NaN loss
+                raise TrainingError(f"training failed: FloatingPointError: DPO loss is nan at optimizer step {k}; "
+                                    "no update was applied")
             state = _h("step", state, k)
             epoch = (k - 1) // per_epoch
             pairs_k = min(per_step, kept - ((k - 1) % per_epoch) * per_step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -21,11 +22,14 @@ from hypothesis import strategies as st
 
 from orchestrator import loop
 from orchestrator.config import load_config
+from orchestrator.run.lock import RunLock
 from orchestrator.run.rundir import RunDirError
+from orchestrator.run.storage import Storage
 from tests.e2e.helpers import CONFIG, check_run_dir
 from tests.orchestrator import driver_session
-from tests.orchestrator.standins import StandInBackend
+from tests.orchestrator.standins import WEIGHTS, StandInBackend
 from workers import faults
+from workers.types import TrainingError
 
 PROMPTS, SAMPLES, K, EVALS = 3, 3, 2, (3, 2)
 SMALL = [
@@ -141,6 +145,63 @@ def test_the_metrics_carry_every_stage_summary(reference):
         assert set(m["stage_seconds"]) == {"generate", "judge", "score", "select", "train", "eval"}
         assert m["judge_parse_rate"]["n"] == PROMPTS * SAMPLES * K
         assert m["eval_accuracy"]["n"] == EVALS[0]
+
+
+def test_a_run_dir_in_use_or_damaged_is_refused_before_anything_starts_or_changes(reference, overrides, tmp_path):
+    """The checks that need no engine: made by ``prepare`` (before the CLI starts Ray), naming the file and the way
+    out, with nothing started and not a byte changed."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    cfg = load_config(CONFIG, overrides)
+
+    def refused(match: str) -> None:
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        backend = StandInBackend()
+        with pytest.raises(RunDirError, match=match):
+            loop.run(cfg, run_dir, backend=backend)
+        assert backend.pools == [] and backend.trained == []
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+    lock = RunLock(Storage(run_dir))
+    lock.acquire()
+    refused("is in use by another run")
+    lock.release()
+    for victim, cut in [("iter_001/rewards.parquet", 100), ("iter_002/adapter/" + WEIGHTS, 50), ("state.json", 40)]:
+        path = run_dir / victim
+        good = path.read_bytes()
+        path.write_bytes(good[:-cut])
+        hint = "state.json.prev: copy it over" if victim == "state.json" else f"rerun with --redo {victim[:8]}/"
+        refused(rf"(?s){re.escape(victim.split('/')[-1])}.*{re.escape(hint)}")
+        path.write_bytes(good)
+
+
+def test_a_full_disk_or_a_failed_training_loses_nothing_committed(reference, overrides, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    cfg = load_config(CONFIG, overrides)
+    adapter_1 = (run_dir / "iter_001" / "adapter" / WEIGHTS).read_bytes()
+
+    # A disk that fills up while a stage commits: the error names the file; what was committed stays.
+    monkeypatch.setenv(faults.FAIL_WRITE_ENV, "iter_002/pairs.parquet")
+    with pytest.raises(OSError, match="(?s)No space left on device.*iter_002/pairs.parquet"):
+        loop.run(cfg, run_dir, redo="iter_002/select", backend=StandInBackend())
+    monkeypatch.delenv(faults.FAIL_WRITE_ENV)
+    committed = stages(run_dir)
+    assert "iter_002/score" in committed and "iter_002/select" not in committed and "iter_002/train" not in committed
+    assert not list(run_dir.rglob(".*.tmp-*"))
+
+    # Training that fails (a NaN loss) commits nothing of M(2); M(1) stays the current model.
+    monkeypatch.setenv(faults.NAN_AT_ENV, "step@2")
+    with pytest.raises(TrainingError, match="DPO loss is nan at optimizer step 2"):
+        loop.run(cfg, run_dir, backend=StandInBackend())
+    monkeypatch.delenv(faults.NAN_AT_ENV)
+    committed = stages(run_dir)
+    assert "iter_002/select" in committed and "iter_002/train" not in committed
+    assert (run_dir / "iter_001" / "adapter" / WEIGHTS).read_bytes() == adapter_1
+
+    # The same command without the faults finishes, with the results of the uninterrupted run.
+    loop.run(cfg, run_dir, backend=StandInBackend())
+    assert results(run_dir) == results(reference[0])
 
 
 def _kill_points(reached: list[str]) -> list[str]:

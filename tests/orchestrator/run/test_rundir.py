@@ -84,9 +84,8 @@ def test_corrupted_artifact_is_detected(tmp_path):
     rd.close()
     path = tmp_path / "run" / "iter_001" / "t.parquet"
     path.write_bytes(path.read_bytes()[:-10])
-    rd2, _ = _open(tmp_path / "run")
     with pytest.raises(RunDirError, match=r"t.parquet.*sha256.*rerun with --redo iter_001/generate"):
-        rd2.record("iter_001/generate")
+        _open(tmp_path / "run")  # found before anything is written
 
 
 def test_a_changed_file_of_a_directory_artifact_is_named(tmp_path):
@@ -98,9 +97,8 @@ def test_a_changed_file_of_a_directory_artifact_is_named(tmp_path):
     rd.commit("iter_001/train", "iter_001/adapter", None, 0.1, {})
     rd.close()
     (tmp_path / "run" / "iter_001" / "adapter" / "adapter_model.safetensors").write_bytes(b"weigh")
-    rd2, _ = _open(tmp_path / "run")
     with pytest.raises(RunDirError, match=r"adapter \(changed: adapter_model.safetensors\).*--redo iter_001/train"):
-        rd2.record("iter_001/train")
+        _open(tmp_path / "run")
 
 
 def test_directory_commit_replaces_leftovers(location):
