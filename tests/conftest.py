@@ -43,3 +43,42 @@ def tiny_random_model_path(tmp_path_factory, tiny_model_path):
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+# --- the golden run (tests/e2e/golden.py) ------------------------------------------------------------------------------
+def _reads_golden(item) -> bool:
+    return "golden" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that read the golden run go last: everything else runs while it runs."""
+    items[:] = [i for i in items if not _reads_golden(i)] + [i for i in items if _reads_golden(i)]
+
+
+def pytest_collection_finish(session):
+    """Start the golden run as soon as the tests are known, when any of them reads it."""
+    if session.config.option.collectonly or not any(_reads_golden(i) for i in session.items):
+        return
+    import tempfile
+    from pathlib import Path
+
+    from tests.e2e.golden import Golden
+
+    session.config._golden = Golden(Path(tempfile.mkdtemp(prefix="selfreward-golden-")))
+    session.config._golden.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    golden = getattr(session.config, "_golden", None)
+    if golden is not None:
+        import shutil
+
+        golden.stop()
+        shutil.rmtree(golden.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def golden(request):
+    """The finished golden run (tests/e2e/golden.py). Tests must not change its run directory: one that resumes or
+    damages a run works on a copy."""
+    return request.config._golden.result()

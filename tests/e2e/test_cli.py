@@ -9,11 +9,12 @@ from tests.e2e.helpers import CONFIG, NO_EVAL, SMALL, check_run_dir, selfreward
 pytestmark = pytest.mark.e2e
 
 
-def test_one_iteration_on_the_transformers_fallback_engine(tmp_path):
+def test_one_iteration_on_the_transformers_fallback_engine(tmp_path, tiny_random_model_path):
     """resources.engine_backend=hf: every engine stage on HFEngine actors; the judge's scores are read from its
-    digit distribution (no structured decoding there)."""
+    digit distribution (no structured decoding there). The mechanics only: a tiny random model."""
     run_dir = tmp_path / "run"
     res = selfreward("run", str(CONFIG), "--run-dir", str(run_dir), *SMALL, *NO_EVAL, "iterations=1",
+                     f"model.path={tiny_random_model_path}",
                      "resources.engine_backend=hf", "judge.constrained=false", "judge.expected_score=true",
                      "judge.score_source=expected")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

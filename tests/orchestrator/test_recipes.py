@@ -1,8 +1,9 @@
-"""Every shipped recipe on identical data: one real run that collects every signal, each recipe's selection replayed on it.
+"""Every shipped recipe on identical data: one run that collects every signal, each recipe's selection replayed on it.
 
-``jobs/configs/study-cpu.yaml`` runs 3 iterations on the tiny model and the
-verifiable set through the real CLI, collecting the previous judge's
-verdicts, expected scores, MC-dropout passes and implicit rewards. Each
+``jobs/configs/study-cpu.yaml`` runs 3 iterations on the verifiable set
+against the stand-in backend (tests/orchestrator/standins.py), collecting the
+previous judge's verdicts, expected scores, MC-dropout passes and implicit
+rewards. Each
 recipe's select stage is then recomputed from that run's committed
 generations, judgments and rewards alone, and its pairs must carry every
 column its methods promise, with values that agree with the definitions
@@ -17,13 +18,13 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator import loop
 from orchestrator.config import load_config
 from orchestrator.evaluation.labels import label_quality
 from orchestrator.rewards.consistency import consistency
 from orchestrator.rewards.selection import make_selection, select
 from tests.e2e.helpers import NO_EVAL, ROOT, check_run_dir, selfreward
-
-pytestmark = pytest.mark.e2e
+from tests.orchestrator.standins import StandInBackend
 
 CONFIGS = ROOT / "jobs" / "configs"
 RECIPES = ["srlm", "cream", "scir", "upo", "trusted"]
@@ -42,10 +43,10 @@ STRUCTURAL = {"fewer_than_2_valid_scores", "tie", "below_margin", "over_cap"}
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, tiny_random_model_path):
     run_dir = tmp_path_factory.mktemp("study") / "run"
-    res = selfreward("run", str(CONFIGS / "study-cpu.yaml"), "--run-dir", str(run_dir), *TINY)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    loop.run(load_config(CONFIGS / "study-cpu.yaml", [*TINY, f"model.path={tiny_random_model_path}"]), run_dir,
+             backend=StandInBackend())
     return run_dir
 
 
@@ -92,10 +93,13 @@ def test_the_study_run_collects_every_signal(study):
             assert j["score_expected"] == pytest.approx(sum(i * q for i, q in enumerate(j["score_probs"])))
         previous = [j for j in tab["judgments"] if j["judge_model"] == "previous"]
         assert len(previous) == (0 if t == 1 else PROMPTS * SAMPLES * K)
-        assert all((r["judge_mean_prev"] is None) == (t == 1) for r in rewards if r["judge_valid"])
+        judged_before = {(j["prompt_id"], j["sample_idx"]) for j in previous if j["score"] is not None}
+        assert all((r["judge_mean_prev"] is not None) == ((r["prompt_id"], r["sample_idx"]) in judged_before)
+                   for r in rewards)
         assert m["models"]["policy"] == ("base" if t == 1 else f"iter_{t - 1:03d}")
         # Judge calibration, with its n; undefined signals said so rather than guessed.
-        assert m["judge_auroc"]["n"] == m["graded_responses"] <= PROMPTS * SAMPLES
+        scored = [r for r in rewards if r["correct"] is not None and r["judge_mean"] is not None]
+        assert m["judge_auroc"]["n"] == len(scored) and m["graded_responses"] == PROMPTS * SAMPLES
         assert m["judge_auroc_expected"] is not None and (m["judge_auroc_previous"] is None) == (t == 1)
         if t == 1:
             assert m["mean_consistency"]["value"] is None and m["agreement_rate"]["value"] is None
@@ -158,7 +162,7 @@ def _upo(rows, rewards, t):
         assert (p["uncertainty"] is None) == (t == 1)
         assert t == 1 or 0 <= p["uncertainty"] <= math.log(2)
         assert (p["pass_mc_dropout_uncertain"] is None) == (t == 1)
-        assert p["pass_judge_uncertain"] == (p["p_correct"] >= 0.75)
+        assert p["pass_judge_uncertain"] == (None if p["p_correct"] is None else p["p_correct"] >= 0.75)
         if p["kept"]:
             assert p["pass_judge_uncertain"] is not False and p["pass_mc_dropout_uncertain"] is not False
 
