@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from orchestrator.evaluation import stats
 from orchestrator.evaluation.stats import Estimate
 
 Interval = Literal["wilson", "bootstrap", "none"]
@@ -156,3 +157,55 @@ def metric_rows(rows: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     if any("label_quality" in r for r in rows):
         out.append(("kept-label precision vs random drop", [kept_against_chance(r) for r in rows]))
     return out
+
+
+def iteration_row(t: int, s: dict[str, dict[str, Any]], wall: float, overlong: dict[str, Any],
+                  engine_start_seconds: float) -> dict[str, Any]:
+    """metrics.json of iteration t from its stages' summaries (``s``: stage name -> summary, as state.json holds
+    them, with its seconds) and the iteration's wall time."""
+    gen_s, judge_s, train = s["generate"]["seconds"], s["judge"]["seconds"], s["train"]
+    quality = s["select"]["label_quality"]
+    last_epoch_pairs = sum(st["pairs"] for st in train.get("steps", []) if st["epoch"] == train["epochs"] - 1)
+    metrics = {
+        "iteration": t,
+        "stage_seconds": {name: v["seconds"] for name, v in s.items()},
+        "iteration_seconds": round(wall, 3),
+        "responses": s["generate"]["responses"],
+        "tokens_generated": s["generate"]["tokens"],
+        "generation_tokens_per_s": s["generate"]["tokens"] / gen_s if gen_s > 0 else None,
+        "judge_tokens": s["judge"]["tokens"],
+        "judge_tokens_per_s": s["judge"]["tokens"] / judge_s if judge_s > 0 else None,
+        "judge_parse_rate": s["judge"]["judge_parse_rate"],
+        "judge_expected_vs_sampled": s["judge"]["expected_vs_sampled"],
+        "expected_vs_sampled_agreement": (s["judge"]["expected_vs_sampled"] or {}).get("pair_order_agreement"),
+        "models": s["score"]["models"],
+        "grade_rules": s["score"]["grade_rules"],
+        "graded_responses": s["score"]["graded_responses"],
+        **{k: s["score"][k] for k in ("judge_score_mean", "judge_auroc", "judge_auroc_expected", "judge_auroc_previous",
+                                      "likelihood_auroc")},
+        "pairs_built": s["select"]["pairs_built"],
+        "pairs_kept": s["select"]["pairs_kept"],
+        "drops": s["select"]["drops"],
+        # Undefined at iteration 1 (no previous model) and wherever C is: never guessed.
+        "mean_consistency": s["select"]["mean_consistency"],
+        "consistency_prompts": s["select"]["consistency_prompts"],
+        "consistency_undefined_prompts": s["select"]["consistency_undefined_prompts"],
+        "agreement_rate": s["select"]["agreement_rate"],
+        "likelihood_agreement_rate": s["select"]["likelihood_agreement_rate"],
+        "label_quality": quality,
+        "candidate_label_precision": quality["candidates"]["precision"],
+        "kept_label_precision": quality["kept"]["precision"],
+        "dropped_label_precision": quality["dropped"]["precision"],
+        "dpo_loss": train["dpo_loss"],
+        "dpo_loss_first": train["dpo_loss_first"],
+        "epochs": train["epochs"],
+        "reward_accuracy": None if train["reward_accuracy"] is None else stats.proportion(
+            round(train["reward_accuracy"] * last_epoch_pairs), last_epoch_pairs).to_json(),
+        "reward_margin": train["reward_margin"],
+        "optimizer_steps": train["optimizer_steps"],
+        "effective_batch_pairs": train.get("effective_batch_pairs"),
+        "prompts_overlong": overlong,
+        "engine_start_seconds": engine_start_seconds,
+        **{k: v for k, v in s.get("eval", {}).items() if k != "seconds"},
+    }
+    return metrics
