@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 import pyarrow as pa
@@ -34,10 +34,48 @@ DROP_TIE = "tie"
 DROP_BELOW_MARGIN = "below_margin"
 DROP_OVER_CAP = "over_cap"
 
-Row = dict[str, Any]
+Row = dict[str, Any]  # a row of the rewards table
 
 
 # --- candidate pairs ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pair of one prompt's responses, with every signal the filters and labels read (columns of ``PAIRS``).
+
+    ``drop_reason``: a structural reason (a tie, below the margin, over the cap) or None for a pair the filters
+    judge.
+    """
+
+    prompt_id: str
+    prompt: str
+    consistency: float | None  # the prompt's C (CREAM), None where undefined
+    chosen: str
+    rejected: str
+    chosen_idx: int
+    rejected_idx: int
+    margin: float
+    p_correct: float | None
+    chosen_finish_reason: str
+    rejected_finish_reason: str
+    implicit_margin: float | None
+    likelihood_margin: float | None
+    likelihood_change_margin: float | None
+    uncertainty: float | None
+    chosen_correct: bool | None
+    rejected_correct: bool | None
+    drop_reason: str | None
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    """A prompt with fewer than two scored responses: a row of ``PAIRS`` with no pair."""
+
+    prompt_id: str
+    prompt: str
+    consistency: float | None
+    drop_reason: str = DROP_FEW_VALID
 
 
 @dataclass(frozen=True)
@@ -122,7 +160,7 @@ class SoftLabel:
 class Filter(Protocol):
     name: str  # the drop_reason it gives, and its pass_<name> column
 
-    def verdicts(self, candidates: list[Row]) -> list[bool | None]:
+    def verdicts(self, candidates: list[Candidate]) -> list[bool | None]:
         """Per candidate: passes, fails, or None (does not apply)."""
         ...
 
@@ -134,8 +172,8 @@ class ConsistencyFilter:
     threshold: float
     name: str = "low_consistency"
 
-    def verdicts(self, candidates: list[Row]) -> list[bool | None]:
-        return [None if r["consistency"] is None else r["consistency"] >= self.threshold for r in candidates]
+    def verdicts(self, candidates: list[Candidate]) -> list[bool | None]:
+        return [None if r.consistency is None else r.consistency >= self.threshold for r in candidates]
 
 
 @dataclass(frozen=True)
@@ -156,16 +194,16 @@ class AgreementFilter:
     signal: Literal["implicit", "likelihood", "likelihood_change"] = "implicit"
     name: str = "reward_disagreement"
 
-    def verdicts(self, candidates: list[Row]) -> list[bool | None]:
+    def verdicts(self, candidates: list[Candidate]) -> list[bool | None]:
         out: list[bool | None] = []
         for r in candidates:
-            h = r[f"{self.signal}_margin"]
+            h = getattr(r, f"{self.signal}_margin")
             if h is None:
                 out.append(None)
                 continue
             ok = h > 0
             if self.confidence is not None:
-                ok = ok and r["p_correct"] is not None and r["p_correct"] >= self.confidence
+                ok = ok and r.p_correct is not None and r.p_correct >= self.confidence
                 ok = ok and sigmoid(h) >= self.confidence
             out.append(ok)
         return out
@@ -178,8 +216,8 @@ class JudgeUncertaintyFilter:
     p_min: float
     name: str = "judge_uncertain"
 
-    def verdicts(self, candidates: list[Row]) -> list[bool | None]:
-        return [None if r["p_correct"] is None else r["p_correct"] >= self.p_min for r in candidates]
+    def verdicts(self, candidates: list[Candidate]) -> list[bool | None]:
+        return [None if r.p_correct is None else r.p_correct >= self.p_min for r in candidates]
 
 
 @dataclass(frozen=True)
@@ -195,12 +233,12 @@ class MCDropoutFilter:
     fraction: float
     name: str = "mc_dropout_uncertain"
 
-    def verdicts(self, candidates: list[Row]) -> list[bool | None]:
-        scored = [i for i, r in enumerate(candidates) if r["uncertainty"] is not None]
-        scored.sort(key=lambda i: (-candidates[i]["uncertainty"], candidates[i]["prompt_id"],
-                                   candidates[i]["chosen_idx"], candidates[i]["rejected_idx"]))
+    def verdicts(self, candidates: list[Candidate]) -> list[bool | None]:
+        scored = [i for i, r in enumerate(candidates) if r.uncertainty is not None]
+        scored.sort(key=lambda i: (-candidates[i].uncertainty, candidates[i].prompt_id,
+                                   candidates[i].chosen_idx, candidates[i].rejected_idx))
         worst = set(scored[: int(self.fraction * len(scored))])
-        return [None if r["uncertainty"] is None else i not in worst for i, r in enumerate(candidates)]
+        return [None if r.uncertainty is None else i not in worst for i, r in enumerate(candidates)]
 
 
 # --- the stage -----------------------------------------------------------------
@@ -341,15 +379,14 @@ def select(
             return r["logp_policy_norm"], r["logp_prev_norm"]
         return implicit(key, "logp_policy"), r["logp_prev_norm"] if previous_is_reference else implicit(key, "logp_prev")
 
-    rows: list[Row] = []
+    rows: list[Candidate | Unpaired] = []
     for pid in sorted(prompts):
         keys = sorted(keys_of[pid])
         cur, prev = zip(*(reward_pair(k) for k in keys)) if keys else ((), ())
         c_prompt = consistency(list(cur), list(prev))
         scored = [Scored(k[1], s) for k in keys if k in rew and (s := rank_score(k)) is not None]
-        base: Row = {"prompt_id": pid, "prompt": prompts[pid], "consistency": c_prompt}
         if len(scored) < 2:
-            rows.append({**base, "drop_reason": DROP_FEW_VALID})
+            rows.append(Unpaired(pid, prompts[pid], c_prompt))
             continue
         for chosen, rejected, reason in sel.strategy.pairs(scored):
             kc, kr = (pid, chosen.sample_idx), (pid, rejected.sample_idx)
@@ -359,18 +396,18 @@ def select(
                 p_correct = _mixture_beats(vc.held_dists, vr.held_dists)
             else:
                 p_correct = p_chosen_beats_rejected(vc.held_scores, vr.held_scores)
-            rows.append({
-                **base, "chosen": c["response"], "rejected": r["response"],
-                "chosen_idx": chosen.sample_idx, "rejected_idx": rejected.sample_idx,
-                "margin": chosen.score - rejected.score, "p_correct": p_correct,
-                "chosen_finish_reason": c["finish_reason"], "rejected_finish_reason": r["finish_reason"],
-                "implicit_margin": _difference(implicit(kc, "logp_policy"), implicit(kr, "logp_policy"), sel.beta),
-                "likelihood_margin": _difference(rew[kc]["logp_policy_norm"], rew[kr]["logp_policy_norm"]),
-                "likelihood_change_margin": _difference(likelihood_change(kc), likelihood_change(kr)),
-                "uncertainty": _mc_uncertainty(rew[kc], rew[kr], sel),
-                "chosen_correct": _correct(rew[kc]), "rejected_correct": _correct(rew[kr]),
-                "drop_reason": reason,
-            })
+            rows.append(Candidate(
+                prompt_id=pid, prompt=prompts[pid], consistency=c_prompt, chosen=c["response"], rejected=r["response"],
+                chosen_idx=chosen.sample_idx, rejected_idx=rejected.sample_idx,
+                margin=chosen.score - rejected.score, p_correct=p_correct,
+                chosen_finish_reason=c["finish_reason"], rejected_finish_reason=r["finish_reason"],
+                implicit_margin=_difference(implicit(kc, "logp_policy"), implicit(kr, "logp_policy"), sel.beta),
+                likelihood_margin=_difference(rew[kc]["logp_policy_norm"], rew[kr]["logp_policy_norm"]),
+                likelihood_change_margin=_difference(likelihood_change(kc), likelihood_change(kr)),
+                uncertainty=_mc_uncertainty(rew[kc], rew[kr], sel),
+                chosen_correct=_correct(rew[kc]), rejected_correct=_correct(rew[kr]),
+                drop_reason=reason,
+            ))
     return _decide(rows, sel)
 
 
@@ -403,32 +440,34 @@ def _mc_uncertainty(c: Row, r: Row, sel: Selection) -> float | None:
     return bald(margins) if sel.mc_measure == "bald" else variance(margins)
 
 
-def _decide(rows: list[Row], sel: Selection) -> pa.Table:
-    candidates = [r for r in rows if r["drop_reason"] is None]
-    verdicts = {f.name: dict(zip(map(id, candidates), f.verdicts(candidates))) for f in sel.filters}
-    per_prompt = {r["prompt_id"]: r["consistency"] for r in candidates}  # C is per prompt: CREAM averages prompts
+def _decide(rows: list[Candidate | Unpaired], sel: Selection) -> pa.Table:
+    candidates = [r for r in rows if isinstance(r, Candidate) and r.drop_reason is None]
+    verdicts = {f.name: f.verdicts(candidates) for f in sel.filters}  # one per candidate, in order
+    per_prompt = {r.prompt_id: r.consistency for r in candidates}  # C is per prompt: CREAM averages prompts
     defined_c = [c for c in per_prompt.values() if c is not None]
     mean_c = sum(defined_c) / len(defined_c) if defined_c else None
     out = []
+    judged = 0  # candidates seen so far
     for r in rows:
         row = {name: None for name in PAIRS.names} | {f"pass_{f.name}": None for f in sel.filters}
-        row.update({k: v for k, v in r.items() if k in row})
+        row.update({k: v for k, v in asdict(r).items() if k in row})
         weight = 0.0
-        if r["drop_reason"] is None:
+        if isinstance(r, Candidate) and r.drop_reason is None:
             weight = 1.0
             for f in sel.filters:
-                v = verdicts[f.name][id(r)]
+                v = verdicts[f.name][judged]
                 row[f"pass_{f.name}"] = v
                 if v is False:
                     if f.name in sel.downweight_filters:
                         weight *= sel.downweight
                     elif row["drop_reason"] is None:
                         row["drop_reason"] = f.name
+            judged += 1
             if row["drop_reason"] is not None:
                 weight = 0.0
         row["kept"] = row["drop_reason"] is None
         row["weight"] = weight
-        row["label_p"] = _label(r, sel.label, mean_c) if "margin" in r else None
+        row["label_p"] = _label(r, sel.label, mean_c) if isinstance(r, Candidate) else None
         out.append(row)
     schema = PAIRS
     for f in sel.filters:
@@ -436,14 +475,14 @@ def _decide(rows: list[Row], sel: Selection) -> pa.Table:
     return pa.Table.from_pylist(out, schema=schema)
 
 
-def _label(r: Row, label: SoftLabel, mean_c: float | None) -> float:
+def _label(r: Candidate, label: SoftLabel, mean_c: float | None) -> float:
     fallback = 1.0 if mean_c is None else mean_c  # no C anywhere (iteration 1): plain DPO
     if label.kind == "consistency":
-        return fallback if r["consistency"] is None else r["consistency"]
+        return fallback if r.consistency is None else r.consistency
     if label.kind == "mean_consistency":
         return fallback
     if label.kind == "score_margin":
-        return sigmoid(r["margin"] / label.temperature)
+        return sigmoid(r.margin / label.temperature)
     return 1.0
 
 
