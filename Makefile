@@ -1,13 +1,14 @@
 # Two commands on a fresh CPU machine:
 #   make run    set up, then run the main job (tiny CPU config, 2 iterations) and write its report
 #   make test   set up, then run the test suite (what .ci/run calls)
+#   make test-fast  the unit and driver tiers only (no engine, no Ray cluster: a few minutes)
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 RUN_DIR ?= runs/tiny-cpu
 STAMP   := $(VENV)/.selfreward-setup
 
-.PHONY: setup run test clean
+.PHONY: setup run test test-fast clean
 
 setup: $(STAMP)
 
@@ -30,6 +31,9 @@ run: setup
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -v -rs --durations=15 tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration and not e2e and not gpu" --durations=10 tests/orchestrator tests/test_*.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -128,17 +128,14 @@ def _check_cluster(cfg: Any) -> None:
             raise ConfigError(f"{field} {address!r}: no Ray cluster answers there within {CONNECT_TIMEOUT_S:.0f}s "
                               f"({e})") from None
         return
-    cpus = os.cpu_count() or 1
-    engine_cpus, train_cpus = r.engines * r.cpus_per_engine, r.train_workers * r.cpus_per_train_worker
-    # Colocated CPU engines shut down while the trainer runs; colocated GPU engines sleep holding their bundles'
-    # CPUs, and the train workers borrowing their GPUs ask for CPUs of their own (workers.training.placement).
-    need = max(engine_cpus, train_cpus) if r.colocate and not r.gpus_per_engine else engine_cpus + train_cpus
+    from orchestrator.resources.plan import cpus_at_once, stage_gpus
+
+    cpus, need = os.cpu_count() or 1, cpus_at_once(cfg)
     if need > cpus:
         raise ConfigError(
             f"resources: the engines (resources.engines={r.engines} x resources.cpus_per_engine={r.cpus_per_engine:g}) "
             f"and the train workers (resources.train_workers={r.train_workers} x resources.cpus_per_train_worker="
             f"{r.cpus_per_train_worker:g}) need {need:g} CPUs at once; the local Ray has this machine's {cpus}")
-    from orchestrator.resources.plan import stage_gpus
 
     need_gpus = max(n for _, n, _ in stage_gpus(cfg))
     if need_gpus:
@@ -260,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.models import ModelError
     from orchestrator.reporting.replay import ReplayError
     from orchestrator.run.rundir import RunDirError
-    from orchestrator.run.storage import StorageError
+    from workers.storage import StorageError
     from workers.tokens import TokenizerError
     from workers.types import PoolError, ServedModelError, TrainingError
 

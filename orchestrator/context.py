@@ -25,7 +25,7 @@ from orchestrator.models import ModelError, check_adapter
 from orchestrator.reporting.runlog import Progress
 from orchestrator.run.rundir import RunDir
 from workers import faults
-from workers.files import local_copy
+from workers.storage import local_copy
 from workers.training import canaries
 from workers.training.placement import engine_gpus
 from workers.types import (

@@ -59,6 +59,7 @@ def test_schema_check_is_real():
         validate_config(prepare_config(bad))
 
 
+@pytest.mark.integration  # resolves the GPU extra with pip
 def test_the_gpu_extra_installs_on_the_clusters_python(tmp_path):
     """pip resolves this project with its GPU extra for the cluster's Python on Linux x86_64 (nothing installed).
 

@@ -146,7 +146,7 @@ def write_replay(run_dir: str | Path, recipe_paths: list[str | Path], out: str |
     """Replay, then write the table as Markdown and the numbers as JSON (``RUN_DIR/replay.md`` and ``.json``, or
     ``out`` and the .json beside it). Returns (the table, where it was written)."""
     from orchestrator.reporting.report import format_compare
-    from orchestrator.run.storage import Storage
+    from workers.storage import Storage
 
     result = replay(run_dir, recipe_paths, overrides)
     header, rows = recipe_rows(result)

@@ -34,7 +34,7 @@ from orchestrator.evaluation.stats import Estimate
 from orchestrator.reporting.metrics import BY_KEY, METRICS, against_chance, metric_rows, show
 from orchestrator.reporting.runlog import metrics_rows
 from orchestrator.run.rundir import RunDir, RunDirError
-from orchestrator.run.storage import Storage
+from workers.storage import Storage
 
 PLOTS_DIR = "plots"
 SAMPLE_KEPT, SAMPLE_DROPPED = 6, 4

@@ -259,6 +259,15 @@ def _pair_tokens(cfg: RunConfig) -> int:
     return cfg.model.max_model_len + cfg.generation.max_tokens
 
 
+def cpus_at_once(cfg: RunConfig) -> float:
+    """The most CPUs the run's engines and train workers hold at one time. Colocated CPU engines shut down while the
+    trainer runs; colocated GPU engines sleep holding their bundles' CPUs, and the train workers borrowing their
+    GPUs ask for CPUs of their own (``workers.training.placement``)."""
+    r = cfg.resources
+    engine_cpus, train_cpus = r.engines * r.cpus_per_engine, r.train_workers * r.cpus_per_train_worker
+    return max(engine_cpus, train_cpus) if r.colocate and not r.gpus_per_engine else engine_cpus + train_cpus
+
+
 def stage_gpus(cfg: RunConfig) -> tuple[tuple[str, int, str], ...]:
     """(stage, GPUs held during it, by whom) for every stage of an iteration."""
     r = cfg.resources

@@ -18,7 +18,7 @@ import socket
 import time
 from typing import Any, TextIO
 
-from orchestrator.run.storage import Storage
+from workers.storage import Storage
 
 LOCK_FILE = ".lock"
 LEASE_S = 300.0

@@ -1,7 +1,7 @@
 """The run directory is the checkpoint.
 
 Every artifact is written under a temporary name, fsynced and then moved
-into place (``orchestrator.run.storage``); ``state.json`` records a stage only
+into place (``workers.storage``); ``state.json`` records a stage only
 after its artifact is committed, and is itself replaced atomically. A stage
 recorded in ``state.json`` is verified (sha256) before it is trusted on
 resume. A run directory is a local path or a ``pyarrow.fs`` URI.
@@ -38,8 +38,8 @@ from orchestrator.config import (
     to_plain,
 )
 from orchestrator.run.lock import LOCK_FILE, RunLock, RunLockedError
-from orchestrator.run.storage import Storage
 from workers import faults
+from workers.storage import Storage
 
 STATE_VERSION = 1
 # Pipeline order of the stages of one iteration (for listing state.json).

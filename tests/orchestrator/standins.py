@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
 from workers import faults
-from workers.files import local_copy
+from workers.storage import local_copy
 from workers.training import canaries
 from workers.training.trainer import TrainResult, TrainSpec
 from workers.types import (

@@ -24,11 +24,11 @@ from orchestrator import loop
 from orchestrator.config import load_config
 from orchestrator.run.lock import RunLock
 from orchestrator.run.rundir import RunDirError
-from orchestrator.run.storage import Storage
 from tests.e2e.helpers import CONFIG, check_run_dir
 from tests.orchestrator import driver_session
 from tests.orchestrator.standins import WEIGHTS, StandInBackend
 from workers import faults
+from workers.storage import Storage
 from workers.types import TrainingError
 
 PROMPTS, SAMPLES, K, EVALS = 3, 3, 2, (3, 2)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from workers.engines.choices import choice_token_ids, renormalise
-from workers.files import local_copy
+from workers.storage import local_copy
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training import canaries
 from workers.training.logprobs import sequence_logprobs

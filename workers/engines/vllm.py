@@ -26,7 +26,7 @@ from typing import Any
 from workers.engines import reaper
 from workers.engines.choices import choice_token_ids, renormalise
 from workers.engines.limits import BATCHED_TOKENS
-from workers.files import local_copy
+from workers.storage import local_copy
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training import canaries
 from workers.types import (

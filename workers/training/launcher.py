@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
-from workers.files import read_text
 from workers.progress import reporter
+from workers.storage import read_text
 from workers.training import canaries
 from workers.training.checkpoints import Checkpoints
 from workers.training.placement import label_selectors, worker_device

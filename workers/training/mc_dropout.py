@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from workers.files import local_copy
 from workers.progress import reporter
+from workers.storage import local_copy
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training.placement import cuda_index
 from workers.training.trainer import DPOTrainerCore, TrainSpec

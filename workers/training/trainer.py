@@ -33,8 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from workers import faults
-from workers.files import local_copy, publish
 from workers.progress import Report
+from workers.storage import local_copy, publish
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training import canaries
 from workers.training.logprobs import pair_logprobs, sequence_logprobs

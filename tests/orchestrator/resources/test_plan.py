@@ -147,6 +147,7 @@ def _a100() -> tuple[str, float]:
     return "NVIDIA A100-SXM4-40GB", 39.4
 
 
+@pytest.mark.integration  # a Ray with fake GPUs
 def test_run_checks_the_memory_plan_on_the_clusters_gpus_before_engines_start(tmp_path, caplog):
     import ray
 

@@ -7,7 +7,7 @@ import pytest
 from orchestrator.config import load_config
 from orchestrator.context import uncovered_ranges
 from orchestrator.run.rundir import RunDir, RunDirError
-from orchestrator.run.storage import Storage, StorageError
+from workers.storage import Storage, StorageError
 
 
 def _open(root, *overrides, storage=None, fingerprint=""):

@@ -1,4 +1,5 @@
-"""Where a run directory lives: a local path, ``file://``, or any ``pyarrow.fs`` URI (shared storage).
+"""Files and folders by local path, ``file://`` or any ``pyarrow.fs`` URI (shared storage): the one file layer of the
+driver (a run directory) and of the workers (the adapters they read and write).
 
 ``Storage`` addresses files by paths relative to its root and goes through
 ``pyarrow.fs`` for every access, so the loop never assumes a local disk: a
@@ -15,7 +16,10 @@ import errno
 import hashlib
 import io
 import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,7 +63,7 @@ class Storage:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(text)
             except (pa.ArrowException, ValueError) as e:
-                raise StorageError(f"cannot open run directory URI {text!r}: {e}") from e
+                raise StorageError(f"cannot open URI {text!r}: {e}") from e
             self.root = self.root.rstrip("/") or "/"
             self.scheme = text.split("://", 1)[0]
         else:
@@ -247,3 +251,50 @@ class Storage:
         """Copy directory ``rel`` into a local directory."""
         Path(local).mkdir(parents=True, exist_ok=True)
         pafs.copy_files(self.path(rel), str(local), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+# --- folders as the workers need them -----------------------------------------------------------------------------
+# vLLM and PEFT read adapters from local folders; a trainer builds one locally and publishes it to its location.
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SELFREWARD_CACHE", Path.home() / ".cache" / "selfreward"))
+
+
+def local_copy(location: str | Path, digest: str = "") -> str:
+    """A local folder with the contents of folder ``location`` (itself when local; else a cached download).
+
+    Remote folders are downloaded once per (location, ``digest``) into ``$SELFREWARD_CACHE/remote/``:
+    ``digest``, the committed folder's sha256, makes a folder re-written at the same location (an
+    adapter trained again after ``--redo``) a new download, never the stale one.
+    """
+    source = Storage(location)
+    if source.local:
+        return source.root
+    target = cache_dir() / "remote" / hashlib.sha256(f"{location}\0{digest}".encode()).hexdigest()[:24]
+    if not target.is_dir():
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+        source.download_dir("", tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same download first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def read_text(location: str) -> str:
+    """The text of file ``location`` (a local path or a URI)."""
+    folder, _, name = str(location).rstrip("/").rpartition("/")
+    return Storage(folder or ".").read_text(name)
+
+
+def publish(build: Callable[[Path], None], location: str | Path) -> None:
+    """Run ``build(local_folder)`` and make ``location`` hold what it wrote (written in place when local)."""
+    target = Storage(location)
+    if target.local:
+        Path(target.root).mkdir(parents=True, exist_ok=True)
+        build(Path(target.root))
+        return
+    with tempfile.TemporaryDirectory(prefix="selfreward-publish-") as tmp:
+        build(Path(tmp))
+        target.upload_dir(tmp, "")
