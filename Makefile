@@ -30,7 +30,7 @@ run: setup
 	$(BIN)/selfreward report $(RUN_DIR)
 
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -v -rs --durations=15 tests
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -v -rs --durations=30 tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration and not e2e and not gpu" --durations=10 tests/orchestrator tests/test_*.py

@@ -30,9 +30,9 @@ def cluster():
     c.shutdown()
 
 
-def test_engines_spread_over_nodes_and_survive_a_lost_node(cluster, tiny_model_path):
+def test_engines_spread_over_nodes_and_survive_a_lost_node(cluster, tiny_random_model_path):
     c, (node_a, node_b) = cluster
-    spec = specs.engine(tiny_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1")
+    spec = specs.engine(tiny_random_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1")
     pool = EnginePool(spec, PoolResources(engines=2, cpus_per_engine=1, gpus_per_engine=0, max_restarts=2))
     try:
         # One engine per worker node (the head offers no CPU).

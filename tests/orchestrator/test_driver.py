@@ -219,7 +219,7 @@ def kill_points(reference):
     return _kill_points(reference[1])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_killed_anywhere_any_number_of_times_the_run_resumes_to_the_uninterrupted_result(
         data, reference, kill_points, overrides, tmp_path_factory):

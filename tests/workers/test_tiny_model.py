@@ -244,10 +244,10 @@ def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path, trained):
     (DPO(0.1), math.log(2)), (CDPO(0.1, 0.2), math.log(2)), (RDPO(0.1, 0.2), math.log(2)),
     (IPO(0.1), (1 / (2 * 0.1)) ** 2), (SoftPreference(0.1), math.log(2)), (CREAM(0.1), math.log(2)),
 ], ids=lambda x: type(x).__name__ if not isinstance(x, float) else "")
-def test_every_loss_of_the_family_trains_the_tiny_model(tiny_model_path, loss, at_zero):
+def test_every_loss_of_the_family_trains_the_tiny_model(tiny_random_model_path, loss, at_zero):
     """One short training per loss: the first step starts at the loss's value at margin 0 (a fresh adapter is the
     reference), every step is finite, and the first update moves the policy toward the chosen responses."""
-    spec = replace(specs.training(tiny_model_path, "dpo.learning_rate=5e-3", f"dpo.micro_batch_pairs={len(PAIRS)}",
+    spec = replace(specs.training(tiny_random_model_path, "dpo.learning_rate=5e-3", f"dpo.micro_batch_pairs={len(PAIRS)}",
                             "dpo.epochs=2"), loss=loss)  # the loss object itself is under test
     core = DPOTrainerCore(spec)
     before = {n: p.detach().clone() for n, p in core.model.named_parameters() if "lora_" in n}
@@ -259,10 +259,10 @@ def test_every_loss_of_the_family_trains_the_tiny_model(tiny_model_path, loss, a
     assert any(not torch.equal(p, before[n]) for n, p in core.model.named_parameters() if "lora_" in n)
 
 
-def test_down_weighting_is_absolute(tiny_model_path, monkeypatch):
+def test_down_weighting_is_absolute(tiny_random_model_path, monkeypatch):
     """A step's loss is normalised by its pair count times the stage's mean weight, not by its own weight sum: a
     batch of only down-weighted pairs trains at reduced strength."""
-    spec = specs.training(tiny_model_path, "dpo.micro_batch_pairs=2")
+    spec = specs.training(tiny_random_model_path, "dpo.micro_batch_pairs=2")
     core = DPOTrainerCore(spec)
     triples = PAIRS + [(p + " Please.", c, r) for p, c, r in PAIRS]
     examples = core.encode(pairs_table(triples, weights=[1.0, 1.0, 0.25, 0.25]))
@@ -281,10 +281,10 @@ def test_down_weighting_is_absolute(tiny_model_path, monkeypatch):
     assert grad_norm([0.25, 0.25]) == pytest.approx(0.25 * grad_norm([1.0, 1.0]), rel=1e-4)
 
 
-def test_gradient_checkpointing_changes_memory_not_the_math(tiny_model_path):
+def test_gradient_checkpointing_changes_memory_not_the_math(tiny_random_model_path):
     """The same two DPO steps with activations recomputed give the same losses and the same adapter."""
     def run(checkpointing):
-        spec = specs.training(tiny_model_path, "dpo.learning_rate=5e-3", "dpo.micro_batch_pairs=1", "lora.dropout=0.1",
+        spec = specs.training(tiny_random_model_path, "dpo.learning_rate=5e-3", "dpo.micro_batch_pairs=1", "lora.dropout=0.1",
                         f"resources.gradient_checkpointing={str(checkpointing).lower()}", seed=3)
         core = DPOTrainerCore(spec)
         result = core.fit(core.encode(pairs_table(PAIRS)))

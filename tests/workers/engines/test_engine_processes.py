@@ -41,8 +41,8 @@ def test_the_watcher_kills_what_a_killed_parent_left_behind():
 
 
 @pytest.mark.integration
-def test_no_engine_process_outlives_its_killed_actor(local_ray, tiny_model_path):
-    spec = specs.engine(tiny_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1")
+def test_no_engine_process_outlives_its_killed_actor(local_ray, tiny_random_model_path):
+    spec = specs.engine(tiny_random_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1")
     pool = EnginePool(replace(spec, engine_core_process=True), PoolResources(1, 1, 0, max_restarts=0))
     actor = psutil.Process(pool.infos[0].pid)
     children = actor.children(recursive=True)

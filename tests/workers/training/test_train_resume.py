@@ -60,20 +60,20 @@ CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("stop_at", [3, 4], ids=["mid-epoch", "epoch-boundary"])
-def test_resumed_fit_equals_uninterrupted_fit(tiny_model_path, tmp_path, stop_at, device):
+def test_resumed_fit_equals_uninterrupted_fit(tiny_random_model_path, tmp_path, stop_at, device):
     # On CUDA the LoRA dropout draws from the CUDA generator: the checkpoint must carry its state too.
     table = pairs_table(PAIRS)
-    whole = DPOTrainerCore(_spec(tiny_model_path), device)
+    whole = DPOTrainerCore(_spec(tiny_random_model_path), device)
     expected = whole.fit(whole.encode(table))
     assert len(expected.steps) == 8
 
-    first = DPOTrainerCore(_spec(tiny_model_path), device)
+    first = DPOTrainerCore(_spec(tiny_random_model_path), device)
     with pytest.raises(Stop):
         first.fit(first.encode(table), checkpoints=FolderCheckpoints(tmp_path, 1, stop_at))
     if device == "cuda":
         assert "cuda_rng" in load_file(tmp_path / str(stop_at) / "tensors.safetensors")
     # A new trainer (as in a new process) continues from the latest checkpoint.
-    again = DPOTrainerCore(_spec(tiny_model_path), device)
+    again = DPOTrainerCore(_spec(tiny_random_model_path), device)
     got = again.fit(again.encode(table), checkpoints=FolderCheckpoints(tmp_path, 1))
     assert got.resumed_from_step == stop_at and expected.resumed_from_step == 0
     assert [s["step"] for s in got.steps] == list(range(1, 9))
@@ -87,12 +87,12 @@ def test_resumed_fit_equals_uninterrupted_fit(tiny_model_path, tmp_path, stop_at
     assert json.loads((tmp_path / str(stop_at) / "train_state.json").read_text())["step"] == stop_at
 
 
-def test_a_checkpoint_of_another_model_is_refused(tiny_model_path, tmp_path):
+def test_a_checkpoint_of_another_model_is_refused(tiny_random_model_path, tmp_path):
     table = pairs_table(PAIRS[:1])
-    core = DPOTrainerCore(_spec(tiny_model_path, "dpo.epochs=1"))
+    core = DPOTrainerCore(_spec(tiny_random_model_path, "dpo.epochs=1"))
     with pytest.raises(Stop):
         core.fit(core.encode(table), checkpoints=FolderCheckpoints(tmp_path, 1, 1))
-    other = DPOTrainerCore(_spec(tiny_model_path, "dpo.epochs=1", "lora.target_modules=[q_proj]"))
+    other = DPOTrainerCore(_spec(tiny_random_model_path, "dpo.epochs=1", "lora.target_modules=[q_proj]"))
     other.make_scheduler(1)
     with pytest.raises(ValueError, match="other parameters"):
         other.load_checkpoint(tmp_path / "1")
@@ -108,18 +108,18 @@ def ray_with_worker_fault():
     os.environ.pop(KILL_TRAIN_WORKER_AT_ENV)
 
 
-def test_ray_train_restarts_a_dead_worker_from_its_checkpoint(ray_with_worker_fault, tiny_model_path, tmp_path):
+def test_ray_train_restarts_a_dead_worker_from_its_checkpoint(ray_with_worker_fault, tiny_random_model_path, tmp_path):
     import pyarrow.parquet as pq
 
     pairs = tmp_path / "pairs.parquet"
     pq.write_table(pairs_table(PAIRS), pairs)
-    spec = _spec(tiny_model_path, "dpo.checkpoint_every=1", pairs=pairs, out=tmp_path / "adapter")
+    spec = _spec(tiny_random_model_path, "dpo.checkpoint_every=1", pairs=pairs, out=tmp_path / "adapter")
     result = run_training(spec, workers=1, cpus_per_worker=1, gpus_per_worker=0, storage_path=str(tmp_path / "train"),
                           max_failures=1)
     # Step 2's checkpoint was committed, then the worker died; the restarted worker went on from there.
     assert result.resumed_from_step == 2
     assert [s["step"] for s in result.steps] == list(range(1, 9))
-    whole = DPOTrainerCore(_spec(tiny_model_path))
+    whole = DPOTrainerCore(_spec(tiny_random_model_path))
     expected = whole.fit(whole.encode(pairs_table(PAIRS)))
     whole.save(tmp_path / "expected", expected)
     got, want = load_file(tmp_path / "adapter" / "adapter_model.safetensors"), load_file(tmp_path / "expected" / "adapter_model.safetensors")
@@ -134,10 +134,10 @@ def test_ray_train_restarts_a_dead_worker_from_its_checkpoint(ray_with_worker_fa
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-3)
 
 
-def test_a_nan_loss_stops_training_before_the_update(tiny_model_path, monkeypatch):
+def test_a_nan_loss_stops_training_before_the_update(tiny_random_model_path, monkeypatch):
     from workers.faults import NAN_AT_ENV
 
-    core = DPOTrainerCore(_spec(tiny_model_path, "dpo.epochs=1"))
+    core = DPOTrainerCore(_spec(tiny_random_model_path, "dpo.epochs=1"))
     examples = core.encode(pairs_table(PAIRS))
     before = _trainable(core)
     monkeypatch.setenv(NAN_AT_ENV, "step@1")

@@ -16,12 +16,12 @@ def _pairs(path):
     return path
 
 
-def test_two_workers_ddp_and_fsdp_equal_one_worker_with_accumulation(local_ray, tiny_model_path, tmp_path):
+def test_two_workers_ddp_and_fsdp_equal_one_worker_with_accumulation(local_ray, tiny_random_model_path, tmp_path):
     pairs = _pairs(tmp_path / "pairs.parquet")
     results = {}
     for workers, accum, strategy in [(1, 2, "ddp"), (2, 1, "ddp"), (2, 1, "fsdp")]:
         out = tmp_path / f"adapter-{workers}-{strategy}"
-        spec = specs.training(tiny_model_path, "dpo.learning_rate=2e-3", "dpo.micro_batch_pairs=1",
+        spec = specs.training(tiny_random_model_path, "dpo.learning_rate=2e-3", "dpo.micro_batch_pairs=1",
                               f"dpo.grad_accum_steps={accum}", "lora.target_modules=[q_proj, v_proj]",
                               "resources.torch_threads=1", f"resources.train_workers={workers}",
                               f"resources.train_strategy={strategy}", seed=3, pairs=pairs, out=out)
