@@ -24,6 +24,7 @@ from orchestrator.config import RunConfig
 from orchestrator.models import ModelError, check_adapter
 from orchestrator.reporting.runlog import Progress
 from orchestrator.run.rundir import RunDir
+from orchestrator.specs import train_spec
 from workers import faults
 from workers.storage import local_copy
 from workers.training import canaries
@@ -90,6 +91,12 @@ class Engines(Protocol):
         """Each request's option probabilities, renormalised over its options."""
         ...
 
+    def mc_dropout(self, requests: list[ScoreRequest], policy: AdapterRef, reference: AdapterRef | None,
+                   seed: int) -> tuple[list[list[float]], list[float]]:
+        """``selection.mc_dropout.passes`` log-probs of ``policy`` with dropout on, and the reference's by the same
+        code without, per request (on the trainer's model code, beside the engines)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StageEngines:
@@ -107,6 +114,13 @@ class StageEngines:
 
     def choose(self, requests: list[ChoiceRequest], adapter: AdapterRef | None, *, desc: str) -> list[list[float]]:
         return self._call("choice_distribution", requests, adapter, desc=desc)
+
+    def mc_dropout(self, requests: list[ScoreRequest], policy: AdapterRef, reference: AdapterRef | None,
+                   seed: int) -> tuple[list[list[float]], list[float]]:
+        ctx = self.ctx
+        spec = train_spec(ctx.cfg, ctx.model_path, seed, policy, "", "")
+        ref = (None, "") if reference is None else (reference.path, reference.digest)
+        return ctx.backend.mc_dropout(ctx.cfg, spec, requests, ref, ctx.borrowed_gpus())
 
     def _call(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
         """``method`` of the engine actors over ``items``, sharded, each shard's results committed as a part file."""

@@ -172,7 +172,7 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
             judg, s_judge = _table_stage(ctx, t, "judge", "judgments", f"{d}/judgments.parquet",
                                          lambda e: judge(e, cfg, t, gens, models), judge_summary)
             rewards, s_score = _table_stage(ctx, t, "score", "rewards", f"{d}/rewards.parquet",
-                                            lambda e: score(ctx, e, t, gens, judg, answers, models),
+                                            lambda e: score(e, cfg, t, gens, judg, answers, models),
                                             lambda table: score_summary(table, models))
             pairs, s_select = _table_stage(ctx, t, "select", "pairs", f"{d}/pairs.parquet",
                                            lambda _: select_iteration(gens, rewards, judg, selection, models),

@@ -138,8 +138,8 @@ def _mixture(dists: list[list[float]]) -> tuple[float | None, float | None]:
     return mean, sum(p * (i - mean) ** 2 for i, p in enumerate(mix)) ** 0.5
 
 
-def score(ctx: Context, engines: Engines, t: int, generations: pa.Table, judgments: pa.Table, answers: dict[str, tuple[str | None, str | None]],
-          models: Models) -> pa.Table:
+def score(engines: Engines, cfg: RunConfig, t: int, generations: pa.Table, judgments: pa.Table,
+          answers: dict[str, tuple[str | None, str | None]], models: Models) -> pa.Table:
     """Per response: judge aggregates, summed log-probs under policy / reference / previous model, correctness.
 
     ``answers``: per prompt id, its reference answer (None: not verifiable) and task kind (for the grader).
@@ -166,7 +166,7 @@ def score(ctx: Context, engines: Engines, t: int, generations: pa.Table, judgmen
                                          f"{g['sample_idx']} under model {model_name(adapter)} (iteration {t}, score stage)")
     pol, ref = logps[model_name(models.policy)], logps[model_name(models.reference)]
     prev = logps[model_name(models.previous)] if models.has_previous else [None] * len(gens)
-    mc, mc_ref = _mc_dropout(ctx, t, requests, models)
+    mc, mc_ref = _mc_dropout(engines, cfg, t, requests, models)
     keys = [(g["prompt_id"], g["sample_idx"]) for g in gens]
     cur = [aggregate([jr["score"] for jr in by_role["current"].get(k, [])]) for k in keys]
     prev_judge = [aggregate([jr["score"] for jr in by_role["previous"].get(k, [])]) for k in keys]
@@ -205,7 +205,7 @@ def score(ctx: Context, engines: Engines, t: int, generations: pa.Table, judgmen
     )
 
 
-def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
+def _mc_dropout(engines: Engines, cfg: RunConfig, t: int, requests: list[ScoreRequest],
                 models: Models) -> tuple[list[list[float] | None], list[float | None]]:
     """MC-dropout passes of the policy and the reference's log-probs by the same code, per response.
 
@@ -213,11 +213,10 @@ def _mc_dropout(ctx: Context, t: int, requests: list[ScoreRequest],
     model (iteration 1) every implicit margin is 0 and the passes would
     measure nothing but dropout noise, so none are run (None).
     """
-    if ctx.cfg.selection.mc_dropout.passes == 0 or models.policy == models.reference:
+    if cfg.selection.mc_dropout.passes == 0 or models.policy is None or models.policy == models.reference:
         return [None] * len(requests), [None] * len(requests)
-    spec = train_spec(ctx.cfg, ctx.model_path, derive_seed(ctx.cfg.seed, "mc_dropout", t), models.policy, "", "")
-    ref = (None, "") if models.reference is None else (models.reference.path, models.reference.digest)
-    return ctx.backend.mc_dropout(ctx.cfg, spec, requests, ref, ctx.borrowed_gpus())
+    passes, ref = engines.mc_dropout(requests, models.policy, models.reference, derive_seed(cfg.seed, "mc_dropout", t))
+    return list(passes), list(ref)
 
 
 def train(ctx: Context, key: str, t: int, pairs: str, policy: AdapterRef | None, staged: str) -> dict[str, Any]:

@@ -3,6 +3,11 @@ import os
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per process: the golden run (tests/e2e/golden.py) keeps one of the machine's cores busy
+# while the other tests run, and OpenMP threads spinning on a shared core slow both several-fold. Set before
+# torch is imported; the processes the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 # Every Ray the tests start (and the processes it starts) stays on loopback: see orchestrator/cli.py. Set
 # before any test module imports ray, which reads it at import.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -34,8 +39,9 @@ def tiny_random_model_path(tmp_path_factory, tiny_model_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path, trust_remote_code=False)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    # Heads of 64 dimensions: vLLM's CPU attention kernels support no smaller head.
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)

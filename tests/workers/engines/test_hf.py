@@ -1,4 +1,4 @@
-"""The transformers fallback engine and the packed log-prob pass, on the real tiny model, against plain transformers."""
+"""The transformers fallback engine and the packed log-prob pass, on a tiny random model, against plain transformers."""
 
 import random
 
@@ -35,8 +35,8 @@ def test_pack_rows_places_every_sequence_once_within_the_width():
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    eng = HFEngine(specs.engine(tiny_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1"), batch_size=4)
+def engine(tiny_random_model_path):
+    eng = HFEngine(specs.engine(tiny_random_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1"), batch_size=4)
     yield eng
     eng.close()
 
