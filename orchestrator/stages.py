@@ -57,8 +57,6 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") % (2**31 - 1)
 
 
-
-
 def generate(engines: Engines, cfg: RunConfig, t: int, prompts: pa.Table, policy: AdapterRef | None) -> pa.Table:
     """N sampled responses per prompt from M(t-1), one seed per (iteration, prompt, sample)."""
     g = cfg.generation
