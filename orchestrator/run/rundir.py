@@ -80,6 +80,7 @@ class RunDir:
         self._state: dict[str, Any] = {}
         self.session: dict[str, Any] = {}
         self._lock = RunLock(self.storage)
+        self._verified: dict[str, str] = {}  # stage key -> the sha256 its artifact was verified against
 
     def where(self, rel: str = "") -> str:
         """``rel`` as a location for messages."""
@@ -262,6 +263,8 @@ class RunDir:
         if raw is None:
             return None
         rec = StageRecord(**raw)
+        if self._verified.get(key) == rec.sha256:  # checked once per run dir opening (``check`` checks them all)
+            return rec
         self.check_artifact(key)
         redo = f"; rerun with --redo {key} to recompute it and every stage after it"
         if not self.storage.exists(rec.artifact):
@@ -276,6 +279,7 @@ class RunDir:
                 f"stage {key}: artifact {what} does not match its recorded sha256 "
                 f"({digest[:12]} != {rec.sha256[:12]}): it was changed or corrupted after commit{redo}"
             )
+        self._verified[key] = rec.sha256
         return rec
 
     def check_artifact(self, key: str) -> None:
