@@ -17,7 +17,7 @@ from orchestrator.reporting.runlog import RemoteProgress
 from orchestrator.specs import engine_spec
 from workers.progress import run_with_progress
 from workers.training.trainer import TrainResult, TrainSpec
-from workers.types import EngineInfo, ScoreRequest
+from workers.types import AdapterRef, EngineInfo, ScoreRequest
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -52,10 +52,10 @@ class Backend(Protocol):
         ...
 
     def mc_dropout(self, cfg: RunConfig, spec: TrainSpec, requests: list[ScoreRequest],
-                   reference: tuple[str | None, str],
+                   reference: AdapterRef | None,
                    borrowed_gpus: dict[str, list[int]] | None) -> tuple[list[list[float]], list[float]]:
         """``selection.mc_dropout.passes`` stochastic log-probs of the policy (``spec.init_adapter``) and one of the
-        reference (adapter path or None, digest) per request."""
+        reference (None: the base model) per request."""
         ...
 
 
@@ -86,7 +86,7 @@ class RayBackend:
         )
 
     def mc_dropout(self, cfg: RunConfig, spec: TrainSpec, requests: list[ScoreRequest],
-                   reference: tuple[str | None, str],
+                   reference: AdapterRef | None,
                    borrowed_gpus: dict[str, list[int]] | None) -> tuple[list[list[float]], list[float]]:
         import ray
 
@@ -107,7 +107,7 @@ class RayBackend:
             task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
             device, gpu = ("cuda" if r.gpus_per_train_worker else "cpu"), None
         bar = RemoteProgress("score MC-dropout")
-        path, digest = reference
+        path, digest = (None, "") if reference is None else (reference.path, reference.digest)
         try:
             passes, ref = run_with_progress(
                 lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, path, device, digest, gpu)), bar)

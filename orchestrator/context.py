@@ -119,8 +119,7 @@ class StageEngines:
                    seed: int) -> tuple[list[list[float]], list[float]]:
         ctx = self.ctx
         spec = train_spec(ctx.cfg, ctx.model_path, seed, policy, "", "")
-        ref = (None, "") if reference is None else (reference.path, reference.digest)
-        return ctx.backend.mc_dropout(ctx.cfg, spec, requests, ref, ctx.borrowed_gpus())
+        return ctx.backend.mc_dropout(ctx.cfg, spec, requests, reference, ctx.borrowed_gpus())
 
     def _call(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
         """``method`` of the engine actors over ``items``, sharded, each shard's results committed as a part file."""
@@ -196,8 +195,8 @@ class Context:
             hosts = sorted({i.host for i in self._pool.infos})
             started = time.monotonic() - t0
             self.engine_start_seconds += started
-            LOG.info(f"  engine pool: {len(self._pool.infos)} engine(s) ready in {started:.1f}s on {', '.join(hosts)} "
-                     f"({self._pool.engine_name})")
+            LOG.info(f"  engine pool: {len(self._pool.infos)} engine(s) ready in {started:.1f}s on "
+                     f"{', '.join(hosts)} ({self._pool.engine_name})")
         return self._pool
 
     def engines_for(self, key: str) -> StageEngines:

@@ -195,10 +195,10 @@ class StandInBackend:
                        [s.num_tokens for s in served])
         return TrainResult(steps=steps, pairs=kept, resumed_from_step=resumed)
 
-    def mc_dropout(self, cfg: Any, spec: TrainSpec, requests: list[ScoreRequest], reference: tuple[str | None, str],
+    def mc_dropout(self, cfg: Any, spec: TrainSpec, requests: list[ScoreRequest], reference: AdapterRef | None,
                    borrowed_gpus: Any) -> tuple[list[list[float]], list[float]]:
         policy = weights_id(local_copy(spec.init_adapter, spec.init_adapter_digest))
-        ref = weights_id(None if reference[0] is None else local_copy(*reference))
+        ref = weights_id(None if reference is None else local_copy(reference.path, reference.digest))
         passes = cfg.selection.mc_dropout.passes
         return ([[logp(r, f"{policy}/dropout {i}").logp for i in range(passes)] for r in requests],
                 [logp(r, ref).logp for r in requests])
