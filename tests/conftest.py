@@ -74,6 +74,13 @@ def pytest_collection_finish(session):
     session.config._golden.start()
 
 
+def pytest_terminal_summary(terminalreporter):
+    golden = getattr(terminalreporter.config, "_golden", None)
+    if golden is not None:
+        phases = ", ".join(f"{k} at {v:.0f}s" for k, v in golden.timings.items()) or "no phase finished"
+        terminalreporter.write_line(f"golden run: {phases}")
+
+
 def pytest_sessionfinish(session, exitstatus):
     golden = getattr(session.config, "_golden", None)
     if golden is not None:

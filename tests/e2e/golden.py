@@ -141,25 +141,35 @@ class Golden:
         self.head: RayHead | None = None
         self._result: GoldenRun | None = None
         self._error: BaseException | None = None
+        self.timings: dict[str, float] = {}  # seconds from the session's start to the end of each phase
         self._thread = threading.Thread(target=self._run, name="golden-run", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
+        start = time.monotonic()
+
+        def done(phase: str) -> None:
+            self.timings[phase] = round(time.monotonic() - start, 1)
+
         try:
             self.head = RayHead()
+            done("ray head up")
             run_dir = self.folder / "tiny-cpu"
             run_cmd, report_cmd = make_run(run_dir)
             entry = job_entrypoint(run_cmd)
             first = self.head.submit(entry, {**SECRET_ENV, **FIRST_JOB_FAULTS}, self.folder)
             status, killed_log = self.head.wait(first)
             assert status == "FAILED", f"the first job should have been killed, it is {status}: {killed_log[-3000:]}"
+            done("first job killed")
             second = self.head.submit(entry, SECRET_ENV, self.folder)
             status, log = self.head.wait(second)
             assert status == "SUCCEEDED", f"the resumed job ended {status}: {log[-5000:]}"
+            done("second job finished")
             report = command(report_cmd, env=SECRET_ENV, timeout=600)
             assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+            done("report written")
             self._result = GoldenRun(self.head, run_dir, killed_log, log, report)
         except BaseException as e:  # handed to the tests that wait for it
             self._error = e
