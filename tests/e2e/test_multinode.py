@@ -3,6 +3,10 @@
 The engine pool spreads its engines over the worker nodes; a worker node is removed in the middle of
 generation and a fresh node joins (as an autoscaler would bring one): the lost engine restarts there and
 every request is answered exactly once, with the text the seeded request gives on any engine.
+
+The engines are the transformers engine (``HFEngine``) on the tiny random model: the subject is the pool (placement
+over nodes, retries, restarts), which treats every engine class alike; an HF engine starts in seconds where a vLLM
+engine takes half a minute of the machine's two cores.
 """
 
 import time
@@ -12,6 +16,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from tests import specs
+from workers.engines.hf import HFEngine
 from workers.engines.pool import EnginePool, PoolResources, shard
 from workers.types import CompletionRequest, SamplingSpec
 
@@ -33,7 +38,8 @@ def cluster():
 def test_engines_spread_over_nodes_and_survive_a_lost_node(cluster, tiny_random_model_path):
     c, (node_a, node_b) = cluster
     spec = specs.engine(tiny_random_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1")
-    pool = EnginePool(spec, PoolResources(engines=2, cpus_per_engine=1, gpus_per_engine=0, max_restarts=2))
+    pool = EnginePool(spec, PoolResources(engines=2, cpus_per_engine=1, gpus_per_engine=0, max_restarts=2),
+                      engine_cls=HFEngine)
     try:
         # One engine per worker node (the head offers no CPU).
         assert {i.node_id for i in pool.infos} == {node_a.node_id, node_b.node_id}

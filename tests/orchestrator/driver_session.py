@@ -1,13 +1,15 @@
 """One driver session against the stand-in backend, run in a process of its own by tests/orchestrator/test_driver.py.
 
 Imported once by the fork server those processes are forked from, with what a session would otherwise import
-lazily (transformers' auto classes, for the model and adapter checks), so each session starts in milliseconds.
+lazily (transformers' auto classes for the model and adapter checks, Ray for the engines' host facts, pandas), so each session starts in milliseconds.
 """
 
 from __future__ import annotations
 
 import os
 
+import pandas  # noqa: F401
+import ray  # noqa: F401
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 from transformers.models.llama import modeling_llama  # noqa: F401
 

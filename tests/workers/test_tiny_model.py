@@ -93,6 +93,15 @@ def test_one_dpo_step_changes_lora_and_lowers_loss(trained):
     assert loss_after < loss_before - 1e-3
 
 
+def test_the_adapter_is_written_byte_for_byte_the_same_in_any_process(trained):
+    """PEFT holds the target modules as a set, whose order changes with each process's string-hash seed: the
+    adapter's config is written sorted, so the same training gives the same bytes (a run's artifacts are compared
+    by their sha256)."""
+    config = json.loads((trained[-1] / "adapter_config.json").read_text())
+    assert len(config["target_modules"]) == 7 and config["target_modules"] == sorted(config["target_modules"])
+    assert list(config) == sorted(config)
+
+
 def test_engine_logprobs_match_trainer(engine, trained):
     core, _, _, _, _, adapter_dir = trained
     adapter = AdapterRef("one-step", str(adapter_dir))
@@ -215,10 +224,18 @@ def test_choice_distribution_reads_the_judges_next_token_probabilities(engine, t
         assert len(got) == len(r.options) and sum(got) == pytest.approx(1.0) and got == pytest.approx(expected, abs=2e-3)
 
 
-def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_model_path, trained):
+@pytest.fixture(scope="module")
+def random_adapter(tiny_random_model_path, tmp_path_factory):
+    """An adapter trained on PAIRS on the tiny random model (the MC-dropout mechanics need no real weights)."""
+    out = tmp_path_factory.mktemp("random-adapter")
+    _retrained(tiny_random_model_path, out, 2e-2)
+    return out
+
+
+def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_random_model_path, random_adapter):
     """T dropout passes of the policy, and the reference scored by the same code without dropout."""
-    *_, adapter_dir = trained
-    spec = specs.training(tiny_model_path, seed=3, init_adapter=adapter_dir)
+    adapter_dir = random_adapter
+    spec = specs.training(tiny_random_model_path, seed=3, init_adapter=adapter_dir)
     reqs = [ScoreRequest(p, c, "stop") for p, c, _ in PAIRS]
     a, ref = mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)
     assert (a, ref) == mc_dropout_logprobs(spec, reqs, passes=3, p=0.1)  # same seed, same passes
@@ -317,10 +334,9 @@ LONG = "Paris is the capital of France. It lies on the Seine, and its museums dr
 MIXED = [ScoreRequest(p, y, "stop") for p, c, r in PAIRS for y in (c, r, "Yes.", LONG)] + list(canaries.FIXED)
 
 
-def test_mc_dropout_at_p_zero_equals_a_plain_forward_of_each_sequence_alone(tiny_model_path, trained):
+def test_mc_dropout_at_p_zero_equals_a_plain_forward_of_each_sequence_alone(tiny_random_model_path, random_adapter):
     """With nothing dropped, the MC-dropout pass and its reference are each sequence's own plain forward."""
-    *_, adapter_dir = trained
-    spec = specs.training(tiny_model_path, "dpo.micro_batch_pairs=4", seed=3, init_adapter=adapter_dir)
+    spec = specs.training(tiny_random_model_path, "dpo.micro_batch_pairs=4", seed=3, init_adapter=random_adapter)
     by_pass, ref = mc_dropout_logprobs(spec, MIXED, passes=1, p=0.0)
     core = DPOTrainerCore(spec)
     core.model.eval()

@@ -458,10 +458,21 @@ class DPOTrainerCore:
 
         def build(out: Path) -> None:
             self.model.save_pretrained(out, safe_serialization=True, state_dict=weights)
+            _sort_set_fields(out / "adapter_config.json")
             (out / TRAIN_LOG).write_text(json.dumps(asdict(result), indent=1))
             canaries.write(out, self.spec.dtype, canary[0], *canary[1])
 
         publish(build, output_dir)
+
+
+def _sort_set_fields(config: Path) -> None:
+    """PEFT keeps ``target_modules`` (and its kin) as sets and writes them in the set's order, which depends on the
+    process's string-hash seed: the same adapter written twice would differ in its config's bytes. Written sorted."""
+    data = json.loads(config.read_text())
+    for key in ("target_modules", "modules_to_save", "exclude_modules", "trainable_token_indices"):
+        if isinstance(data.get(key), list) and all(isinstance(v, str) for v in data[key]):
+            data[key] = sorted(data[key])
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """GPU placement of both scaled configs on Rays with fake GPUs: every engine and train rank, and the GPU it gets.
 
 Ray hands out fake GPUs exactly as real ones (ids, CUDA_VISIBLE_DEVICES), so the layout the shipped
-configs get on a cluster is checked here, without a GPU: the engines through the real ``EnginePool``
-(a light engine class that only reports where it runs), the train ranks through Ray Train with the real
+configs get on a cluster is checked here, without a GPU, on one cluster of two 8-GPU nodes: the engines through the
+real ``EnginePool`` (a light engine class that only reports where it runs), the train ranks through Ray Train with the real
 ``workers.training.launcher.scaling`` configs, each rank reporting the GPU ``borrowed_gpu`` gives it.
 """
 
@@ -21,24 +21,15 @@ from ray.cluster_utils import Cluster
 from orchestrator.config import load_config
 from orchestrator.context import Context
 from tests import ROOT, specs
+from tests.workers.training.where_am_i import WhereAmI
 from workers.engines.pool import EnginePool, PoolResources
 from workers.training.launcher import scaling
 from workers.training.placement import borrowed_gpu, cuda_index, engine_gpus, label_selectors, my_gpu
-from workers.types import EngineInfo, EngineSpec
+from workers.types import EngineInfo
 
 ONE_NODE, TWO_NODES = (ROOT / "jobs" / "configs" / f"llama8b-{n}gpu.yaml" for n in ("1x8", "2x8"))
 SPEC = specs.engine("unused", "model.dtype=bfloat16", "model.max_model_len=4096", "lora.rank=16",
                     "resources.kv_cache_gib=1")
-
-
-class WhereAmI:
-    """Stands in for the vLLM engine: reports its node, GPU ids and CUDA_VISIBLE_DEVICES."""
-
-    def __init__(self, spec: EngineSpec) -> None:
-        self.spec = spec
-
-    def ready(self) -> EngineInfo:
-        return EngineInfo.here()
 
 
 def _engines(cfg) -> EnginePool:
@@ -96,48 +87,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def one_node():
-    ray.init(address="local", num_cpus=64, num_gpus=8, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=_free_port(), _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
-
-
-def test_one_node_colocated_one_engine_and_one_train_rank_per_gpu(one_node, tmp_path):
-    cfg = load_config(ONE_NODE)
-    assert cfg.resources.colocate and cfg.resources.gpus_per_engine == 1
-    pool = _engines(cfg)
-    try:
-        ranks = _train_ranks(cfg, engine_gpus(pool.infos), tmp_path)
-        _check(cfg, pool, ranks)
-        assert {g for i in pool.infos for g in i.gpu_ids} == set(range(8))
-    finally:
-        pool.shutdown()
-
-
-def test_two_nodes_tensor_parallel_engines_and_their_train_ranks(tmp_path):
-    cfg = load_config(TWO_NODES)
-    assert cfg.resources.colocate and cfg.resources.gpus_per_engine == 2
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head with no resources and two nodes of 64 CPUs and 8 (fake) GPUs."""
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
                                                        "dashboard_port": _free_port(),
                                                        "dashboard_host": "127.0.0.1", "node_ip_address": "127.0.0.1"})
     nodes = [c.add_node(num_cpus=64, num_gpus=8, node_ip_address="127.0.0.1") for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address)
+    yield nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_one_node_colocated_one_engine_and_one_train_rank_per_gpu(two_nodes, tmp_path):
+    cfg = load_config(ONE_NODE)
+    assert cfg.resources.colocate and cfg.resources.gpus_per_engine == 1
+    pool = _engines(cfg)
     try:
-        pool = _engines(cfg)
-        try:
-            ranks = _train_ranks(cfg, engine_gpus(pool.infos), tmp_path)
-            _check(cfg, pool, ranks)
-            # SPREAD: 4 engines of 2 GPUs on each node, 8 train ranks on each.
-            assert Counter(i.node_id for i in pool.infos) == {n.node_id: 4 for n in nodes}
-            assert Counter(k["node"] for k in ranks) == {n.node_id: 8 for n in nodes}
-        finally:
-            pool.shutdown()
+        ranks = _train_ranks(cfg, engine_gpus(pool.infos), tmp_path)
+        _check(cfg, pool, ranks)
+        # PACK: all eight engines on one node, one on each of its GPUs, and the train ranks beside them.
+        assert len({i.node_id for i in pool.infos}) == 1
+        assert {g for i in pool.infos for g in i.gpu_ids} == set(range(8))
     finally:
-        ray.shutdown()
-        c.shutdown()
+        pool.shutdown()
+
+
+def test_two_nodes_tensor_parallel_engines_and_their_train_ranks(two_nodes, tmp_path):
+    cfg = load_config(TWO_NODES)
+    assert cfg.resources.colocate and cfg.resources.gpus_per_engine == 2
+    pool = _engines(cfg)
+    try:
+        ranks = _train_ranks(cfg, engine_gpus(pool.infos), tmp_path)
+        _check(cfg, pool, ranks)
+        # SPREAD: 4 engines of 2 GPUs on each node, 8 train ranks on each.
+        assert Counter(i.node_id for i in pool.infos) == {n.node_id: 4 for n in two_nodes}
+        assert Counter(k["node"] for k in ranks) == {n.node_id: 8 for n in two_nodes}
+    finally:
+        pool.shutdown()
 
 
 def test_borrowed_gpus_by_node_and_local_rank():
