@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 import pyarrow as pa
@@ -450,7 +450,7 @@ def _decide(rows: list[Candidate | Unpaired], sel: Selection) -> pa.Table:
     judged = 0  # candidates seen so far
     for r in rows:
         row = {name: None for name in PAIRS.names} | {f"pass_{f.name}": None for f in sel.filters}
-        row.update({k: v for k, v in asdict(r).items() if k in row})
+        row.update({f.name: getattr(r, f.name) for f in fields(r) if f.name in row})
         weight = 0.0
         if isinstance(r, Candidate) and r.drop_reason is None:
             weight = 1.0

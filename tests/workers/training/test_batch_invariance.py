@@ -131,7 +131,7 @@ def test_packed_pairs_equal_one_at_a_time_tiny_random_model(random_model, pairs,
 
 
 @pytest.mark.parametrize("train, ckpt, adapter", BUNDLED_MODES)
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seqs=SEQS, pairs=PAIRS)
 # Found by the property: float32 batching noise of 2.8e-4 on a sum of -69.7 (see approx), not a leak.
 @example(seqs=[([290, 423, 2163, 1432, 481, 1833, 40000, 21794, 30358, 1944, 1140], [39999, 1197, 524, 23992, 3729, 165]),
