@@ -39,16 +39,6 @@ FIRST_JOB_FAULTS = {KILL_ENGINE_AT_ENV: "iter_000/eval:part@1", KILL_AT_ENV: "it
 TIMEOUT_S = 3600
 
 
-def _ahead_of_the_tests() -> None:
-    """Run before ``ray start`` execs: the head, and every process it starts (the jobs' drivers, engines and trainers),
-    get the CPU before the tests do. The golden run is the session's longest chain of work; the other tests fill the
-    time it leaves. (Raising a priority needs root, as CI has; elsewhere the head runs at the tests' priority.)"""
-    try:
-        os.nice(-10)
-    except PermissionError:
-        pass
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,12 +57,14 @@ class RayHead:
                     # run's engines and trainers would yield the CPU to every test. They keep the head's priority.
                     "RAY_worker_niceness": "0"}
         self.env.pop("RAY_ADDRESS", None)
+        # The golden run is the session's longest chain of work: its head, and every process the head starts (the
+        # jobs' drivers, engines and trainers), get the CPU before the tests, which fill the time it leaves.
+        # Raising a priority needs root, as CI has; elsewhere `nice` says so and the head runs at the tests' level.
         self.proc = subprocess.Popen(
-            [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+            ["nice", "-n", "-10", RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              "--dashboard-agent-listen-port=0", "--num-cpus=2", f"--temp-dir={self.temp}", "--disable-usage-stats"],
             env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_ahead_of_the_tests,
         )
         self.address = f"http://127.0.0.1:{dash}"
         deadline = time.monotonic() + 180
