@@ -1,9 +1,9 @@
 """GPU placement of both scaled configs on Rays with fake GPUs: every engine and train rank, and the GPU it gets.
 
-Ray hands out fake GPUs exactly as real ones (ids, CUDA_VISIBLE_DEVICES), so the layout the shipped
-configs get on a cluster is checked here, without a GPU, on one cluster of two 8-GPU nodes: the engines through the
-real ``EnginePool`` (a light engine class that only reports where it runs), the train ranks through Ray Train with the real
-``workers.training.launcher.scaling`` configs, each rank reporting the GPU ``borrowed_gpu`` gives it.
+Ray hands out fake GPUs exactly as real ones (ids, CUDA_VISIBLE_DEVICES), so the layout the shipped configs get on
+a cluster is checked here, without a GPU, on one cluster of two 8-GPU nodes: the engines through the real
+``EnginePool`` (a light engine class that only reports where it runs), the train ranks through Ray Train with the
+real ``workers.training.launcher.scaling`` configs, each rank reporting the GPU ``borrowed_gpu`` gives it.
 """
 
 from __future__ import annotations
