@@ -53,6 +53,8 @@ class HFEngine:
         self.spec = spec
         self.batch_size = batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu" and spec.threads:
+            torch.set_num_threads(spec.threads)
         torch.manual_seed(spec.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(

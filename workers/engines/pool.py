@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.engines.vllm import VLLMEngine
@@ -70,6 +71,7 @@ class EnginePool:
                 f"within {res.placement_timeout_s:.0f}s (resources.engines, resources.cpus_per_engine, "
                 f"resources.gpus_per_engine, resources.placement_strategy); cluster resources: {ray.cluster_resources()}"
             )
+        specs = self._threaded(spec, res)
         actor_cls = ray.remote(engine_cls)
         self.actors = [
             actor_cls.options(
@@ -80,13 +82,24 @@ class EnginePool:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=True
                 ),
-            ).remote(spec)
+            ).remote(specs[i])
             for i in range(res.engines)
         ]
         self.inflight_per_engine = inflight_per_engine
         self.max_shard_attempts = res.max_restarts + 2
         self.infos: list[EngineInfo] = ray.get([a.ready.remote() for a in self.actors])
         self.engine_name = engine_cls.__name__
+
+    def _threaded(self, spec: EngineSpec | None, res: PoolResources) -> list[EngineSpec | None]:
+        """Each engine's spec: a CPU engine left to its process's threads (``threads=0``) gets its node's CPUs
+        (Ray's count) divided among the engines placed on that node."""
+        if spec is None or spec.threads or res.gpus_per_engine:
+            return [spec] * res.engines
+        nodes = placement_group_table(self.pg)["bundles_to_node_id"]
+        sharing = Counter(nodes.values())
+        cpus = {n["NodeID"]: n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"]}
+        return [replace(spec, threads=max(1, int(cpus.get(nodes[i], 1) // sharing[nodes[i]])))
+                for i in range(res.engines)]
 
     def map_shards(self, method: str, shards: list[Any], *args: Any,
                    on_done: Callable[[int, Any], None] | None = None) -> list[Any]:

@@ -117,6 +117,10 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
+        if on_cpu and spec.threads:
+            import torch
+
+            torch.set_num_threads(spec.threads)  # before vLLM starts: it refuses later changes
         if spec.merge_adapters and (spec.tensor_parallel_size > 1 or spec.enable_sleep_mode):
             raise ValueError("merged adapter serving reloads the weights in one process, outside sleep mode's "
                              "offload: it needs tensor_parallel_size=1 and enable_sleep_mode=False")

@@ -1,9 +1,13 @@
 """The engine pool's dispatcher, with light engines that sleep instead of computing (no model needed)."""
 
+from dataclasses import replace
+
 import pytest
 import ray
 
 from benchmarks.dispatch import SleepEngine
+from tests import specs
+from tests.workers.training.where_am_i import WhereAmI
 from workers.engines.pool import EnginePool, PoolResources, shard
 from workers.types import PoolError
 
@@ -28,6 +32,18 @@ def test_back_pressure_gives_a_slow_engine_less_work_and_keeps_order(local_ray):
         # takes nearly all the work: by the time the slow one finished 2 shards the fast one did ~18.
         slow, fast = ray.get([a.calls.remote() for a in pool.actors])
         assert slow + fast == 20 and slow <= 4
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize(("engines", "threads", "expected"), [(1, 0, 2), (2, 0, 1), (1, 1, 1), (2, 3, 3)])
+def test_cpu_engines_share_their_nodes_cpus_unless_told_their_threads(local_ray, engines, threads, expected):
+    spec = replace(specs.engine("model"), threads=threads)
+    pool = EnginePool(spec, PoolResources(engines, 1, 0), engine_cls=WhereAmI)
+    try:
+        given = ray.get([a.given.remote() for a in pool.actors])
+        assert [g.threads for g in given] == [expected] * engines  # local_ray: one node of 2 CPUs
+        assert all(replace(g, threads=threads) == spec for g in given)
     finally:
         pool.shutdown()
 

@@ -1,4 +1,5 @@
-"""The DPO trainer on Ray Train: DDP and FSDP over 2 CPU workers (gloo) equal 1 worker with accumulation."""
+"""The DPO trainer on Ray Train: DDP and FSDP over 2 CPU workers (gloo) equal 1 worker with accumulation (the
+trainer in process, as one Ray Train worker runs it: the main job's golden run covers that launch)."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -8,6 +9,7 @@ from safetensors.torch import load_file
 from tests import specs
 from tests.workers.pairs_table import PAIRS, pairs_table
 from workers.training.launcher import run_training
+from workers.training.trainer import DPOTrainerCore
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +27,13 @@ def test_two_workers_ddp_and_fsdp_equal_one_worker_with_accumulation(local_ray, 
                               f"dpo.grad_accum_steps={accum}", "lora.target_modules=[q_proj, v_proj]",
                               "resources.torch_threads=1", f"resources.train_workers={workers}",
                               f"resources.train_strategy={strategy}", seed=3, pairs=pairs, out=out)
-        res = run_training(spec, workers=workers, cpus_per_worker=1, gpus_per_worker=0,
-                           storage_path=str(tmp_path / f"train-{workers}-{strategy}"))
+        if workers == 1:
+            core = DPOTrainerCore(spec)
+            res = core.fit(core.encode(pq.read_table(pairs)))
+            core.save(out, res)
+        else:
+            res = run_training(spec, workers=workers, cpus_per_worker=1, gpus_per_worker=0,
+                               storage_path=str(tmp_path / f"train-{workers}-{strategy}"))
         results[(workers, strategy)] = (res, load_file(out / "adapter_model.safetensors"))
     r1, w1 = results[(1, "ddp")]
     # 4 pairs, 2 pairs per optimizer step -> 2 steps in every layout, over the same pairs.

@@ -12,3 +12,6 @@ class WhereAmI:
 
     def ready(self) -> EngineInfo:
         return EngineInfo.here()
+
+    def given(self) -> EngineSpec:
+        return self.spec
