@@ -107,10 +107,9 @@ class RayBackend:
             task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
             device, gpu = ("cuda" if r.gpus_per_train_worker else "cpu"), None
         bar = RemoteProgress("score MC-dropout")
-        path, digest = (None, "") if reference is None else (reference.path, reference.digest)
         try:
             passes, ref = run_with_progress(
-                lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, path, device, digest, gpu)), bar)
+                lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference, device, gpu)), bar)
         finally:
             bar.close()
         return list(passes), list(ref)

@@ -37,6 +37,7 @@ SECRET = "hf_" + "s3cr3t" * 6
 SECRET_ENV = {"HF_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET}
 FIRST_JOB_FAULTS = {KILL_ENGINE_AT_ENV: "iter_000/eval:part@1", KILL_AT_ENV: "iter_000/eval:part@2"}
 TIMEOUT_S = 3600
+GOLDEN_NICENESS = -10
 
 
 def _free_port() -> int:
@@ -58,10 +59,11 @@ class RayHead:
                     "RAY_worker_niceness": "0"}
         self.env.pop("RAY_ADDRESS", None)
         # The golden run is the session's longest chain of work: its head, and every process the head starts (the
-        # jobs' drivers, engines and trainers), get the CPU before the tests, which fill the time it leaves.
-        # Raising a priority needs root, as CI has; elsewhere `nice` says so and the head runs at the tests' level.
+        # jobs' drivers, engines and trainers), get the CPU before the tests (tests/conftest.py), which fill the time
+        # it leaves. Raising a priority needs root, as CI has; elsewhere `nice` says so and the head runs at the
+        # tests' level.
         self.proc = subprocess.Popen(
-            ["nice", "-n", "-10", RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+            ["nice", "-n", str(GOLDEN_NICENESS - os.nice(0)), RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              "--dashboard-agent-listen-port=0", "--num-cpus=2", f"--temp-dir={self.temp}", "--disable-usage-stats"],
             env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

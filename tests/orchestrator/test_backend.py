@@ -6,9 +6,8 @@ import pytest
 from orchestrator.backend import RayBackend
 from orchestrator.config import load_config
 from tests import specs
-from tests.workers.pairs_table import PAIRS, pairs_table
+from tests.workers.pairs_table import PAIRS, trained_adapter
 from workers.training.mc_dropout import mc_dropout_logprobs
-from workers.training.trainer import DPOTrainerCore
 from workers.types import AdapterRef, ScoreRequest
 
 pytestmark = pytest.mark.integration
@@ -22,9 +21,7 @@ def test_mc_dropout_as_a_ray_task_equals_the_pass_in_process(local_ray, tiny_ran
     spec = specs.training(tiny_random_model_path, *OVERRIDES, seed=5)
     # A reference adapter, trained one step on PAIRS.
     adapter = tmp_path / "reference"
-    core = DPOTrainerCore(specs.training(tiny_random_model_path, "dpo.learning_rate=2e-2",
-                                         f"dpo.micro_batch_pairs={len(PAIRS)}", out=adapter))
-    core.save(adapter, core.fit(core.encode(pairs_table(PAIRS))))
+    trained_adapter(tiny_random_model_path, adapter, 2e-2)
 
     backend = RayBackend()
     passes, base = backend.mc_dropout(cfg, spec, REQUESTS, None, None)
@@ -33,7 +30,8 @@ def test_mc_dropout_as_a_ray_task_equals_the_pass_in_process(local_ray, tiny_ran
     assert [v for row in passes for v in row] == pytest.approx([v for row in want_passes for v in row], abs=1e-5)
     assert base == pytest.approx(want_base, abs=1e-5)
 
-    _, reference = backend.mc_dropout(cfg, spec, REQUESTS, AdapterRef("reference", str(adapter)), None)
-    _, want_reference = mc_dropout_logprobs(spec, REQUESTS, 3, 0.1, reference_adapter=str(adapter))
+    ref = AdapterRef("reference", str(adapter))
+    _, reference = backend.mc_dropout(cfg, spec, REQUESTS, ref, None)
+    _, want_reference = mc_dropout_logprobs(spec, REQUESTS, 3, 0.1, reference=ref)
     assert reference == pytest.approx(want_reference, abs=1e-5)
     assert reference != pytest.approx(base, abs=1e-4)  # the adapter was loaded as the reference

@@ -1,4 +1,4 @@
-"""A hand-made pairs.parquet table for trainer tests."""
+"""A hand-made pairs.parquet table for trainer tests, and an adapter trained on it."""
 
 import pyarrow as pa
 
@@ -21,3 +21,18 @@ def pairs_table(triples: list[tuple[str, str, str]], weights: list[float] | None
              "chosen_finish_reason": "stop", "rejected_finish_reason": "stop"}
             for i, ((p, c, r), w) in enumerate(zip(triples, weights))]
     return pa.Table.from_pylist(rows, schema=artifacts.PAIRS)
+
+
+def trained_adapter(model_path: object, out: object, lr: float):
+    """An adapter trained one step on PAIRS at learning rate ``lr`` from ``model_path``, written with its canaries
+    to ``out``; returns the trainer."""
+    from tests import specs
+    from workers.training import canaries
+    from workers.training.trainer import DPOTrainerCore
+
+    core = DPOTrainerCore(specs.training(model_path, f"dpo.learning_rate={lr}", f"dpo.micro_batch_pairs={len(PAIRS)}",
+                                         out=out))
+    table = pairs_table(PAIRS)
+    requests = canaries.pick(table.to_pylist())
+    core.save(out, core.fit(core.encode(table)), canary=(requests, core.canary_logprobs(requests)))
+    return core

@@ -12,7 +12,7 @@ import torch
 
 from orchestrator.rewards.judge import pairwise_message, score_choice, winner_choice
 from tests import ROOT, specs
-from tests.workers.pairs_table import pairs_table
+from tests.workers.pairs_table import pairs_table, trained_adapter
 from tests.workers.training.test_batch_invariance import alone, approx
 from workers.engines.choices import choice_token_ids
 from workers.engines.vllm import VLLMEngine
@@ -148,16 +148,6 @@ def test_merged_and_lora_serving_agree(engine, trained, tiny_model_path):
     assert max(abs(a - b) for a, b in zip(merged, base_before)) > 20 * LOGP_ATOL
 
 
-def _retrained(tiny_model_path, out, lr):
-    """Another adapter, trained on PAIRS at learning rate ``lr`` and written (with its canaries) to ``out``."""
-    spec = specs.training(tiny_model_path, f"dpo.learning_rate={lr}", f"dpo.micro_batch_pairs={len(PAIRS)}", out=out)
-    core = DPOTrainerCore(spec)
-    table = pairs_table(PAIRS)
-    requests = canaries.pick(table.to_pylist())
-    core.save(out, core.fit(core.encode(table)), canary=(requests, core.canary_logprobs(requests)))
-    return core
-
-
 def test_an_engine_proves_the_adapter_it_serves(engine, trained, tiny_model_path, tmp_path):
     """The canaries the trainer recorded pass on the adapter itself, and stop an engine serving another adapter
     (or a stale one) under the requested name, naming engine, adapter and the difference."""
@@ -167,7 +157,7 @@ def test_an_engine_proves_the_adapter_it_serves(engine, trained, tiny_model_path
     engine.score([ScoreRequest("Hi?", "Hello.", "stop")], AdapterRef("proven", str(adapter_dir), "d1"))  # passes
     # Another adapter's weights under this adapter's name and canaries.
     impostor = tmp_path / "impostor"
-    _retrained(tiny_model_path, impostor, 2e-2)
+    trained_adapter(tiny_model_path, impostor, 2e-2)
     shutil.copy(adapter_dir / canaries.CANARIES_FILE, impostor / canaries.CANARIES_FILE)
     with pytest.raises(ServedModelError, match=r"engine \S+:\d+ does not serve adapter proven \(.*impostor\).*nats/token"):
         engine.score([ScoreRequest("Hi?", "Hello.", "stop")], AdapterRef("proven", str(impostor), "d2"))
@@ -177,7 +167,7 @@ def test_an_engine_proves_the_adapter_it_serves(engine, trained, tiny_model_path
     shutil.copytree(adapter_dir, again)
     first = engine.score(PAIRS_REQUESTS, AdapterRef("again", str(again), "v1"))
     shutil.rmtree(again)
-    core = _retrained(tiny_model_path, again, 2e-2)
+    core = trained_adapter(tiny_model_path, again, 2e-2)
     second = engine.score(PAIRS_REQUESTS, AdapterRef("again", str(again), "v2"))
     seqs = [(prompt_token_ids(core.tokenizer, q.user_message), response_token_ids(core.tokenizer, q.response, "stop"))
             for q in PAIRS_REQUESTS]
@@ -228,7 +218,7 @@ def test_choice_distribution_reads_the_judges_next_token_probabilities(engine, t
 def random_adapter(tiny_random_model_path, tmp_path_factory):
     """An adapter trained on PAIRS on the tiny random model (the MC-dropout mechanics need no real weights)."""
     out = tmp_path_factory.mktemp("random-adapter")
-    _retrained(tiny_random_model_path, out, 2e-2)
+    trained_adapter(tiny_random_model_path, out, 2e-2)
     return out
 
 
@@ -253,7 +243,7 @@ def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_random_model_path, ran
     # trained policy's.
     assert ref == ref_again == pytest.approx(base, abs=1e-4) and ref != pytest.approx(policy, abs=1e-3)
     # A reference adapter is loaded beside the policy: with the policy's own adapter it equals the policy.
-    _, same = mc_dropout_logprobs(spec, reqs, passes=1, p=0.1, reference_adapter=str(adapter_dir))
+    _, same = mc_dropout_logprobs(spec, reqs, passes=1, p=0.1, reference=AdapterRef("reference", str(adapter_dir)))
     assert same == pytest.approx(policy, abs=1e-4)
 
 

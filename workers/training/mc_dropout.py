@@ -13,18 +13,18 @@ from workers.storage import local_copy
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training.placement import cuda_index
 from workers.training.trainer import DPOTrainerCore, TrainSpec
-from workers.types import ScoreRequest
+from workers.types import AdapterRef, ScoreRequest
 
 
 def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
-                        reference_adapter: str | None = None, device: str = "cpu",
-                        reference_digest: str = "", borrowed_gpu: int | None = None) -> tuple[list[list[float]], list[float]]:
+                        reference: AdapterRef | None = None, device: str = "cpu",
+                        borrowed_gpu: int | None = None) -> tuple[list[list[float]], list[float]]:
     """Summed response log-probs of each request under ``passes`` MC-dropout passes of the policy, and under the
     reference computed by the same model code without dropout.
 
     The policy is the base model with ``spec.init_adapter`` (the base alone
-    when None); the reference is the base model (``reference_adapter``
-    None: the adapter disabled) or the adapter at ``reference_adapter``.
+    when None); the reference is the base model (``reference`` None: the
+    adapter disabled) or the adapter ``reference``.
     Llama-family models have no dropout layers of their own, so dropout with
     rate ``p`` is applied to the last hidden state (the LM head's input);
     pass t is seeded with ``spec.seed + t``, so results are reproducible.
@@ -55,13 +55,13 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
         return out
 
     with torch.no_grad():
-        if reference_adapter is None:
+        if reference is None:
             with core.model.disable_adapter():
-                reference = score_all("reference")
+                reference_logps = score_all("reference")
         else:
-            core.model.load_adapter(local_copy(reference_adapter, reference_digest), adapter_name="reference")
+            core.model.load_adapter(local_copy(reference.path, reference.digest), adapter_name="reference")
             core.model.set_adapter("reference")
-            reference = score_all("reference")
+            reference_logps = score_all("reference")
             core.model.set_adapter("default")
         head = core.model.get_output_embeddings()
         hook = head.register_forward_pre_hook(lambda _m, args: (torch.nn.functional.dropout(args[0], p, training=True),))
@@ -72,4 +72,4 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
                 by_pass.append(score_all(t + 1))
         finally:
             hook.remove()
-    return [list(row) for row in zip(*by_pass)] if by_pass else [[] for _ in seqs], reference
+    return [list(row) for row in zip(*by_pass)] if by_pass else [[] for _ in seqs], reference_logps
