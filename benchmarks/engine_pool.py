@@ -4,7 +4,10 @@ Raw: ``vllm.LLM.generate`` in this process, on the token ids our engines
 send. Ours: the same requests through ``EnginePool.map_items`` (one engine
 actor, Ray in between). Both are warmed up first; the timed part is
 generation only. The outputs must be identical (seeded sampling); the ratio
-of generated tokens per second, ours / raw, is the cost of the pool.
+of generated tokens per second, ours / raw, is the cost of the pool. Then
+the pool again with its engine held to one thread (``threads=1``, what a
+one-CPU Ray actor gets by default) against the node's CPUs it is given
+(``resources.torch_threads: 0``): the gain of giving a CPU engine its node.
 
     python -m benchmarks.engine_pool [--prompts 32] [--samples 2] [--max-tokens 64]
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 
 from benchmarks import table, write_result
 
@@ -72,14 +76,21 @@ def main() -> None:
     from workers.engines.pool import EnginePool, PoolResources
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    pool = EnginePool(spec, PoolResources(1, 1, 0))
-    pool.map_items("complete", warm, len(warm), sampling, None)
-    t0 = time.monotonic()
-    ours = pool.map_items("complete", reqs, len(reqs), sampling, None)
-    ours_s = time.monotonic() - t0
-    pool.shutdown()
+
+    def pooled(engine_spec):
+        pool = EnginePool(engine_spec, PoolResources(1, 1, 0))
+        pool.map_items("complete", warm, len(warm), sampling, None)
+        t0 = time.monotonic()
+        outs = pool.map_items("complete", reqs, len(reqs), sampling, None)
+        seconds = time.monotonic() - t0
+        threads = pool.infos[0].threads
+        pool.shutdown()
+        return outs, seconds, threads
+
+    ours, ours_s, threads = pooled(spec)
+    one, one_s, _ = pooled(replace(spec, threads=1))
     ray.shutdown()
-    ours_tokens = sum(o.num_tokens for o in ours)
+    ours_tokens, one_tokens = sum(o.num_tokens for o in ours), sum(o.num_tokens for o in one)
 
     raw_tps, ours_tps = raw_tokens / raw_s, ours_tokens / ours_s
     result = {
@@ -89,13 +100,20 @@ def main() -> None:
         "identical_outputs": [o.text for o in ours] == raw_texts,
         "ratio_ours_over_raw": round(ours_tps / raw_tps, 3),
         "goal": ">= 0.97",
+        "engine_threads": threads,
+        "engine_pool_one_thread": {"seconds": round(one_s, 3), "tokens": one_tokens,
+                                   "tokens_per_s": round(one_tokens / one_s, 2)},
+        "identical_outputs_one_thread": [o.text for o in one] == raw_texts,
+        "ratio_node_threads_over_one_thread": round(ours_tps / (one_tokens / one_s), 3),
     }
     path = write_result("engine_pool", result)
     print(table([["", "seconds", "tokens", "tok/s"],
                  ["raw vllm.LLM.generate", f"{raw_s:.2f}", str(raw_tokens), f"{raw_tps:.1f}"],
-                 ["engine pool (Ray actor)", f"{ours_s:.2f}", str(ours_tokens), f"{ours_tps:.1f}"]]))
+                 [f"engine pool (Ray actor, {threads} threads)", f"{ours_s:.2f}", str(ours_tokens), f"{ours_tps:.1f}"],
+                 ["engine pool (Ray actor, 1 thread)", f"{one_s:.2f}", str(one_tokens), f"{one_tokens / one_s:.1f}"]]))
     print(f"ratio ours / raw: {result['ratio_ours_over_raw']:.3f} (goal >= 0.97); identical outputs: "
-          f"{result['identical_outputs']}  (wrote {path})")
+          f"{result['identical_outputs']}; {threads} threads / 1: {result['ratio_node_threads_over_one_thread']:.2f}, "
+          f"identical outputs: {result['identical_outputs_one_thread']}  (wrote {path})")
 
 
 if __name__ == "__main__":

@@ -195,8 +195,10 @@ class Context:
             hosts = sorted({i.host for i in self._pool.infos})
             started = time.monotonic() - t0
             self.engine_start_seconds += started
+            threads = sorted({i.threads for i in self._pool.infos if i.threads})
             LOG.info(f"  engine pool: {len(self._pool.infos)} engine(s) ready in {started:.1f}s on "
-                     f"{', '.join(hosts)} ({self._pool.engine_name})")
+                     f"{', '.join(hosts)} ({self._pool.engine_name}"
+                     + (f", {'/'.join(map(str, threads))} thread(s) each" if threads else "") + ")")
         return self._pool
 
     def engines_for(self, key: str) -> StageEngines:

@@ -121,6 +121,7 @@ class EngineInfo:
     node_id: str
     gpu_ids: tuple[int, ...] = ()  # the GPUs Ray gave the actor (its bundle's)
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES as the actor sees it
+    threads: int = 0  # torch's intra-op threads in the engine's process (0: not reported)
 
     @staticmethod
     def here() -> "EngineInfo":

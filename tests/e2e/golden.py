@@ -11,6 +11,7 @@ the end. Then ``make run``'s report command runs on the run dir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -38,6 +39,11 @@ SECRET_ENV = {"HF_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET}
 FIRST_JOB_FAULTS = {KILL_ENGINE_AT_ENV: "iter_000/eval:part@1", KILL_AT_ENV: "iter_000/eval:part@2"}
 TIMEOUT_S = 3600
 GOLDEN_NICENESS = -10
+# make run gives its engine and its trainer all the machine's cores, one stage after the other; here the tests have
+# one of the two cores, and two threads on a core the tests use stall each other at every parallel region. The
+# same results (make run's artifacts are the same at one thread or two); how the engine pool shares a node's CPUs
+# is tested in tests/workers/engines/test_pool.py.
+GOLDEN_THREADS = "resources.torch_threads=1"
 
 
 def _free_port() -> int:
@@ -68,6 +74,10 @@ class RayHead:
              "--dashboard-agent-listen-port=0", "--num-cpus=2", f"--temp-dir={self.temp}", "--disable-usage-stats"],
             env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        # A new session is a scheduling group of its own where the kernel groups sessions (autogroup): the groups
+        # share the CPU evenly whatever their processes' nice values, so the group gets the priority too.
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{self.proc.pid}/autogroup").write_text(str(GOLDEN_NICENESS))
         self.address = f"http://127.0.0.1:{dash}"
         deadline = time.monotonic() + 180
         while (probe := self.job("list", check=False)).returncode != 0:
@@ -127,9 +137,9 @@ class RayHead:
 
 def job_entrypoint(run_cmd: list[str]) -> list[str]:
     """``make run``'s ``selfreward run CONFIG --run-dir DIR`` as the job entry point documented in jobs/self_reward.py
-    (the same arguments)."""
+    (the same arguments), its engine and trainer on one thread each (``GOLDEN_THREADS``)."""
     assert Path(run_cmd[0]).name == "selfreward" and run_cmd[1] == "run", run_cmd
-    return ["python", "-m", "jobs.self_reward", *run_cmd[2:]]
+    return ["python", "-m", "jobs.self_reward", *run_cmd[2:], GOLDEN_THREADS]
 
 
 @dataclass

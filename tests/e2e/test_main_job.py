@@ -36,7 +36,7 @@ def test_the_main_job_finishes_both_iterations_and_says_what_it_measured(golden)
     assert headers == [["metric", *[f"M{m}" for m in range(t + 1)]] for t in range(1, CFG.iterations + 1)]
     assert re.search(rf"^accuracy \(held-out\) .*\d+/{EVALS[0]} .*\d+/{EVALS[0]} .*\d+/{EVALS[0]}$", log, re.MULTILINE)
     # The engines stay up from the resumed M0 evaluation to the end (no colocation in the shipped config).
-    assert log.count("engine(s) ready") == 1 and "(VLLMEngine)" in log
+    assert log.count("engine(s) ready") == 1 and "(VLLMEngine, 1 thread(s) each)" in log  # golden.GOLDEN_THREADS
     # Progress bars for the engine stages and for training, with token rates.
     for bar in ("generate", "judge (current)", "score log-probs", "train", "eval fixed judge", "eval win rate"):
         assert f"  {bar}" in log, bar

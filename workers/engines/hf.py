@@ -15,6 +15,7 @@ for throughput, this one for portability.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,8 +69,10 @@ class HFEngine:
         self._loaded: dict[str, AdapterRef] = {}  # adapter name -> the adapter loaded under it, oldest first
 
     def ready(self) -> EngineInfo:
-        """Where the engine runs, once it is loaded (the pool waits on this)."""
-        return EngineInfo.here()
+        """Where the engine runs and its threads, once it is loaded (the pool waits on this)."""
+        import torch
+
+        return dataclasses.replace(EngineInfo.here(), threads=torch.get_num_threads())
 
     def sleep(self) -> None:
         """Move the weights to host memory while a colocated trainer holds the GPU (RuntimeError on CPU)."""

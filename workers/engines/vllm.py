@@ -17,6 +17,7 @@ per stage at most (about a second each for the bundled model on 2 cores).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -166,8 +167,10 @@ class VLLMEngine:
         self._proven: set[AdapterRef] = set()  # merged serving: adapters whose canaries passed on this engine
 
     def ready(self) -> EngineInfo:
-        """Where the engine runs, once it is loaded (the pool waits on this)."""
-        return EngineInfo.here()
+        """Where the engine runs and its threads, once it is loaded (the pool waits on this)."""
+        import torch
+
+        return dataclasses.replace(EngineInfo.here(), threads=torch.get_num_threads())
 
     def sleep(self) -> None:
         """Release accelerator memory (weights offloaded, KV cache dropped) while a colocated trainer runs.
