@@ -334,9 +334,11 @@ class ResourcesConfig(_Strict):
         f"gpu_memory_utilization = {GPU_MEMORY_SHARE} x this); train workers run while it sleeps, MC-dropout beside it in the rest.",
     )
     torch_threads: int = Field(
-        0, ge=0, description="Intra-op threads of each train worker and CPU engine; 0 = all cores of its machine (a "
-        "CPU engine's node's CPUs are shared among the engines placed there). Stages take turns: the one at work has "
-        "the CPUs to itself."
+        0, ge=0, description="Intra-op threads of each train worker; 0 = all cores of its machine."
+    )
+    engine_threads: int = Field(
+        0, ge=0, description="Intra-op threads of each CPU engine; 0 = its node's CPUs shared among the engines placed "
+        "there (stages take turns: the engines have the CPUs to themselves while they work)."
     )
     adapter_serving: Literal["auto", "merged", "lora"] = Field(
         "auto",

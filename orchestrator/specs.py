@@ -45,7 +45,7 @@ def engine_spec(cfg: RunConfig, model_path: str) -> EngineSpec:
         log_stats=False,
         engine_core_process=False,
         merge_adapters=r.merge_adapters,
-        threads=r.torch_threads,
+        threads=r.engine_threads,
     )
 
 

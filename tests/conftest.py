@@ -8,11 +8,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # torch is imported; the processes the tests start inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
-# The tests run 10 nice levels below the default priority, and the golden run 10 above it (tests/e2e/golden.py): its
-# engine and trainer use both cores in turn, and a thread of theirs waiting behind a test's process stalls the
-# other one too. The tests fill the time the golden run leaves.
-TESTS_NICENESS = 10
-os.nice(max(0, TESTS_NICENESS - os.nice(0)))
 # Every Ray the tests start (and the processes it starts) stays on loopback: see orchestrator/cli.py. Set
 # before any test module imports ray, which reads it at import.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -106,9 +106,10 @@ class EngineSpec:
     # Serve an adapter by reloading the weights with its update merged in (one model at a time, at the base model's
     # speed) instead of vLLM's per-request LoRA; one device per engine and no sleep mode (see workers.engines.vllm).
     merge_adapters: bool
-    # Intra-op threads of a CPU engine (GPU engines ignore it); 0: the process's own setting. The engine pool gives
-    # each CPU engine its node's CPUs shared among the engines placed there (``EnginePool``): stages take turns, so
-    # an engine at work has its node's CPUs to itself (two threads on two cores generate 1.8x faster, same tokens).
+    # Intra-op threads of a CPU engine (GPU engines ignore it; ``resources.engine_threads``); 0: the process's own
+    # setting. The engine pool gives each CPU engine its node's CPUs shared among the engines placed there
+    # (``EnginePool``): stages take turns, so an engine at work has its node's CPUs to itself (two threads on two
+    # cores generate 1.8x faster, the same tokens).
     threads: int
 
 

@@ -11,7 +11,6 @@ the end. Then ``make run``'s report command runs on the run dir.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -38,12 +37,11 @@ SECRET = "hf_" + "s3cr3t" * 6
 SECRET_ENV = {"HF_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET}
 FIRST_JOB_FAULTS = {KILL_ENGINE_AT_ENV: "iter_000/eval:part@1", KILL_AT_ENV: "iter_000/eval:part@2"}
 TIMEOUT_S = 3600
-GOLDEN_NICENESS = -10
-# make run gives its engine and its trainer all the machine's cores, one stage after the other; here the tests have
-# one of the two cores, and two threads on a core the tests use stall each other at every parallel region. The
-# same results (make run's artifacts are the same at one thread or two); how the engine pool shares a node's CPUs
-# is tested in tests/workers/engines/test_pool.py.
-GOLDEN_THREADS = "resources.torch_threads=1"
+# make run gives its engine both cores (its trainer runs between its stages); here the tests have one of the two,
+# and an engine's two threads on a core a test uses stall each other at every parallel region (measured: the suite
+# 1,848 s against 1,516-1,690 s with one engine thread). The same tokens at one thread or two; how the engine pool
+# shares a node's CPUs is tested in tests/workers/engines/test_pool.py.
+GOLDEN_THREADS = "resources.engine_threads=1"
 
 
 def _free_port() -> int:
@@ -65,19 +63,17 @@ class RayHead:
                     "RAY_worker_niceness": "0"}
         self.env.pop("RAY_ADDRESS", None)
         # The golden run is the session's longest chain of work: its head, and every process the head starts (the
-        # jobs' drivers, engines and trainers), get the CPU before the tests (tests/conftest.py), which fill the time
-        # it leaves. Raising a priority needs root, as CI has; elsewhere `nice` says so and the head runs at the
-        # tests' level.
+        # jobs' drivers, engines and trainers), get the CPU before the tests, which fill the time it leaves.
+        # Raising a priority needs root, as CI has; elsewhere `nice` says so and the head runs at the tests' level.
+        # Where the kernel groups each session's processes (autogroup, on here), nice values act only inside a group
+        # and the head's session shares the CPU evenly with the tests'; giving the group itself the priority
+        # (/proc/PID/autogroup) made the suite slower (1,818 s): the tests then waited for the whole golden run.
         self.proc = subprocess.Popen(
-            ["nice", "-n", str(GOLDEN_NICENESS - os.nice(0)), RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+            ["nice", "-n", "-10", RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              "--dashboard-agent-listen-port=0", "--num-cpus=2", f"--temp-dir={self.temp}", "--disable-usage-stats"],
             env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        # A new session is a scheduling group of its own where the kernel groups sessions (autogroup): the groups
-        # share the CPU evenly whatever their processes' nice values, so the group gets the priority too.
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{self.proc.pid}/autogroup").write_text(str(GOLDEN_NICENESS))
         self.address = f"http://127.0.0.1:{dash}"
         deadline = time.monotonic() + 180
         while (probe := self.job("list", check=False)).returncode != 0:
@@ -137,7 +133,7 @@ class RayHead:
 
 def job_entrypoint(run_cmd: list[str]) -> list[str]:
     """``make run``'s ``selfreward run CONFIG --run-dir DIR`` as the job entry point documented in jobs/self_reward.py
-    (the same arguments), its engine and trainer on one thread each (``GOLDEN_THREADS``)."""
+    (the same arguments), its engine on one thread (``GOLDEN_THREADS``)."""
     assert Path(run_cmd[0]).name == "selfreward" and run_cmd[1] == "run", run_cmd
     return ["python", "-m", "jobs.self_reward", *run_cmd[2:], GOLDEN_THREADS]
 

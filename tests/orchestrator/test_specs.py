@@ -37,7 +37,7 @@ def test_every_shipped_config_reaches_the_workers_unchanged(path):
     assert t.loss == make_loss(cfg)
     e = engine_spec(cfg, "model")
     assert (e.dtype, e.max_model_len, e.seed, e.kv_cache_gib, e.merge_adapters, e.threads) == (
-        cfg.model.dtype, cfg.model.max_model_len, cfg.seed, r.kv_cache_gib, r.merge_adapters, r.torch_threads)
+        cfg.model.dtype, cfg.model.max_model_len, cfg.seed, r.kv_cache_gib, r.merge_adapters, r.engine_threads)
     assert e.max_lora_rank >= cfg.lora.rank and e.tensor_parallel_size == max(1, r.gpus_per_engine)
 
 
