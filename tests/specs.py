@@ -13,8 +13,13 @@ from workers.types import AdapterRef, EngineSpec
 
 
 def engine(model_path: object, *overrides: str) -> EngineSpec:
-    """The engine spec of a run with these overrides, serving ``model_path``."""
-    return engine_spec(load_config(None, overrides), str(model_path))
+    """The engine spec of a run with these overrides, serving ``model_path``, on one thread (tests/conftest.py) unless
+    they say otherwise."""
+    return engine_spec(load_config(None, [ONE_THREAD, *overrides]), str(model_path))
+
+
+# The tests run beside the golden run, one compute thread per process (tests/conftest.py).
+ONE_THREAD = "resources.engine_threads=1"
 
 
 def training(model_path: object, *overrides: str, seed: int = 0, init_adapter: object = None, digest: str = "",

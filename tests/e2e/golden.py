@@ -29,6 +29,7 @@ import yaml
 
 from tests import ROOT
 from tests.e2e.helpers import command, make_run
+from tests.specs import ONE_THREAD
 from workers.faults import KILL_AT_ENV, KILL_ENGINE_AT_ENV
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -41,7 +42,7 @@ TIMEOUT_S = 3600
 # and an engine's two threads on a core a test uses stall each other at every parallel region (measured: the suite
 # 1,848 s against 1,516-1,690 s with one engine thread). The same tokens at one thread or two; how the engine pool
 # shares a node's CPUs is tested in tests/workers/engines/test_pool.py.
-GOLDEN_THREADS = "resources.engine_threads=1"
+GOLDEN_THREADS = ONE_THREAD
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.run import artifacts
-from tests import ROOT
+from tests import ROOT, specs
 
 CONFIG = ROOT / "jobs" / "configs" / "tiny-cpu.yaml"
 # The tiny config, made smaller so a full loop takes a few minutes on 2 cores:
@@ -28,6 +28,7 @@ SMALL = [
     "eval.verifiable_prompts=3",
     "eval.instruction_prompts=2",
     "eval.max_tokens=32",
+    specs.ONE_THREAD,
 ]
 # For tests about something else: the run without its evaluation stages.
 NO_EVAL = ["eval.verifiable=null", "eval.instructions=null"]
