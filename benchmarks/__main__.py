@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other (each needs the machine to itself), and summarise the ratios.
 
-    python -m benchmarks [--only dispatch engine_pool adapter_serving judge trainer loop gpu]
+    python -m benchmarks [--only dispatch engine_pool adapter_serving judge trainer loop input_checks gpu]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 from benchmarks import RESULTS, table
 
-ALL = ["dispatch", "engine_pool", "adapter_serving", "judge", "trainer", "loop", "gpu"]
+ALL = ["dispatch", "engine_pool", "adapter_serving", "judge", "trainer", "loop", "input_checks", "gpu"]
 HEADLINES = {
     "dispatch": lambda r: ("pool / round-robin throughput (uneven shards; one slow engine)",
                            " ; ".join(f"{v:.2f}" for v in r["throughput_ratio_pool_over_round_robin"].values())),
@@ -26,6 +26,8 @@ HEADLINES = {
                           f"{r['ratio_ours_over_trl_pairs_per_s']:.2f}, TRL in bf16 autocast "
                           f"{r['ratio_ours_over_trl_bf16_pairs_per_s']:.2f} (step-1 loss = TRL's: {r['losses_agree']}, "
                           f"= direct: {r['ours_step1_matches_direct']})"),
+    "input_checks": lambda r: ("prompt sizing by the byte bound / exact token counts, prompts/s",
+                               f"{r['ratio_bound_over_exact']:.1f} (same prompts kept: {r['same_prompts_kept']})"),
     "loop": lambda r: ("driver overhead (goal <= 2%); cost exponent (goal <= 1.05)",
                        f"{100 * r['driver_overhead_max']:.2f}%; {r['cost_exponent']:.3f}"),
     "gpu": lambda r: ("full fine-tune MFU, 0.5B ; 1.5B (goal >= 45%)", r["skipped"] if "skipped" in r else " ; ".join(

@@ -156,7 +156,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.update(LOOPBACK_ONLY_ENV)  # read when ray is imported: before the loop's imports
     from orchestrator.loop import prepare, run
 
-    prepared = prepare(cfg, run_dir, args.redo)  # every input checked, nothing created or changed
+    try:
+        prepared = prepare(cfg, run_dir, args.redo)  # every input checked, nothing created or changed
+    except OSError as e:  # what a check did not foresee is still the input's: nothing was started
+        where = f"{e.filename}: " if e.filename else ""
+        raise UsageError(f"{where}{e.strerror or e} (while checking the inputs; nothing was started)") from None
     _check_cluster(cfg)
     _init_ray(cfg.resources.ray_address)
     from orchestrator.resources.plan import check_on_cluster
@@ -201,8 +205,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.reporting.report import write_report
+    from orchestrator.reporting.report import PLOTS_DIR, write_report
 
+    _writable("report", Path(args.run_dir) / "report.html", Path(args.run_dir) / PLOTS_DIR / "plot.png")
     print(f"wrote {write_report(args.run_dir)}")
     return 0
 
@@ -211,16 +216,26 @@ class UsageError(ValueError):
     """A command-line argument that cannot be used as given."""
 
 
-def _markdown_out(out: str | None) -> None:
-    """The Markdown --out must differ from the .json written beside it."""
-    if out is not None and Path(out).with_suffix(".json").name == Path(out).name:
-        raise UsageError(f"--out {out}: the Markdown and the JSON beside it would be the same file; give a .md name")
+def _writable(what: str, *files: str | Path, json_beside: bool = False) -> None:
+    """The files a command writes (local paths; a URI is checked by its store when written): UsageError naming
+    ``what`` before any work when one is a folder or its folder cannot be written, or when the Markdown and the
+    JSON beside it (``json_beside``) would be the same file."""
+    from orchestrator.inputs import check_output_file
+
+    for f in files:
+        if "://" in str(f):
+            continue
+        check_output_file(f, what, UsageError)
+        if json_beside:
+            if Path(f).with_suffix(".json").name == Path(f).name:
+                raise UsageError(f"{what} {f}: the Markdown and the JSON beside it would be the same file; give a .md name")
+            check_output_file(Path(f).with_suffix(".json"), f"{what} (the .json beside it)", UsageError)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from orchestrator.reporting.replay import write_replay
 
-    _markdown_out(args.out)
+    _writable("--out" if args.out else "replay", args.out or Path(args.run_dir) / "replay.md", json_beside=True)
     text, where = write_replay(args.run_dir, args.recipe, args.out, tuple(args.overrides))
     print(text)
     print(f"wrote {where} and its .json")
@@ -245,7 +260,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from orchestrator.reporting.report import write_compare
 
-    _markdown_out(args.out)
+    _writable("--out", args.out, json_beside=True)
     print(write_compare(args.run_dirs, args.out))
     print(f"wrote {Path(args.out).absolute()} and {Path(args.out).with_suffix('.json').absolute()}")
     return 0

@@ -10,18 +10,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import reprlib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
+import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.inputs import MAX_CONFIG_BYTES, MAX_OVERRIDE_CHARS, check_input_path, shown, unicode_problem
 from workers.engines.limits import GPU_MEMORY_SHARE, MAX_LORA_RANK
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the source and field."""
+
+
+INT_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1  # numpy's seeds (vLLM seeds numpy with the engine's seed)
 
 
 def _safe(description: str) -> dict[str, Any]:
@@ -36,13 +42,22 @@ class _Strict(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_bool_for_numbers(cls, data: Any) -> Any:
-        # YAML's true/false would otherwise pass as 1/0 for a count or a rate (`iterations=true` became 1).
+    def _values_the_libraries_take(cls, data: Any) -> Any:
+        """What would otherwise pass validation and be taken as another value, or fail after work started."""
         if isinstance(data, dict):
             for name, value in data.items():
                 f = cls.model_fields.get(name)
-                if isinstance(value, bool) and f is not None and "bool" not in str(f.annotation):
+                if f is None:
+                    continue
+                # YAML's true/false would otherwise pass as 1/0 for a count or a rate (`iterations=true` became 1).
+                if isinstance(value, bool) and "bool" not in str(f.annotation):
                     raise ValueError(f"field `{name}` is {str(value).lower()}, a boolean, where {f.annotation} is expected")
+                # torch, numpy and vLLM take 32-bit counts (a seed: unsigned); a field may set a lower bound of its own.
+                if isinstance(value, int) and not isinstance(value, bool) and not any(
+                        isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in f.metadata):
+                    if abs(value) > INT_MAX:
+                        raise ValueError(f"field `{name}` is {value}, larger than {INT_MAX} (2**31 - 1), the largest "
+                                         "count the libraries downstream take")
         return data
 
 
@@ -362,7 +377,7 @@ class ResourcesConfig(_Strict):
 
 class RunConfig(_Strict):
     iterations: int = Field(2, gt=0, **_safe("Self-rewarding iterations T."))
-    seed: int = Field(0, ge=0, description="Root seed; every request's seed derives from it.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Root seed; every request's seed derives from it.")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     generation: GenerationConfig = GenerationConfig()
@@ -438,33 +453,50 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"])
         got = e.get("input")
-        got_s = "" if isinstance(got, (dict, list, tuple)) else f" (got {reprlib.repr(got)})"
+        got_s = "" if isinstance(got, (dict, list, tuple)) else f" (got {shown(got)})"
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"  field `{field}`: {msg}{got_s}" if field else f"  {msg}")
     return "\n".join(lines)
 
 
 def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if len(override) > MAX_OVERRIDE_CHARS:
+        raise ConfigError(f"override {shown(override)} is longer than {MAX_OVERRIDE_CHARS} characters")
     if "=" not in override:
-        raise ConfigError(f"override {override!r} is not of the form dotted.key=value")
+        raise ConfigError(f"override {shown(override)} is not of the form dotted.key=value")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override {override!r} has an empty key part")
+        raise ConfigError(f"override {shown(override)} has an empty key part")
     node = tree
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: `{p}` is not a section")
+            raise ConfigError(f"override {shown(override)}: `{p}` is not a section")
         node = child
     try:
-        node[parts[-1]] = parse_yaml(raw, f"override {override!r}") if raw.strip() else None
+        node[parts[-1]] = parse_yaml(raw, f"override {shown(override)}") if raw.strip() else None
     except ConfigError as e:
         raise ConfigError(f"{e}\n(quote a text value: {key}='...')") from None
 
 
+_INT = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_REFUSED_TAGS = ("binary", "timestamp", "set", "omap", "pairs", "merge", "value", "yaml")
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML without aliases (a few lines of them expand to billions of nodes) and without duplicate keys."""
+    """YAML as a person reads a config (YAML 1.2's core schema), without aliases (a few lines of them expand to
+    billions of nodes) and without duplicate keys.
+
+    YAML 1.1, PyYAML's default, reads ``0042`` as the octal 34, ``1:30`` as 90, ``no`` and ``off`` as false and
+    ``2024-01-02`` as a date: here they are the decimal 42 and the texts "1:30", "no", "off" and "2024-01-02".
+    Tags that make other types (``!!binary``, ``!!timestamp``, ``!!set``, ...) are refused.
+    """
+
+    yaml_implicit_resolvers: dict[str, list[tuple[str, Any]]] = {}
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -486,15 +518,44 @@ class _Loader(yaml.SafeLoader):
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: Any) -> int:
+        text = str(self.construct_scalar(node)).replace("_", "")
+        if not _INT.match(text):
+            raise yaml.MarkedYAMLError(None, None, f"{text!r} is not an integer", node.start_mark)
+        sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+        base = 16 if digits[:2] in ("0x",) else 8 if digits[:2] == "0o" else 10
+        return sign * int(digits[2:] if base != 10 else digits, base)
+
+    def construct_yaml_float(self, node: Any) -> float:
+        text = str(self.construct_scalar(node)).replace("_", "").lower()
+        return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
+    def refuse_tag(self, node: Any) -> Any:
+        raise yaml.MarkedYAMLError(None, None, f"the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not "
+                                   "supported in configs (write the value as text or a number)", node.start_mark)
+
+
+for _tag, _regex, _first in (("bool", _BOOL, "tTfF"), ("int", _INT, "-+0123456789"), ("float", _FLOAT, "-+.0123456789"),
+                             ("null", _NULL, ["~", "n", "N", ""])):
+    for _c in _first:
+        _Loader.yaml_implicit_resolvers.setdefault(_c, []).append((f"tag:yaml.org,2002:{_tag}", _regex))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+for _tag in _REFUSED_TAGS:
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _Loader.refuse_tag)
+
 
 def parse_yaml(text: str, source: str) -> Any:
-    """``text`` as YAML, refusing aliases and duplicate keys; ConfigError naming ``source`` and the line."""
+    """``text`` as YAML (``_Loader``: YAML 1.2's core schema, no aliases, no duplicate keys); ConfigError naming
+    ``source`` and the line."""
     stream = io.StringIO(text)
     stream.name = source  # named in the error's marks instead of "<unicode string>"
     try:
         return yaml.load(stream, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -507,12 +568,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         p = Path(path)
         source = str(p)
+        st = check_input_path(p, "config file", ConfigError)
         if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+            raise ConfigError(f"config file {p}: not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {p} is {st.st_size:,} bytes; a config may hold at most "
+                              f"{MAX_CONFIG_BYTES:,}")
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise ConfigError(f"config file {p} is not valid UTF-8: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
         loaded = parse_yaml(text, f"config file {p}")
         if loaded is None:
             loaded = {}
@@ -522,12 +589,27 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for o in overrides:
         _apply_override(tree, o)
     if overrides:
-        source += " + overrides " + " ".join(overrides)
+        source += " + overrides " + " ".join(o if len(o) <= 60 else shown(o, 60) for o in overrides)
     return config_from_dict(tree, source)
+
+
+def _text_problem(value: Any, where: str = "") -> str | None:
+    """The first text in a parsed config (keys included) that cannot be written as UTF-8, with its dotted field."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        field = f"{where}.{key}" if where and isinstance(value, dict) else f"{where}[{key}]" if where else str(key)
+        problem = (isinstance(key, str) and unicode_problem(key)) or (
+            isinstance(child, str) and unicode_problem(child)) or _text_problem(child, field)
+        if problem:
+            return problem if problem.startswith("field `") else f"field `{field}` is {problem}"
+    return None
 
 
 def config_from_dict(tree: dict[str, Any], source: str) -> RunConfig:
     """Validate a plain mapping as a RunConfig; ConfigError names the source and field."""
+    problem = _text_problem(tree)
+    if problem:
+        raise ConfigError(f"invalid config ({source}):\n  {problem}")
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +27,19 @@ import pyarrow.parquet as pq
 
 from orchestrator.config import ColumnsConfig, RunConfig
 from orchestrator.evaluation.answers import KINDS
+from orchestrator.inputs import (
+    MAX_PROMPT_CHARS,
+    MAX_PROMPT_FILE_BYTES,
+    MAX_PROMPTS,
+    check_input_path,
+    os_problem,
+    shown,
+    unicode_problem,
+)
 from orchestrator.rewards.judge import judge_message, pairwise_message
-from workers.tokens import prompt_token_ids
+from workers.tokens import most_tokens, prompt_token_ids, template_tokens
+
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -52,7 +64,10 @@ def read_text_file(p: Path) -> str:
     with an optional byte-order mark. DataError naming the file (and the line of invalid UTF-8)."""
     if not p.is_file():
         raise DataError(f"{p}: not a regular file (a FIFO, a device or a socket is never read)")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"{p}: cannot be read ({os_problem(e)})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -197,19 +212,22 @@ def _text(value: Any, where: str, column: str, kinds: tuple[type, ...]) -> str |
 
 
 def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_answers: bool = False,
-                 field: str = "data") -> pa.Table:
+                 field: str = "data", what: str = "data.prompts") -> pa.Table:
     """Read and validate a prompt set; a table with the PROMPT_SCHEMA columns, in file order.
 
-    ``field``: the config section the columns come from (named in errors).
-    Raises DataError for a missing or empty file, an unknown format, a
-    missing column, a null, empty or non-text prompt, a missing answer
-    (with ``require_answers``), duplicate ids or duplicate prompts.
+    ``field``: the config section the columns come from, ``what``: the config field that names the path (both
+    named in errors). Raises DataError for a path the OS refuses, a missing, empty, unreadable or too large file,
+    an unknown format, a missing column, a null, empty, non-text or too long prompt, text that is not valid Unicode,
+    a missing answer (with ``require_answers``), duplicate ids or duplicate prompts (after Unicode normalisation),
+    more than ``MAX_PROMPTS`` prompts.
     """
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"prompt file not found: {p}")
+    st = check_input_path(p, what, DataError)
     if not p.is_dir() and not p.is_file():
         raise DataError(f"{p}: not a regular file (a FIFO, a device or a socket is never read)")
+    if p.is_file() and st.st_size > MAX_PROMPT_FILE_BYTES:
+        raise DataError(f"{what} ({p}): {st.st_size:,} bytes; a prompt file may hold at most "
+                        f"{MAX_PROMPT_FILE_BYTES:,} (split it, or keep the prompts a run uses)")
     if p.is_dir():
         rows, present = _saved_dataset(p)
     else:
@@ -225,10 +243,13 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
     out: list[dict[str, str | None]] = []
     seen_ids: dict[str, str] = {}
     seen_text: dict[str, str] = {}
-    for where, row in rows:
+    for where, row in checking(rows, f"reading {what}"):
+        if len(out) == MAX_PROMPTS:
+            raise DataError(f"{where}: more than {MAX_PROMPTS:,} prompts in {what} ({p}); a run draws "
+                            f"iterations x data.prompts_per_iteration of them: keep those (or split the file)")
         text = row.get(columns.prompt)
         if not isinstance(text, str) or not visible(text):
-            raise DataError(f"{where}: column {columns.prompt!r} must be a string with visible text, got {text!r}")
+            raise DataError(f"{where}: column {columns.prompt!r} must be a string with visible text, got {shown(text)}")
         answer = _text(row.get(answer_col), where, answer_col, (str, int, float)) if answer_col else None
         if isinstance(row.get(answer_col), float) and not np.isfinite(row[answer_col]):
             raise DataError(f"{where}: column {answer_col!r} is {row[answer_col]}, not an answer")
@@ -237,21 +258,35 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
                             f"(this set is scored by exact match), got {answer!r}")
         kind = _text(row.get(kind_col), where, kind_col, (str,)) if kind_col else None
         if kind is not None and kind.strip() and kind not in KINDS:
-            raise DataError(f"{where}: column {kind_col!r} is {kind!r}, a kind without validated grading rules; "
+            raise DataError(f"{where}: column {kind_col!r} is {shown(kind)}, a kind without validated grading rules; "
                             f"expected one of {', '.join(KINDS)} or empty (then only explicit answers are graded)")
         given = _text(row.get(id_col), where, id_col, (str, int)) if id_col else None
         if given is not None and not visible(given):
             raise DataError(f"{where}: column {id_col!r} is {given!r}, an empty id (leave it null to derive one)")
+        for column, value in ((columns.prompt, text), (answer_col, answer), (id_col, given)):
+            problem = value is not None and (unicode_problem(value) or (
+                len(value) > MAX_PROMPT_CHARS and f"{len(value):,} characters long; at most {MAX_PROMPT_CHARS:,}"))
+            if problem:
+                raise DataError(f"{where}: column {column!r} is {problem}")
         pid = given if given is not None else prompt_id(text)
-        if pid in seen_ids:
-            raise DataError(f"{where}: duplicate prompt id {pid!r} (first at {seen_ids[pid]})")
-        if text in seen_text:
-            raise DataError(f"{where}: duplicate prompt (first at {seen_text[text]}): {text[:80]!r}")
-        seen_ids[pid] = seen_text[text] = where
+        # Texts that differ only in how their characters are composed (NFC vs NFD) are the same text.
+        id_key, text_key = unicodedata.normalize("NFC", pid), unicodedata.normalize("NFC", text)
+        if id_key in seen_ids:
+            raise DataError(f"{where}: duplicate prompt id {shown(pid)} (first at {seen_ids[id_key]})")
+        if text_key in seen_text:
+            raise DataError(f"{where}: duplicate prompt (first at {seen_text[text_key]}): {text[:80]!r}")
+        seen_ids[id_key] = seen_text[text_key] = where
         out.append({"prompt_id": pid, "prompt": text, "answer": answer, "kind": kind or None})
     if not out:
         raise DataError(f"{p}: no prompts in file")
     return pa.Table.from_pylist(out, schema=PROMPT_SCHEMA)
+
+
+def checking(items: Iterable[T], desc: str) -> Iterator[T]:
+    """``items``, with a progress bar on stderr once the check has taken more than a few seconds."""
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc=desc, unit=" prompts", file=sys.stderr, delay=3.0, mininterval=1.0, leave=False))
 
 
 def visible(text: str) -> bool:
@@ -309,7 +344,7 @@ def fit_to_context(prompts: pa.Table, need: Callable[[str], int], limit: int, po
     Returns the kept prompts and the counts {policy, kept, skipped, truncated}.
     """
     kept, skipped, truncated = [], 0, 0
-    for row in prompts.to_pylist():
+    for row in checking(prompts.to_pylist(), f"sizing {source}"):
         n = need(row["prompt"])
         if n <= limit:
             kept.append(row)
@@ -343,32 +378,43 @@ class TokenBudget:
     A judge prompt is sized for the longest response it can quote (the
     response's max_tokens, plus ``MARGIN`` for re-tokenizing the decoded
     text) and the longest verdict (judge.max_tokens).
+
+    Counting is exact where it decides: each use is first bounded by the
+    bytes of its text (``workers.tokens.most_tokens``), and only a use whose
+    bound passes ``limit`` is encoded. So a need at most ``limit`` may be a
+    bound, and a need above it is the exact count.
     """
 
     tokenizer: Any
     generation: int  # generation.max_tokens
     judge: int  # judge.max_tokens
     eval_answer: int  # eval.max_tokens
+    limit: int  # model.max_model_len
     MARGIN = 8
 
     @staticmethod
     def of(cfg: RunConfig, tokenizer: Any) -> "TokenBudget":
-        return TokenBudget(tokenizer, cfg.generation.max_tokens, cfg.judge.max_tokens, cfg.eval.max_tokens)
+        return TokenBudget(tokenizer, cfg.generation.max_tokens, cfg.judge.max_tokens, cfg.eval.max_tokens,
+                           cfg.model.max_model_len)
 
-    def _len(self, text: str) -> int:
-        return len(prompt_token_ids(self.tokenizer, text))
+    def _need(self, text: str, extra: int) -> int:
+        """Tokens of ``text`` as a chat message plus ``extra``: a bound when that fits ``limit``, else exact."""
+        bound = most_tokens(self.tokenizer, text)
+        if bound is not None and template_tokens(self.tokenizer) + bound + extra <= self.limit:
+            return template_tokens(self.tokenizer) + bound + extra
+        return len(prompt_token_ids(self.tokenizer, text)) + extra
 
     def training(self, prompt: str) -> int:
-        return max(self._len(prompt) + self.generation,
-                   self._len(judge_message(prompt, "")) + self.generation + self.MARGIN + self.judge)
+        return max(self._need(prompt, self.generation),
+                   self._need(judge_message(prompt, ""), self.generation + self.MARGIN + self.judge))
 
     def verifiable(self, prompt: str) -> int:
-        return self._len(prompt) + self.eval_answer
+        return self._need(prompt, self.eval_answer)
 
     def instruction(self, prompt: str) -> int:
         answer = self.eval_answer + self.MARGIN
-        return max(self._len(prompt) + self.eval_answer, self._len(judge_message(prompt, "")) + answer + self.judge,
-                   self._len(pairwise_message(prompt, "", "")) + 2 * answer + self.judge)
+        return max(self._need(prompt, self.eval_answer), self._need(judge_message(prompt, ""), answer + self.judge),
+                   self._need(pairwise_message(prompt, "", ""), 2 * answer + self.judge))
 
     def shorten(self, text: str, tokens: int) -> str:
         ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)

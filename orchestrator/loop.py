@@ -116,7 +116,7 @@ def prepare(cfg: RunConfig, run_dir: str | Path, redo: str | None = None) -> Pre
     if not str(run_dir).strip():
         raise RunDirError("--run-dir is empty: give a path or a URI")
     model_path = resolve_model_path(cfg.model.path)
-    tokenizer = check_model(model_path, cfg.model.trust_remote_code, cfg.lora.target_modules)
+    tokenizer = check_model(model_path, cfg.model.trust_remote_code, cfg.lora.target_modules, cfg.model.max_model_len)
     budget, limit = TokenBudget.of(cfg, tokenizer), cfg.model.max_model_len
     training = load_prompts(cfg.data.prompts, cfg.data.columns)
     eval_sets, eval_fit = load_eval_sets(cfg, training, budget, limit)

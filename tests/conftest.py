@@ -12,6 +12,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # before any test module imports ray, which reads it at import.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
+from tests.refusals import case  # noqa: E402,F401 (the bad-input tests' fixture, imported once the environment is set)
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -29,6 +31,14 @@ def tiny_model_path():
     from orchestrator.models import ensure_default_model
 
     return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_path):
+    """The bundled model's tokenizer (with its chat template)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_path)
 
 
 @pytest.fixture(scope="session")

@@ -7,118 +7,19 @@ and checks the exit code, the message and that the recorded tree is unchanged. d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import signal
 import socket
-import stat
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import cli
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.run.rundir import RunDir
-
-PROMPTS = [{"prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(6)]
-
-
-def _tree(root: Path) -> dict[str, str]:
-    """Every path under ``root``: sha256 of a file, 'dir', or where a link points."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            out[rel] = f"link:{os.readlink(p)}"
-        elif p.is_dir():
-            out[rel] = "dir"
-        elif stat.S_ISREG(p.lstat().st_mode):
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-        else:
-            out[rel] = "special"
-    return out
-
-
-class Case:
-    """A scratch folder with a valid config and prompt file, changed by each case into one bad input."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.prompts = root / "prompts.jsonl"
-        self.prompts.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
-        self.tree = {"iterations": 1, "data": {"prompts": str(self.prompts), "prompts_per_iteration": 2},
-                     "eval": {"verifiable": None, "instructions": None, "injections": None}}
-        self.config = root / "config.yaml"
-        self.write_config()
-        self.run_dir = root / "run"
-
-    def write_config(self, text: str | None = None) -> None:
-        self.config.write_text(text if text is not None else yaml.safe_dump(self.tree))
-
-    def cfg(self):
-        return load_config(self.config)
-
-    def existing_run(self) -> RunDir:
-        """A run dir as a run of this config leaves it after its first stage (no engine: the stage is written here)."""
-        rd = RunDir(self.run_dir)
-        rd.open(self.cfg(), {"x": "1"})
-        rd.write_table("iter_001/generations.parquet", pa.table({"a": [1]}))
-        rd.commit("iter_001/generate", "iter_001/generations.parquet", 1, 1.0, {})
-        rd.write_table("iter_001/judgments.parquet", pa.table({"a": [2]}))
-        rd.commit("iter_001/judge", "iter_001/judgments.parquet", 1, 1.0, {})
-        rd.close()
-        return rd
-
-    def edit_state(self, edit) -> None:
-        path = self.run_dir / "state.json"
-        state = json.loads(path.read_text())
-        edit(state)
-        path.write_text(json.dumps(state))
-
-
-def refused(capsys, case: Case, argv: list[str], *named: str, watch: Path | None = None) -> str:
-    """Run the CLI; assert exit 2, each of ``named`` in the message, no traceback, and nothing changed on disk."""
-    watch = watch or case.root.parent
-    before = _tree(watch)
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError(f"selfreward {argv} hung")))
-    signal.alarm(60)
-    try:
-        rc = main(argv)
-    finally:
-        signal.alarm(0)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.startswith("selfreward: error: ") and "Traceback" not in err, err
-    for text in named:
-        assert text in err, (text, err)
-    assert _tree(watch) == before, "files were created or changed"
-    return err
-
-
-@pytest.fixture
-def case(tmp_path, monkeypatch):
-    root = tmp_path / "work"
-    root.mkdir()
-    monkeypatch.chdir(root)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-
-    def no_ray(*_):
-        raise AssertionError("Ray was started: the input was not refused before any work")
-
-    monkeypatch.setattr(cli, "_init_ray", no_ray)
-    return Case(root)
-
-
-def run(case: Case, *extra: str, run_dir: str | None = None) -> list[str]:
-    return ["run", str(case.config), "--run-dir", str(case.run_dir) if run_dir is None else run_dir, *extra]
-
+from tests.refusals import Case, model_copy, refused, replace_file, run, tree
 
 # --- config -------------------------------------------------------------------------------------------------------
 
@@ -239,31 +140,17 @@ def test_a_bom_and_unicode_line_separators_are_read_as_text(case):
 
 # --- model --------------------------------------------------------------------------------------------------------
 
-def _model_copy(case: Case, tiny_model_path: Path) -> Path:
-    """The bundled model's folder with every file linked, so a case can replace one."""
-    folder = case.root / "model"
-    folder.mkdir()
-    for f in Path(tiny_model_path).iterdir():
-        (folder / f.name).symlink_to(f)
-    return folder
-
-
-def _replace(folder: Path, name: str, text: str | bytes) -> None:
-    (folder / name).unlink()
-    (folder / name).write_bytes(text.encode() if isinstance(text, str) else text)
-
-
 def test_a_chat_template_that_cannot_render(capsys, case, tiny_model_path):
-    folder = _model_copy(case, tiny_model_path)
-    _replace(folder, "chat_template.jinja", "{{ raise_exception('no') }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    folder = model_copy(case, tiny_model_path)
+    replace_file(folder, "chat_template.jinja", "{{ raise_exception('no') }}{% for m in messages %}{{ m.content }}{% endfor %}")
     refused(capsys, case, run(case, f"model.path={folder}"), "chat template cannot render")
 
 
 def test_architectures_of_null(capsys, case, tiny_model_path):
-    folder = _model_copy(case, tiny_model_path)
+    folder = model_copy(case, tiny_model_path)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["architectures"] = [None]
-    _replace(folder, "config.json", json.dumps(cfg))
+    replace_file(folder, "config.json", json.dumps(cfg))
     refused(capsys, case, run(case, f"model.path={folder}"), '"architectures"')
 
 
@@ -271,7 +158,7 @@ def test_architectures_of_null(capsys, case, tiny_model_path):
                                     (60).to_bytes(8, "little") + b'{"w": {"dtype": "F32", "shape": [9], '
                                     b'"data_offsets": [0, 36]}}    '])
 def test_a_corrupt_safetensors_header(capsys, case, tiny_model_path, header):
-    folder = _model_copy(case, tiny_model_path)
+    folder = model_copy(case, tiny_model_path)
     (folder / "extra.safetensors").write_bytes(header)
     refused(capsys, case, run(case, f"model.path={folder}"), "extra.safetensors")
 
@@ -281,14 +168,14 @@ def test_a_corrupt_safetensors_header(capsys, case, tiny_model_path, header):
 def test_a_run_dir_that_is_a_file_or_under_one(capsys, case):
     case.run_dir.write_text("not a folder")
     refused(capsys, case, run(case), "is a file")
-    refused(capsys, case, run(case, run_dir=str(case.run_dir / "sub")), "not a writable directory")
+    refused(capsys, case, run(case, run_dir=str(case.run_dir / "sub")), "is a file")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_an_unwritable_parent(capsys, case):
     locked = case.root / "locked"
     locked.mkdir(mode=0o555)
-    refused(capsys, case, run(case, run_dir=str(locked / "run")), "not a writable directory")
+    refused(capsys, case, run(case, run_dir=str(locked / "run")), "is not writable")
 
 
 def test_a_config_yaml_that_is_not_yaml(capsys, case):
@@ -317,11 +204,11 @@ def test_a_state_json_of_the_wrong_shape(capsys, case, edit, named):
 def test_a_torn_metrics_jsonl_is_flagged_by_status(capsys, case):
     case.existing_run()
     (case.run_dir / "metrics.jsonl").write_text('{"kind": "iteration", "iteration": 1, "pairs_ke')
-    before = _tree(case.root)
+    before = tree(case.root)
     assert main(["status", str(case.run_dir)]) == 2
     out = capsys.readouterr()
     assert "DAMAGED" in out.out and "metrics.jsonl" in out.out and "Traceback" not in out.err
-    assert _tree(case.root) == before
+    assert tree(case.root) == before
 
 
 def test_a_refused_redo_leaves_state_json_as_it_was(capsys, case):

@@ -194,9 +194,12 @@ class Storage:
             if self.local:
                 _fsync_local(self.path(tmp))
             self.fs.move(self.path(tmp), self.path(rel))
-        except BaseException:
+        except BaseException as e:
             # The committed file (if any) is untouched; do not leave the partial temporary behind.
             self.delete(tmp)
+            if isinstance(e, OSError):
+                # Name the file being written (a full disk's error from the stream names none).
+                raise OSError(e.errno, f"cannot write {self.path(rel)}: {e.strerror or e}") from e
             raise
         if self.local:
             _fsync_local(self.path(parent), directory=True)

@@ -26,6 +26,36 @@ def prompt_token_ids(tokenizer: Any, user_message: str) -> list[int]:
     text, never as the template's control tokens. Raises TokenizerError when
     the tokenizer has no chat template, or one that rewrites the message text.
     """
+    head, tail = _template_ids(tokenizer)
+    return head + _ids(tokenizer, user_message, split=True) + tail
+
+
+def template_tokens(tokenizer: Any) -> int:
+    """Tokens the chat template adds around a user message (``prompt_token_ids`` less the message's own)."""
+    head, tail = _template_ids(tokenizer)
+    return len(head) + len(tail)
+
+
+def most_tokens(tokenizer: Any, text: str) -> int | None:
+    """An upper bound on the tokens of ``text`` as ``prompt_token_ids`` encodes a message, without encoding it: the
+    bytes of the text as the tokenizer normalises it (every token of a byte-level BPE, SentencePiece or WordPiece
+    vocabulary covers at least one byte), plus one for the word-start mark a pre-tokenizer may put before it. None
+    for a tokenizer without a Rust backend (then only encoding tells)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    normalizer = backend.normalizer
+    return 1 + len((normalizer.normalize_str(text) if normalizer is not None else text).encode("utf-8", "surrogatepass"))
+
+
+_TEMPLATES: dict[int, tuple[Any, list[int], list[int]]] = {}
+
+
+def _template_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids of the chat template before and after the user message (rendered once per tokenizer)."""
+    known = _TEMPLATES.get(id(tokenizer))
+    if known is not None and known[0] is tokenizer:
+        return known[1], known[2]
     if not getattr(tokenizer, "chat_template", None):
         raise TokenizerError(
             f"tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has no chat template; "
@@ -36,8 +66,9 @@ def prompt_token_ids(tokenizer: Any, user_message: str) -> list[int]:
         raise TokenizerError(f"the chat template of {getattr(tokenizer, 'name_or_path', '?')} rewrites the message text; "
                              "it cannot be used with untrusted prompts")
     head, tail = text.split(_SLOT)
-    return (_ids(tokenizer, head, split=False) + _ids(tokenizer, user_message, split=True)
-            + _ids(tokenizer, tail, split=False))
+    ids = (_ids(tokenizer, head, split=False), _ids(tokenizer, tail, split=False))
+    _TEMPLATES[id(tokenizer)] = (tokenizer, *ids)
+    return ids
 
 
 def _ids(tokenizer: Any, text: str, split: bool) -> list[int]:

@@ -390,14 +390,27 @@ _FALLBACKS: dict[str, list[tuple[str, Fallback]]] = {
 # --- grading ------------------------------------------------------------------------------
 
 
+# A number with its thousands grouped by spaces, the SI way ("1 234", "12 345 678.5"; a space, no-break space,
+# thin or narrow no-break space between groups).
+_SI_GROUPED = re.compile(r"[-\u2212]?\d{1,3}(?:[ \u00a0\u2009\u202f]\d{3})+(?:\.\d+)?")
+
+
+def _reference_value(answer: str) -> float | None:
+    """A reference answer's number: digits as the responses write them, or grouped in the SI way."""
+    text = answer.strip()
+    if _SI_GROUPED.fullmatch(text):
+        text = re.sub(r"[ \u00a0\u2009\u202f]", "", text)
+    return _to_float(text)
+
+
 def is_numeric(answer: str) -> bool:
     """Whether a reference answer is a number (compared numerically)."""
-    return _to_float(answer.strip()) is not None
+    return _reference_value(answer) is not None
 
 
 def _same(got: str, answer: str, numeric: bool) -> bool:
     if numeric:
-        value, expected = _to_float(got), _to_float(answer.strip())
+        value, expected = _to_float(got), _reference_value(answer)
         return value is not None and expected is not None and abs(value - expected) < 1e-9
     return got == answer.strip().lower()
 

@@ -45,6 +45,7 @@ from orchestrator.config import RunConfig
 from orchestrator.data import DataError, TokenBudget, fit_to_context, json_lines, load_prompts, shared_prompts
 from orchestrator.evaluation import stats
 from orchestrator.evaluation.answers import grade
+from orchestrator.inputs import check_input_path, unicode_problem
 from orchestrator.rewards.judge import (
     constrained_pairwise_regex,
     constrained_regex,
@@ -99,7 +100,7 @@ def load_eval_sets(cfg: RunConfig, train_prompts: pa.Table, budget: TokenBudget 
         if path is None:
             sets[field] = None
             continue
-        table = load_prompts(path, e.columns, require_answers=needs_answers, field="eval")
+        table = load_prompts(path, e.columns, require_answers=needs_answers, field="eval", what=field)
         shared = shared_prompts(table, train_prompts)
         if shared:
             (held_row, train_row), text = shared[0], table["prompt"][shared[0][0] - 1].as_py()
@@ -118,12 +119,14 @@ def load_injections(path: str | None) -> tuple[tuple[str, str], ...]:
     if path is None:
         return ()
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"eval.injections: file not found: {p}")
+    check_input_path(p, "eval.injections", DataError)
     out = []
     for n, obj in json_lines(p):
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not isinstance(obj.get("text"), str):
             raise DataError(f"{p}:{n}: expected an object with string fields 'id' and 'text'")
+        problem = unicode_problem(obj["id"] + obj["text"])
+        if problem:
+            raise DataError(f"{p}:{n}: {problem}")
         out.append((obj["id"], obj["text"]))
     if not out:
         raise DataError(f"{p}: no injections in file")

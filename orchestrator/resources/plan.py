@@ -17,14 +17,15 @@ MC-dropout step cannot fit beside what shares its GPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import ConfigError, RunConfig
+from orchestrator.config import ConfigError, RunConfig, parse_yaml
+from orchestrator.inputs import check_input_path, os_problem
+from orchestrator.models import SHAPE_FIELDS, read_model_config
 from workers.engines.limits import BATCHED_TOKENS, FIXED_GIB, GPU_MEMORY_SHARE, MAX_SEQS, lora_slot_rank
 
 LOG = logging.getLogger(__name__)
@@ -70,9 +71,8 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], source: str) -> "ModelShape":
-        c = config.get("text_config", config)
-        missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
-                   if not isinstance(c.get(k), int)]
+        c = config.get("text_config", config)  # checked by ``read_model_config``: positive integers where present
+        missing = [k for k, required in SHAPE_FIELDS.items() if required and c.get(k) is None]
         if missing:
             raise PlanError(f"{source}: the model config lacks {', '.join(missing)} (integers) for the memory plan")
         heads = c["num_attention_heads"]
@@ -109,15 +109,10 @@ class ModelShape:
 def model_shape(model_path: str | Path, model_config: str | Path | None = None) -> ModelShape:
     """The shape from ``model_config`` (a config.json), else from ``model_path``/config.json."""
     path = Path(model_config) if model_config else Path(model_path) / "config.json"
+    check_input_path(path, "--model-config" if model_config else "model.path's config.json", PlanError)
     if not path.is_file():
         raise PlanError(f"{path}: no model config.json here to plan from (model.path); give one with --model-config")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PlanError(f"{path}: not a JSON model config ({e})") from None
-    if not isinstance(config, dict):
-        raise PlanError(f"{path}: a model config is a JSON object")
-    return ModelShape.from_config(config, str(path))
+    return ModelShape.from_config(read_model_config(path, PlanError), str(path))
 
 
 @dataclass(frozen=True)
@@ -134,30 +129,45 @@ class Hardware:
 
 
 def cluster_hardware(path: str | Path) -> Hardware:
-    """The GPU worker nodes a Ray cluster launcher YAML declares (at their ``max_workers``)."""
-    import yaml
-
+    """The GPU worker nodes a Ray cluster launcher YAML declares (at their ``max_workers``); PlanError naming the
+    node type and field of a value Ray would not take."""
     p = Path(path)
+    check_input_path(p, "--cluster", PlanError)
     try:
-        spec = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise PlanError(f"--cluster {path}: cannot read it as YAML ({e})") from None
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlanError(f"--cluster {path}: cannot be read ({os_problem(e) if isinstance(e, OSError) else e})") from None
+    try:
+        spec = parse_yaml(text, f"--cluster {path}")
+    except ConfigError as e:
+        raise PlanError(str(e)) from None
     types = spec.get("available_node_types") if isinstance(spec, dict) else None
     if not isinstance(types, dict):
         raise PlanError(f"--cluster {path}: no available_node_types mapping")
+
+    def count(value: Any, field: str) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise PlanError(f"--cluster {path}: {field} must be a whole number >= 0, got {value!r}")
+        return value
+
+    top = count(spec.get("max_workers", 2**31 - 1), "max_workers")
     found: list[tuple[str, int, int, float, str]] = []
     for name, t in types.items():
-        try:
-            itype = (t.get("node_config") or {}).get("InstanceType")
-            known = INSTANCE_TYPES.get(itype)
-            gpus = int((t.get("resources") or {}).get("GPU", known[0] if known else 0))
-            workers = min(int(t.get("max_workers", 1)), int(spec.get("max_workers", t.get("max_workers", 1))))
-        except (AttributeError, TypeError, ValueError) as e:
-            raise PlanError(f"--cluster {path}: available_node_types.{name} is not a node type Ray reads ({e})") from None
+        where = f"available_node_types.{name}"
+        if not isinstance(t, dict) or not isinstance(t.get("node_config") or {}, dict) \
+                or not isinstance(t.get("resources") or {}, dict):
+            raise PlanError(f"--cluster {path}: {where} is not a node type Ray reads (a mapping with node_config "
+                            "and resources mappings)")
+        itype = (t.get("node_config") or {}).get("InstanceType")
+        known = INSTANCE_TYPES.get(itype) if isinstance(itype, str) else None
+        gpus = count((t.get("resources") or {}).get("GPU", known[0] if known else 0), f"{where}.resources.GPU")
+        workers = min(count(t.get("max_workers", 1), f"{where}.max_workers"), top)
         if not gpus:
             continue
         if known is None:
-            raise PlanError(f"--cluster {path}: available_node_types.{name}: instance type {itype!r} has GPUs whose "
+            raise PlanError(f"--cluster {path}: {where}: instance type {itype!r} has GPUs whose "
                             f"memory this plan does not know; known: {', '.join(sorted(INSTANCE_TYPES))}")
         found.append((name, workers, gpus, known[1], known[2]))
     if not found:

@@ -11,6 +11,7 @@ best effort: two processes starting within the same instant can both win it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -55,10 +56,15 @@ class RunLock:
                 holder = f.read().strip() or "another process"
                 f.close()
                 raise RunLockedError(self._message(holder)) from None
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps(_holder()))
-            f.flush()
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(_holder()))
+                f.flush()
+            except OSError as e:  # a full disk: name the file
+                with contextlib.suppress(OSError):
+                    f.close()  # flushes what did not fit again
+                raise OSError(e.errno, f"cannot write {self.storage.path(LOCK_FILE)}: {e.strerror or e}") from e
             self._file = f
         else:
             self.check()

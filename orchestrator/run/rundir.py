@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from orchestrator.config import (
     safe_fields,
     to_plain,
 )
+from orchestrator.inputs import shown, unicode_problem, writable_folder
 from orchestrator.run.lock import LOCK_FILE, RunLock, RunLockedError
 from workers import faults
 from workers.storage import Storage
@@ -64,6 +64,11 @@ class StageRecord:
     finished_at: str
     summary: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] | None = None  # a directory artifact: sha256 per file, to name the one that changed
+
+
+def _frozen_text(cfg: RunConfig) -> str:
+    """config.yaml's text for ``cfg``."""
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False)
 
 
 _PART_RE = re.compile(r"^part-(\d{9})-(\d{9})\.parquet$")
@@ -135,16 +140,17 @@ class RunDir:
         that is missing or damaged, a run dir another process holds.
         """
         st = self.storage
+        if st.local:
+            problem = unicode_problem(self.root)
+            if problem:
+                raise RunDirError(f"--run-dir {shown(self.root)}: {problem}")
+            reason = writable_folder(Path(st.root))
+            if reason:
+                raise RunDirError(f"--run-dir {self.root}: {reason}")
         if st.exists() and not st.is_dir():
             raise RunDirError(f"--run-dir {self.root} is a file, not a directory")
-        if st.local:
-            existing = Path(st.root)
-            while not existing.exists():
-                existing = existing.parent
-            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-                raise RunDirError(f"--run-dir {self.root}: {existing} is not a writable directory")
         if not st.exists(self.state_path):
-            if st.exists() and [n for n in st.listdir() if n != LOCK_FILE]:
+            if st.exists() and not self._unfinished_creation(cfg):
                 raise RunDirError(
                     f"{self.root} exists, is not empty and has no state.json: not a run directory; "
                     "pick an empty or new --run-dir"
@@ -186,11 +192,15 @@ class RunDir:
         if self.check(cfg, model_fingerprint):
             frozen = self._read_frozen_config()
             if to_plain(frozen) != to_plain(cfg):
-                st.write_text(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
+                st.write_text(self.config_path, _frozen_text(cfg))
             self._start_session(resumed=True)
             return True
         st.mkdir()
-        st.write_text(self.config_path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
+        for name in self._creation_leftovers():
+            st.delete(name)
+        # state.json is written last: a run dir without it holds nothing but what this creation writes, and the same
+        # command creates it again (``_unfinished_creation``).
+        st.write_text(self.config_path, _frozen_text(cfg))
         self._state = {
             "version": STATE_VERSION,
             "created_at": _now(),
@@ -203,6 +213,21 @@ class RunDir:
         }
         self._start_session(resumed=False)
         return False
+
+    def _creation_leftovers(self) -> list[str]:
+        """Temporary files a creation that failed mid-write left (none when it failed cleanly)."""
+        return [n for n in self.storage.listdir() if n.startswith((f".{self.config_path}.tmp-", f".{self.state_path}.tmp-"))]
+
+    def _unfinished_creation(self, cfg: RunConfig) -> bool:
+        """Whether the run dir (without state.json) holds only what creating it for ``cfg`` writes before state.json:
+        the lock, this config's config.yaml, temporary files. Anything else is someone's folder, never written over."""
+        names = set(self.storage.listdir()) - {LOCK_FILE} - set(self._creation_leftovers())
+        if not names:
+            return True
+        try:
+            return names == {self.config_path} and self.storage.read_text(self.config_path) == _frozen_text(cfg)
+        except UnicodeDecodeError:
+            return False
 
     def _start_session(self, resumed: bool) -> None:
         # parts_*: {stage key: parts}; train_resumed_from_step: {stage key: step}.

@@ -25,7 +25,8 @@ def _prompts(*texts):
 
 
 def test_overlong_prompts_follow_the_configured_policy(tokenizer):
-    budget = TokenBudget.of(load_config(None, ["generation.max_tokens=64", "judge.max_tokens=48"]), tokenizer)
+    budget = TokenBudget.of(load_config(None, ["generation.max_tokens=64", "judge.max_tokens=48",
+                                              f"model.max_model_len={LIMIT}"]), tokenizer)
     long = "Summarise this: " + "the quick brown fox jumps over the lazy dog " * 120
     table = _prompts("What is 2 + 2?", long)
     assert budget.training("What is 2 + 2?") <= LIMIT < budget.training(long)
