@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -13,6 +14,9 @@ from typing import Any
 
 EXIT_FAILED = 1  # the run could not finish (a full disk, a numerical blow-up): what is committed stays
 EXIT_BAD_INPUT = 2  # unusable config, data, model or run directory: nothing was computed
+# Operating-system errors that come from the paths given, not from the machine running out of something.
+INPUT_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP,
+                errno.EROFS, errno.EIO, errno.EINVAL, errno.EEXIST}
 
 
 class _Stdout(logging.Handler):
@@ -297,7 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfreward: error: {getattr(e, 'cause', None) or e}\nEverything committed before stays; rerunning "
               "starts the engines afresh.", file=sys.stderr)
         return EXIT_FAILED
-    except (TrainingError, FloatingPointError, OSError) as e:
+    except OSError as e:
+        if args.command != "run":
+            # status, report, replay, compare, plan read files and write their outputs, nothing to resume: a path
+            # the OS refuses is the input's (exit 2), a full disk or another failure to finish is not (exit 1).
+            print(f"selfreward: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT if e.errno in INPUT_ERRNOS else EXIT_FAILED
+        print(f"selfreward: error: {e}\nEverything committed before stays; rerun the same command to resume.", file=sys.stderr)
+        return EXIT_FAILED
+    except (TrainingError, FloatingPointError) as e:
         print(f"selfreward: error: {e}\nEverything committed before stays; rerun the same command to resume.", file=sys.stderr)
         return EXIT_FAILED
 

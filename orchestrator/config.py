@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 
 
 INT_MAX = 2**31 - 1
+MAX_ERRORS_SHOWN = 20  # a config with thousands of unknown keys is named by its first ones
 SEED_MAX = 2**32 - 1  # numpy's seeds (vLLM seeds numpy with the engine's seed)
 
 
@@ -450,7 +451,10 @@ class RunConfig(_Strict):
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
-    for e in err.errors():
+    errors = err.errors()
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"  ({len(errors)} errors, the first {MAX_ERRORS_SHOWN} shown)")
+    for e in errors[:MAX_ERRORS_SHOWN]:
         field = ".".join(str(p) for p in e["loc"])
         got = e.get("input")
         got_s = "" if isinstance(got, (dict, list, tuple)) else f" (got {shown(got)})"
@@ -543,6 +547,25 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
 for _tag in _REFUSED_TAGS:
     _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _Loader.refuse_tag)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes what ``_Loader`` reads back as written, and what YAML 1.1 readers read the same: a text that either
+    would read as a number, a boolean, a date or null (``0o17``, ``1e-4``, ``off``) is quoted."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str":
+            table = _Loader.yaml_implicit_resolvers
+            for ours, regexp in table.get(value[:1], []) + table.get(None, []):
+                if regexp.match(value):
+                    return ours
+        return tag
+
+
+def dump_yaml(tree: Any) -> str:
+    """``tree`` as YAML that ``parse_yaml`` reads back to the same values."""
+    return yaml.dump(tree, Dumper=_Dumper, sort_keys=False, allow_unicode=False)
 
 
 def parse_yaml(text: str, source: str) -> Any:

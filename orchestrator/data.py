@@ -105,6 +105,8 @@ def _jsonl(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | No
 
 def _csv(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[str] | None]:
     text = read_text_file(p)
+    # A field as long as a prompt may be (the csv module stops at 131,072 characters by default).
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_PROMPT_CHARS + 1))
     # strict: an unclosed quote is an error at the end of the file, not a field that swallows the rest of it.
     reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
     try:

@@ -233,6 +233,22 @@ def safetensors_names(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
+_TOKENIZERS: dict[tuple[Any, ...], Any] = {}
+
+
+def _tokenizer(folder: Path, trust_remote_code: bool) -> Any:
+    """The folder's tokenizer, loaded again whenever a file of the folder changed (a process that checks one model
+    for several runs loads it once). Shared: callers only read it."""
+    from transformers import AutoTokenizer
+
+    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+    key = (str(folder), trust_remote_code, stamp)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS.clear()  # one model at a time
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    return _TOKENIZERS[key]
+
+
 def check_model(folder: Path, trust_remote_code: bool, target_modules: tuple[str, ...] = (),
                 max_model_len: int | None = None) -> Any:
     """Check that ``folder`` holds a causal LM we may load, with a chat template; returns its tokenizer.
@@ -244,7 +260,6 @@ def check_model(folder: Path, trust_remote_code: bool, target_modules: tuple[str
     ``target_modules`` entry naming no module of the model, or a tokenizer
     without a chat template or whose template cannot render a conversation.
     """
-    from transformers import AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     cfg = read_model_config(folder / "config.json")
@@ -273,7 +288,7 @@ def check_model(folder: Path, trust_remote_code: bool, target_modules: tuple[str
             raise ModelError(f"lora.target_modules: {target!r} names no module of {folder} (its modules end in: "
                              f"{', '.join(leaves)})")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        tokenizer = _tokenizer(folder, trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"model.path {folder}: its tokenizer cannot be loaded ({e})") from e
     if not getattr(tokenizer, "chat_template", None):

@@ -25,6 +25,7 @@ from orchestrator import cli, inputs
 from orchestrator.cli import main
 from orchestrator.config import load_config
 from orchestrator.run.lock import RunLock
+from orchestrator.run.rundir import RunDir
 from tests import ROOT
 from tests.refusals import Case, model_copy, refused, run, tree
 from workers.storage import Storage
@@ -212,6 +213,17 @@ def test_numbers_and_words_are_read_as_a_person_means_them(case, text, field, va
         assert got == value
 
 
+def test_texts_that_look_like_numbers_survive_the_run_dirs_config_yaml(case):
+    """config.yaml is written so that it reads back as written (and as YAML 1.1 readers read it)."""
+    texts = {"prompt": "0o17", "answer": "1e5", "id": "off", "kind": "2024-01-02"}
+    cfg = load_config(case.config, [f"data.columns.{k}='{v}'" for k, v in texts.items()])
+    rd = RunDir(case.run_dir)
+    rd.open(cfg, {"x": "1"})
+    rd.close()
+    assert RunDir(case.run_dir).check(cfg)  # resumable: the frozen config equals it
+    assert yaml.safe_load((case.run_dir / "config.yaml").read_text())["data"]["columns"] == texts
+
+
 @pytest.mark.parametrize("override, named", [
     ("iterations=1:30", "iterations"),  # YAML 1.1's sexagesimal 90
     ("seed=4294967296", "seed"), ("seed=-1", "seed"),  # numpy takes 0 .. 2**32 - 1
@@ -278,6 +290,20 @@ def test_long_values_are_shown_cut(capsys, case):
     assert len(err) < 1500
     err = refused(capsys, case, run(case, "x" * (inputs.MAX_OVERRIDE_CHARS + 1)), "longer than")
     assert len(err) < 600
+
+
+def test_thousands_of_bad_fields_are_named_by_their_first(capsys, case):
+    case.write_config("".join(f"field_{i}: {i}\n" for i in range(5000)))
+    err = refused(capsys, case, run(case), "5000 errors, the first 20 shown", "field_0")
+    assert len(err) < 3000
+
+
+def test_a_csv_field_as_long_as_a_prompt_may_be(case):
+    from orchestrator.data import load_prompts
+
+    path = case.root / "long.csv"
+    path.write_text("prompt,answer\n" + "What? " * 40_000 + ",1\n")  # 240,000 characters: past csv's own limit
+    assert len(load_prompts(path)["prompt"][0].as_py()) == 240_000
 
 
 def test_prompts_too_long_or_too_many(capsys, case, monkeypatch):

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml
 
 from orchestrator.config import (
     ConfigError,
@@ -32,6 +31,7 @@ from orchestrator.config import (
     changed_fields,
     config_from_dict,
     config_hash,
+    dump_yaml,
     parse_yaml,
     safe_fields,
     to_plain,
@@ -68,7 +68,7 @@ class StageRecord:
 
 def _frozen_text(cfg: RunConfig) -> str:
     """config.yaml's text for ``cfg``."""
-    return yaml.safe_dump(to_plain(cfg), sort_keys=False)
+    return dump_yaml(to_plain(cfg))
 
 
 _PART_RE = re.compile(r"^part-(\d{9})-(\d{9})\.parquet$")
