@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "run":
             # status, report, replay, compare, plan read files and write their outputs, nothing to resume: a path
             # the OS refuses is the input's (exit 2), a full disk or another failure to finish is not (exit 1).
-            print(f"selfreward: error: {e}", file=sys.stderr)
+            text = str(e) if len(str(e)) <= 600 else f"{str(e)[:300]} ... {str(e)[-200:]}"  # a path may be very long
+            print(f"selfreward: error: {text}", file=sys.stderr)
             return EXIT_BAD_INPUT if e.errno in INPUT_ERRNOS else EXIT_FAILED
         print(f"selfreward: error: {e}\nEverything committed before stays; rerun the same command to resume.", file=sys.stderr)
         return EXIT_FAILED

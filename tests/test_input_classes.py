@@ -75,6 +75,13 @@ def test_a_run_dir_or_config_path_too_long(capsys, case):
     refused(capsys, case, ["run", "c" * 5000 + ".yaml"], "config file", "File name too long")
 
 
+@pytest.mark.parametrize("command", ["status", "report", "compare"])
+def test_the_other_commands_on_a_path_too_long(capsys, case, command):
+    argv = [command, str(case.root / ("r" * 5000))] + (["--out", str(case.root / "c.md")] if command == "compare" else [])
+    err = refused(capsys, case, argv, "File name too long")
+    assert len(err) < 800
+
+
 def test_paths_through_a_file_or_a_loop_of_links(capsys, case):
     refused(capsys, case, run(case, f"data.prompts={case.prompts}/more.jsonl"), "data.prompts", "Not a directory")
     (case.root / "loop.jsonl").symlink_to(case.root / "loop.jsonl")

@@ -110,6 +110,8 @@ def model_shape(model_path: str | Path, model_config: str | Path | None = None) 
     """The shape from ``model_config`` (a config.json), else from ``model_path``/config.json."""
     path = Path(model_config) if model_config else Path(model_path) / "config.json"
     check_input_path(path, "--model-config" if model_config else "model.path's config.json", PlanError)
+    if model_config and not path.is_file():
+        raise PlanError(f"--model-config {path}: not a file (give the model's config.json)")
     if not path.is_file():
         raise PlanError(f"{path}: no model config.json here to plan from (model.path); give one with --model-config")
     return ModelShape.from_config(read_model_config(path, PlanError), str(path))
