@@ -8,7 +8,6 @@ is near what a real run uses.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
@@ -17,7 +16,7 @@ INT_MAX = 2**31 - 1  # the largest count torch, numpy and vLLM all take
 MAX_CONFIG_BYTES = 1 << 20  # a config file (real ones are a few KB)
 MAX_OVERRIDE_CHARS = 1 << 16  # one dotted override on the command line
 MAX_MODEL_CONFIG_BYTES = 1 << 20  # a model's config.json (real ones are a few KB)
-MAX_PROMPT_FILE_BYTES = 1 << 30  # a prompt file, or the Arrow files of a saved dataset together
+MAX_PROMPT_FILE_BYTES = 1 << 30  # a prompt file (JSONL, CSV or Parquet)
 MAX_PROMPTS = 1_000_000  # prompts in one file
 MAX_PROMPT_CHARS = 1_000_000  # characters in one prompt (or answer, or id)
 
@@ -86,17 +85,7 @@ def check_output_file(path: str | Path, what: str, error: type[Exception]) -> No
     """A file to be written at ``path``: not a folder or anything but a regular file, in a folder files can be created
     in; ``error`` naming ``what`` and the path otherwise."""
     p = Path(path)
-    problem = unicode_problem(str(p))
-    if problem:
-        raise error(f"{what} {shown(str(p))}: {problem}")
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise error(f"{what} {shown(str(p))}: {os_problem(e)}") from None
-        st = None
+    st = check_input_path(p, what, error, allow_missing=True)
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise error(f"{what} {p}: {'a folder' if stat.S_ISDIR(st.st_mode) else 'not a regular file'}; "
                     "give the path of a file to write")
