@@ -4,26 +4,32 @@
 iteration (t >= 2: a previous model and a policy that differs from its
 reference) with known truth, runs the project's own selection
 (``orchestrator.rewards.selection.select`` with each shipped recipe's config) and
-losses (``workers.training.losses``) on it, and prints, per noise model and recipe:
-pairs kept, kept-label precision with its 95% interval, the lift over a
-random drop of the same size from the same candidates, the verdict, the
-verdict of each filter on its own, and how often the loss's gradient pushes
-toward the truly better response. It writes ``benchmarks/results/fidelity.json``.
-Seconds on a CPU, no model.
+losses (``workers.training.losses``) on it, and prints, per world and recipe:
+pairs kept, kept-label precision with its 95% interval over prompts, the
+lift over a random drop of the same size from the same candidates with its
+interval, the verdict, the verdict of each filter on its own, and how often
+the loss's gradient pushes toward the truly better response. It writes
+``benchmarks/results/fidelity.json``. Minutes on a CPU, no model.
 
-The world. Each prompt has N responses of latent quality q ~ N(0, 1); a
-response is correct when q > 0.25 (the truth). Each has a length (tokens),
-independent of q, and a confusability u ~ Exp(1): how hard it is to judge.
-Signals, built as the engines' tables (the same Arrow schemas):
+The world. Each prompt has 4 responses of latent quality q ~ N(0, 1), half
+of whose variance is the prompt's (its difficulty); a response is correct
+when q > 0.25 (the truth). Each has a length (tokens), independent of q,
+and a confusability u ~ Exp(1) times the prompt's own difficulty to judge
+(log-normal): how hard it is to judge. Signals, built as the engines'
+tables (the same Arrow schemas):
 
 - the judge's K verdicts: round(2.5 + 0.8 q + bias + noise), clipped to
   0..5, and a score distribution around each verdict's noisy mean (expected
   scores); what the bias and the per-verdict noise are is the noise model;
 - the previous judge's K verdicts, the same judge at the previous iteration;
-- the implicit reward per token, 0.5 q + N(0, 0.6), summed over tokens; the
-  policy's per-token log-likelihood, 0.4 q + N(0, 0.6), and the previous
-  model's with its own noise;
-- 8 MC-dropout passes: the per-token implicit reward plus N(0, 0.35 u).
+- the implicit reward per token, 0.5 s + N(0, 0.6 r), summed over tokens;
+  the policy's per-token log-likelihood, the reference's (N(-1.5, 0.3))
+  plus that implicit reward (log pi = log pi_ref + implicit), and the
+  previous model's, 0.4 q + its own noise; s is the quality q, or in the
+  ``echo`` worlds partly the current judge's own error; r = sqrt(40 /
+  tokens): per-token noise shrinks with length;
+- 8 MC-dropout passes: the per-token implicit reward plus N(0, 0.35 u r)
+  (in the ``untied_dropout`` worlds, an independent draw in place of u).
 
 Noise models (``NOISE``) say what the judge gets wrong:
 
@@ -37,8 +43,12 @@ Noise models (``NOISE``) say what the judge gets wrong:
 (a biased judge's K verdicts of one response agree: no verdict noise), and
 - ``constant``: every verdict is 3.
 
-``position_bias`` is a pairwise judge's (the win rate vs M0): its verdict
-favours the answer shown first.
+``Assumptions`` says what the internal signals are granted; ``FAILS`` are
+the worlds where one assumption fails: ``echo`` (the internal rewards track
+the judge's error instead of quality), ``half_echo`` (half of it), and
+``untied_dropout`` (the passes' spread has nothing to do with where the
+judge errs). ``position_bias`` is a pairwise judge's (the win rate vs M0):
+its verdict favours the answer shown first.
 
 What a filter should show, by construction. Judge-sample uncertainty sees
 only the spread of one judge's verdicts: it helps under ``independent`` and
@@ -46,10 +56,11 @@ cannot see a bias (``drift``, ``stable_bias``, ``length_bias``).
 Consistency compares two judges: it helps where their errors differ
 (``independent``, ``drift``) and cannot where they share them
 (``stable_bias``, ``length_bias``: consistent and wrong). MC-dropout helps
-where the errors grow with u, which the passes' spread measures (not under
-``length_bias``). Agreement with an internal reward (implicit, likelihood)
-helps wherever that reward's errors are independent of the judge's (all of
-them here). A constant judge gives no pair, so nothing can be claimed.
+where the errors grow with u, which the passes' spread then measures, and
+finds nothing where its spread is untied from u or under ``length_bias``.
+Agreement with an internal reward (implicit, likelihood) helps wherever
+that reward's errors are its own, and not where it echoes the judge's. A
+constant judge gives no pair, so nothing can be claimed.
 """
 
 from __future__ import annotations
@@ -93,6 +104,35 @@ class World:
     quality: dict[tuple[str, int], float]
 
 
+@dataclass(frozen=True)
+class Assumptions:
+    """What the world grants the internal signals (the defaults grant each filter its assumption).
+
+    ``echo``: the share of the internal rewards' (implicit reward,
+    likelihood) signal that is the current judge's own error instead of the
+    response's quality: 0, their errors are their own; 1, they echo the
+    judge (a model trained on its own labels comes to prefer what its judge
+    prefers). ``mc_noise``: what scales the MC-dropout passes' spread: the
+    judge's confusability u (``tied``: the passes are unsure where the judge
+    errs) or an independent draw (``untied``). ``length_noise``: per-token
+    noise shrinks with the response's length (a mean over more tokens).
+    ``prompt_effects``: the share of quality's variance that is the
+    prompt's (its difficulty), and the log-sd of how hard a prompt is to
+    judge (its responses' confusability), so pairs of one prompt share their
+    fate.
+    """
+
+    echo: float = 0.0
+    mc_noise: str = "tied"
+    length_noise: bool = True
+    prompt_effects: float = 0.5
+
+
+HOLDS = Assumptions()
+# Worlds where an internal signal's assumption fails: each filter built on it must claim no gain there.
+FAILS = {"echo": Assumptions(echo=1.0), "half_echo": Assumptions(echo=0.5), "untied_dropout": Assumptions(mc_noise="untied")}
+
+
 def _verdicts(rng: np.random.Generator, mean: np.ndarray, sd: np.ndarray, constant: bool) -> tuple[np.ndarray, np.ndarray]:
     """(scores, score distributions) of VERDICTS verdicts per response, around ``mean`` with per-verdict noise ``sd``."""
     noisy = mean[:, None] + rng.normal(0.0, 1.0, (mean.size, VERDICTS)) * sd[:, None]
@@ -105,14 +145,19 @@ def _verdicts(rng: np.random.Generator, mean: np.ndarray, sd: np.ndarray, consta
     return scores, probs / probs.sum(-1, keepdims=True)
 
 
-def world(noise: str, prompts: int, seed: int) -> World:
-    """One synthetic iteration under the noise model ``noise``, as the engines' tables (see the module docstring)."""
+def world(noise: str, prompts: int, seed: int, assume: Assumptions = HOLDS) -> World:
+    """One synthetic iteration under the noise model ``noise`` and the ``assume``d signals, as the engines' tables
+    (see the module docstring)."""
     rng = np.random.default_rng([seed, NOISE.index(noise)])
     n = prompts * RESPONSES
-    q = rng.normal(0.0, 1.0, n)
-    u = rng.exponential(1.0, n)
+    of_prompt = np.repeat(np.arange(prompts), RESPONSES)
+    share = assume.prompt_effects
+    q = math.sqrt(share) * rng.normal(0.0, 1.0, prompts)[of_prompt] + math.sqrt(1 - share) * rng.normal(0.0, 1.0, n)
+    hard = np.exp(rng.normal(0.0, share, prompts))[of_prompt]  # how much harder than usual the prompt is to judge
+    u = rng.exponential(1.0, n) * hard
     tokens = np.maximum(4, np.rint(rng.lognormal(math.log(40), 0.5, n))).astype(int)
     length_z = (np.log(tokens) - math.log(40)) / 0.5
+    shrink = np.sqrt(40 / tokens) if assume.length_noise else np.ones(n)  # per-token noise, relative to 40 tokens
     zero = np.zeros(n)
     bias_now = {"drift": rng.normal(0.0, 1.0, n) * 0.8 * (1 + u), "stable_bias": rng.normal(0.0, 1.0, n) * 0.8 * (1 + u),
                 "length_bias": 1.2 * length_z}.get(noise, zero)
@@ -120,13 +165,15 @@ def world(noise: str, prompts: int, seed: int) -> World:
     sd = 1.0 * (1 + u) if noise == "independent" else zero  # a biased judge's verdicts agree with each other
     now, now_probs = _verdicts(rng, 2.5 + 0.8 * q + bias_now, sd, noise == "constant")
     prev, prev_probs = _verdicts(rng, 2.5 + 0.8 * q + bias_prev, sd, noise == "constant")
-    implicit_norm = 0.5 * q + rng.normal(0.0, 0.6, n)
+    judge_error = (now.mean(1) - 2.5) / 0.8 - q  # what the current judge gets wrong, in units of quality
+    signal = (1 - assume.echo) * q + assume.echo * judge_error
+    implicit_norm = 0.5 * signal + rng.normal(0.0, 0.6, n) * shrink
     ref_norm = rng.normal(-1.5, 0.3, n)
-    policy_norm = 0.4 * q + rng.normal(0.0, 0.6, n) - 1.2
-    prev_norm = 0.4 * q + rng.normal(0.0, 0.6, n) - 1.2
+    prev_norm = 0.4 * q + rng.normal(0.0, 0.6, n) * shrink - 1.2
     logp_ref = ref_norm * tokens
     logp_policy = logp_ref + implicit_norm * tokens
-    mc = logp_ref[:, None] + (implicit_norm[:, None] + rng.normal(0.0, 1.0, (n, PASSES)) * 0.35 * u[:, None]) * tokens[:, None]
+    spread = 0.35 * (u if assume.mc_noise == "tied" else rng.exponential(1.0, n) * hard) * shrink
+    mc = logp_ref[:, None] + (implicit_norm[:, None] + rng.normal(0.0, 1.0, (n, PASSES)) * spread[:, None]) * tokens[:, None]
     keys = [(f"p{i // RESPONSES:06d}", i % RESPONSES) for i in range(n)]
     gens = pa.Table.from_pydict({
         "iteration": [2] * n, "prompt_id": [k[0] for k in keys], "prompt": [f"task {k[0]}" for k in keys],
@@ -154,7 +201,7 @@ def world(noise: str, prompts: int, seed: int) -> World:
         "num_tokens": tokens.tolist(), "logp_prev": (prev_norm * tokens).tolist(),
         "logp_policy_norm": (logp_policy / tokens).tolist(), "logp_ref_norm": ref_norm.tolist(),
         "logp_prev_norm": prev_norm.tolist(), "judge_expected": expected.tolist(),
-        "judge_expected_std": np.sqrt(mix @ (np.arange(6) ** 2) - expected**2).tolist(),
+        "judge_expected_std": np.sqrt(np.maximum(0.0, mix @ (np.arange(6) ** 2) - expected**2)).tolist(),
         "correct": (q > THRESHOLD).tolist(), "grade_rule": ["explicit"] * n, "logp_mc": mc.tolist(),
         "logp_mc_ref": logp_ref.tolist(),
     }, schema=artifacts.REWARDS)
@@ -192,17 +239,24 @@ def gradient_toward_truth(pairs: pa.Table, cfg: RunConfig) -> dict[str, Any]:
     truth = torch.tensor([1.0 if r["chosen_correct"] else -1.0 for r in rows], dtype=torch.float64)
     push = -h.grad * truth  # > 0: toward the correct response
     total = float(push.abs().sum())
-    return {"pairs": stats.proportion(int((push > 0).sum()), len(rows)).to_json(),
+    return {"pairs": stats.proportion_over_clusters([(r["prompt_id"], bool(v > 0)) for r, v in zip(rows, push)]).to_json(),
             "net": None if total == 0 else float(push.sum()) / total}
 
 
-def simulate(prompts: int = 6000, seed: int = 0, noise_models: tuple[str, ...] = NOISE,
-             recipes: list[tuple[str, str, list[str]]] = RECIPES) -> dict[str, Any]:
-    """Every recipe under every noise model: {noise: {recipe: result}} (see ``evaluate``)."""
+def worlds() -> list[tuple[str, str, Assumptions]]:
+    """(name, noise model, assumptions) of every simulated world: each noise model where the internal signals'
+    assumptions hold, then the worlds where one fails, under an unbiased and a consistently biased judge."""
+    return ([(noise, noise, HOLDS) for noise in NOISE]
+            + [(f"{noise} + {name}", noise, assume) for name, assume in FAILS.items()
+               for noise in ("independent", "stable_bias")])
+
+
+def simulate(prompts: int = 6000, seed: int = 0, recipes: list[tuple[str, str, list[str]]] = RECIPES) -> dict[str, Any]:
+    """Every recipe in every world: {world: {recipe: result}} (see ``evaluate``)."""
     out: dict[str, Any] = {}
-    for noise in noise_models:
-        w = world(noise, prompts, seed)
-        out[noise] = {name: evaluate(w, recipe_config(config, overrides)) for name, config, overrides in recipes}
+    for name, noise, assume in worlds():
+        w = world(noise, prompts, seed, assume)
+        out[name] = {recipe: evaluate(w, recipe_config(config, overrides)) for recipe, config, overrides in recipes}
     return out
 
 
@@ -248,19 +302,19 @@ def position_bias(prompts: int = 2000, seed: int = 0, bias: float = 2.0, skill: 
 def _rows(result: dict[str, Any]) -> list[list[str]]:
     from orchestrator.reporting.metrics import against_chance, show
 
-    rows = [["noise", "recipe", "kept/built", "kept-label precision", "against a random drop", "lift",
-             "gradient toward truth (pairs, net)", "filters on their own"]]
+    rows = [["world", "recipe", "kept/built", "kept-label precision", "against a random drop (lift over prompts)",
+             "gradient toward truth (pairs, net)", "filters on their own (lift)"]]
     for noise, by_recipe in result.items():
         for name, r in by_recipe.items():
             kept = r["label_quality"]["kept"]
             precision = stats.Estimate.from_json(kept["precision"])
-            chance = kept["random_drop"]["precision"]
-            lift = "-" if precision.value is None or chance is None else f"{precision.value - chance:+.3f}"
-            filters = "; ".join(f"{f}: {v['passed']['verdict']}" for f, v in r["label_quality"]["by_filter"].items())
+            filters = "; ".join(f"{f}: {v['passed']['verdict']}" + (
+                f" ({lift.value:+.3f})" if (lift := stats.Estimate.from_json(v["passed"]["lift"])).value is not None else "")
+                for f, v in r["label_quality"]["by_filter"].items())
             grad = r["gradient_toward_truth"]
             net = "-" if grad["net"] is None else f"{grad['net']:+.3f}"
             rows.append([noise, name, f"{r['pairs_kept']}/{r['pairs_built']}", show(precision, ".3f"),
-                         against_chance(kept), lift, f"{show(stats.Estimate.from_json(grad['pairs']), '.3f')}, {net}",
+                         against_chance(kept), f"{show(stats.Estimate.from_json(grad['pairs']), '.3f')}, {net}",
                          filters or "-"])
     return rows
 
@@ -281,7 +335,7 @@ def main() -> None:
                 + [[f"{p['bias']:.1f}", f"{p['true_win_rate']:.3f}", f"{p['first_order_only_win_rate']:.3f}",
                     f"{p['sampled_both_orders_win_rate']:.3f}", f"{p['probability_decided_win_rate']:.3f}",
                     p["degenerate"] or "no"] for p in positions]))
-    path = write_result("fidelity", {"prompts": args.prompts, "seed": args.seed, "noise_models": result,
+    path = write_result("fidelity", {"prompts": args.prompts, "seed": args.seed, "worlds": result,
                                      "position_bias": positions})
     print(f"wrote {path}")
 

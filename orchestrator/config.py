@@ -213,6 +213,12 @@ class ConsistencyConfig(_Strict):
         "CREAM ranks a model without a reference), or per-token likelihoods under M(t-1) vs M(t-2).",
     )
     threshold: float = Field(0.5, ge=0, le=1, description="Minimum C of a kept pair in mode 'filter'.")
+    undefined: Literal["drop", "keep"] = Field(
+        "drop",
+        description="Mode 'filter', where a previous model exists but a prompt's C is undefined (a constant ranking, "
+        "fewer than two comparable responses): drop its pairs (nothing vouches for them) or keep them. At iteration "
+        "1, without a previous model, the filter does not apply.",
+    )
 
 
 class AgreementConfig(_Strict):
@@ -246,13 +252,20 @@ class JudgeUncertaintyConfig(_Strict):
 
 class MCDropoutConfig(_Strict):
     passes: int = Field(0, ge=0, description="MC-dropout passes T of the policy per response; 0 = off.")
-    p: float = Field(0.1, gt=0, lt=1, description="Dropout rate on the last hidden state during the passes.")
-    measure: Literal["bald", "variance"] = Field(
-        "bald", description="Pair uncertainty: BALD mutual information or variance of the T implicit margins."
+    p: float = Field(0.1, gt=0, lt=1, description="Dropout rate on every decoder layer's output during the passes.")
+    measure: Literal["flip", "bald", "variance"] = Field(
+        "flip", description="Pair uncertainty over the T per-token implicit margins: the chance their sign flips, "
+        "Phi(-|mean| / sd) (free of the margins' scale), BALD mutual information, or their variance."
     )
     fraction: float = Field(0.25, ge=0, lt=1, description="Most uncertain fraction of candidate pairs acted on.")
     action: Literal["drop", "downweight"] = Field("drop", description="Drop those pairs, or multiply their weight.")
     downweight: float = Field(0.5, ge=0, le=1, description="Weight factor of down-weighted pairs.")
+
+    @model_validator(mode="after")
+    def _two_passes(self) -> "MCDropoutConfig":
+        if self.passes == 1:
+            raise ValueError("passes: 0 (off) or at least 2; one pass has no spread to measure (got 1)")
+        return self
 
 
 class SelectionConfig(_Strict):

@@ -173,7 +173,7 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
                                          lambda e: judge(e, cfg, t, gens, models), judge_summary)
             rewards, s_score = _table_stage(ctx, t, "score", "rewards", f"{d}/rewards.parquet",
                                             lambda e: score(e, cfg, t, gens, judg, answers, models),
-                                            lambda table: score_summary(table, models))
+                                            lambda table: score_summary(table, models, gens))
             pairs, s_select = _table_stage(ctx, t, "select", "pairs", f"{d}/pairs.parquet",
                                            lambda _: select_iteration(gens, rewards, judg, selection, models),
                                            lambda table: pairs_summary(table, cfg, t))

@@ -265,9 +265,10 @@ def judge_summary(table: pa.Table) -> dict[str, Any]:
             "expected_vs_sampled": judge_agreement(table)}
 
 
-def score_summary(table: pa.Table, models: Models) -> dict[str, Any]:
+def score_summary(table: pa.Table, models: Models, generations: pa.Table) -> dict[str, Any]:
     rules = Counter(r for r in table["grade_rule"].to_pylist() if r is not None)
-    return {"models": models.describe(), "grade_rules": dict(sorted(rules.items())), **judge_calibration(table)}
+    return {"models": models.describe(), "grade_rules": dict(sorted(rules.items())),
+            **judge_calibration(table, generations)}
 
 
 def pairs_summary(table: pa.Table, cfg: RunConfig, t: int) -> dict[str, Any]:

@@ -10,10 +10,12 @@ precision of the pairs it kept lies above what a random drop of the same
 size from the same candidates gives (``stats.random_drop``), beyond that
 baseline's 95% range.
 
-Judge calibration: how well the judge's score of a response separates
-correct from incorrect responses (AUROC over the responses with a gradable
-answer; the 95% interval bootstraps prompts), for the sampled mean score,
-the expected score and the previous judge where the run has them.
+Calibration of every internal signal: how well it separates correct from
+incorrect responses (AUROC over the responses with a gradable answer,
+pooled and within prompts; the 95% interval bootstraps prompts), for the
+judge's sampled mean, expected score and previous judge where the run has
+them, the policy's likelihood, and the controls any signal must beat: the
+response's length and whether it stopped (rather than being cut off).
 """
 
 from __future__ import annotations
@@ -34,20 +36,31 @@ def _pair_truth(r: dict[str, Any]) -> bool | None:
     return None if c is None or j is None or c == j else bool(c)
 
 
-def _precision(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    truths = [_pair_truth(r) for r in rows]
-    decided = [t for t in truths if t is not None]
-    right = sum(decided)
-    return {"pairs": len(rows), "decided": len(decided), "right": right,
-            "precision": stats.proportion(right, len(decided), "no decided pair").to_json()}
+def _precision(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Pairs, decided pairs, right labels and the prompts they came from, and the precision with its interval over
+    those prompts."""
+    decided = [(r["prompt_id"], t) for r in rows if (t := _pair_truth(r)) is not None]
+    return {"pairs": len(rows), "decided": len(decided), "right": sum(t for _, t in decided),
+            "prompts": len({p for p, _ in decided}),
+            "precision": stats.proportion_over_clusters(decided, seed, "no decided pair").to_json()}
 
 
-def _against_chance(subset: list[dict[str, Any]], pool: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    """The precision of ``subset`` and of random subsets of ``pool`` of its size, and the verdict between them."""
-    out = _precision(subset)
-    observed = stats.Estimate.from_json(out["precision"])
-    baseline = stats.random_drop([_pair_truth(r) for r in pool], len(subset), observed.value, seed)
-    return {**out, "random_drop": baseline.to_json(), "verdict": stats.verdict(observed, baseline)}
+def _against_chance(pool: list[dict[str, Any]], kept: list[bool], seed: int) -> dict[str, Any]:
+    """The precision of the ``kept`` members of ``pool`` against random subsets of ``pool`` of their size, the lift
+    and the verdict between them, with inference over prompts (``stats.compare``)."""
+    out = _precision([r for r, k in zip(pool, kept) if k], seed)
+    c = stats.compare([(r["prompt_id"], _pair_truth(r), k) for r, k in zip(pool, kept)], seed)
+    return {**out, "random_drop": c.random_drop_json(), "lift": c.lift.to_json(), "verdict": c.verdict}
+
+
+def _filters(pairs: pa.Table) -> list[str]:
+    return [name[len("pass_"):] for name in pairs.schema.names if name.startswith("pass_")]
+
+
+def _candidates(pairs: pa.Table) -> list[dict[str, Any]]:
+    """Pairs not dropped for a structural reason (too few scores, tie, margin, cap): those a filter could judge."""
+    filters = _filters(pairs)
+    return [r for r in pairs.to_pylist() if r["drop_reason"] is None or r["drop_reason"] in filters]
 
 
 def label_quality(pairs: pa.Table) -> dict[str, Any]:
@@ -58,12 +71,11 @@ def label_quality(pairs: pa.Table) -> dict[str, Any]:
     candidates it applied to are split into passed and failed, and the passed
     ones are compared with a random drop of the same size from those.
     """
-    rows = pairs.to_pylist()
-    filters = [name[len("pass_"):] for name in pairs.schema.names if name.startswith("pass_")]
-    structural_ok = [r for r in rows if r["drop_reason"] is None or r["drop_reason"] in filters]
+    filters = _filters(pairs)
+    structural_ok = _candidates(pairs)
     out: dict[str, Any] = {
         "candidates": _precision(structural_ok),
-        "kept": _against_chance([r for r in structural_ok if r["kept"]], structural_ok, seed=0),
+        "kept": _against_chance(structural_ok, [r["kept"] for r in structural_ok], seed=0),
         "dropped": _precision([r for r in structural_ok if not r["kept"]]),
         "by_filter": {},
     }
@@ -71,10 +83,103 @@ def label_quality(pairs: pa.Table) -> dict[str, Any]:
         col = f"pass_{f}"
         applied = [r for r in structural_ok if r[col] is not None]
         out["by_filter"][f] = {
-            "passed": _against_chance([r for r in applied if r[col]], applied, seed=k),
+            "passed": _against_chance(applied, [bool(r[col]) for r in applied], seed=k),
             "failed": _precision([r for r in applied if not r[col]]),
             "not_applicable": len(structural_ok) - len(applied),
         }
+    return out
+
+
+LABELLERS = ("pair's label", "likelihood", "implicit reward", "longer response", "stopped response")
+
+
+def labellers(pairs: pa.Table, generations: pa.Table) -> dict[str, Any]:
+    """Every labeller's precision on the same decided candidate pairs: the pair's own label (the judge's, or
+    whatever ranked the pair), the policy's per-token likelihood, the implicit reward, and two controls any
+    internal signal must beat: "the longer response is better" and "the response that stopped beats the one cut
+    off at max_tokens".
+
+    A labeller abstains where it cannot tell the two apart (an equal
+    length, both stopped, its margin 0 or undefined). Per labeller:
+    ``labelled`` of the ``decided`` candidate pairs, its precision on them
+    and the pair's own label's precision on the very same pairs (both over
+    prompts), so every row compares like with like.
+    """
+    rows = _candidates(pairs)
+    tokens = {(g["prompt_id"], g["sample_idx"]): g["num_tokens"]
+              for g in generations.select(["prompt_id", "sample_idx", "num_tokens"]).to_pylist()}
+
+    def sign(x: float | None) -> int:
+        return 0 if x is None or x == 0 else (1 if x > 0 else -1)
+
+    def stopped(r: dict[str, Any]) -> int:
+        c, j = r["chosen_finish_reason"] == "stop", r["rejected_finish_reason"] == "stop"
+        return 0 if c == j else (1 if c else -1)
+
+    votes = {
+        "pair's label": lambda r: 1,
+        "likelihood": lambda r: sign(r["likelihood_margin"]),
+        "implicit reward": lambda r: sign(r["implicit_margin"]),
+        "longer response": lambda r: sign(tokens.get((r["prompt_id"], r["chosen_idx"]), 0)
+                                           - tokens.get((r["prompt_id"], r["rejected_idx"]), 0)),
+        "stopped response": stopped,
+    }
+    decided = [(r, t) for r in rows if (t := _pair_truth(r)) is not None]
+    out: dict[str, Any] = {}
+    for k, name in enumerate(LABELLERS):
+        said = [(r["prompt_id"], v, t) for r, t in decided if (v := votes[name](r)) != 0]
+        out[name] = {
+            "labelled": len(said), "decided": len(decided),
+            "precision": stats.proportion_over_clusters([(p, (v > 0) == t) for p, v, t in said], k,
+                                                        "no decided pair it labels").to_json(),
+            "pair_label_same_pairs": stats.proportion_over_clusters([(p, t) for p, _, t in said], k,
+                                                                    "no decided pair it labels").to_json(),
+        }
+    return out
+
+
+# Per candidate pair, how sure a signal is of the pair's label (higher: surer), and the controls such a signal must
+# beat: a pair of longer responses (per-token noise shrinks with length), a chosen response longer than the rejected.
+CERTAINTY_SIGNALS = ("MC-dropout certainty", "judge-sample certainty", "consistency", "likelihood margin",
+                     "pair length (control)", "chosen longer (control)")
+
+
+def error_ranking(pairs: pa.Table, generations: pa.Table) -> dict[str, Any]:
+    """How well each uncertainty signal ranks the labels' errors: per signal, the AUROC of its certainty at
+    separating the decided candidate pairs whose label is right from those whose label is wrong (0.5: chance),
+    pooled and within prompts, beside the length controls.
+
+    Certainty: minus the MC-dropout uncertainty, ``p_correct`` (the judge's
+    held-out samples), the prompt's consistency C (one value per prompt: it
+    can rank only across prompts), the likelihood's margin for the chosen
+    response; controls: the pair's mean length in tokens, and the chosen
+    response's length minus the rejected's. None for a signal the pairs do
+    not carry.
+    """
+    tokens = {(g["prompt_id"], g["sample_idx"]): g["num_tokens"]
+              for g in generations.select(["prompt_id", "sample_idx", "num_tokens"]).to_pylist()}
+    decided = [(r, t) for r in _candidates(pairs) if (t := _pair_truth(r)) is not None]
+
+    def length(r: dict[str, Any], idx: str) -> float:
+        return float(tokens.get((r["prompt_id"], r[idx]), 0))
+
+    certainty = {
+        "MC-dropout certainty": lambda r: None if r["uncertainty"] is None else -r["uncertainty"],
+        "judge-sample certainty": lambda r: r["p_correct"],
+        "consistency": lambda r: r["consistency"],
+        "likelihood margin": lambda r: r["likelihood_margin"],
+        "pair length (control)": lambda r: (length(r, "chosen_idx") + length(r, "rejected_idx")) / 2,
+        "chosen longer (control)": lambda r: length(r, "chosen_idx") - length(r, "rejected_idx"),
+    }
+    out: dict[str, Any] = {}
+    for k, name in enumerate(CERTAINTY_SIGNALS):
+        scores = [certainty[name](r) for r, _ in decided]
+        if decided and all(v is None for v in scores):
+            out[name] = None  # the pairs do not carry this signal
+            continue
+        labels, prompts = [t for _, t in decided], [r["prompt_id"] for r, _ in decided]
+        out[name] = {"pooled": stats.auroc(scores, labels, prompts, seed=k).to_json(),
+                     "within": stats.auroc(scores, labels, prompts, seed=k, within=True).to_json()}
     return out
 
 
@@ -105,23 +210,39 @@ def agreement_rate(pairs: pa.Table) -> dict[str, Any]:
     return out
 
 
-def judge_calibration(rewards: pa.Table) -> dict[str, Any]:
-    """AUROC of each judge signal, and of the policy's per-token likelihood, at separating correct from incorrect
-    responses (None where the run lacks the signal).
+# What separates correct from incorrect responses: (metrics key, rewards column). The last two are controls that
+# any internal signal must beat to be worth reading: the response's length in tokens, and whether it stopped on its
+# own (1) rather than being cut off at max_tokens (0).
+CALIBRATION_SIGNALS = (("judge_auroc", "judge_mean"), ("judge_auroc_expected", "judge_expected"),
+                       ("judge_auroc_previous", "judge_mean_prev"), ("likelihood_auroc", "logp_policy_norm"),
+                       ("length_auroc", "num_tokens"), ("stopped_auroc", "stopped"))
+
+
+def judge_calibration(rewards: pa.Table, generations: pa.Table | None = None) -> dict[str, Any]:
+    """AUROC of each judge signal, of the policy's per-token likelihood and of the controls (length, stopped) at
+    separating correct from incorrect responses, pooled and within prompts (``<key>_within``); None where the run
+    lacks the signal.
 
     Responses without a reference answer or with an ungradable one are left
     out: the truth of the first is unknown, and the second has no answer to
-    be right or wrong about.
+    be right or wrong about. ``generations``: where the finish reasons come
+    from (without it, no ``stopped_auroc``).
     """
-    cols = ["prompt_id", "correct", "grade_rule", "judge_mean", "judge_expected", "judge_mean_prev", "logp_policy_norm"]
-    rows = [r for r in rewards.select(cols).to_pylist() if r["correct"] is not None and r["grade_rule"] != UNGRADABLE]
-    out = {}
-    for key, col in (("judge_auroc", "judge_mean"), ("judge_auroc_expected", "judge_expected"),
-                     ("judge_auroc_previous", "judge_mean_prev"), ("likelihood_auroc", "logp_policy_norm")):
-        if rewards.num_rows and rewards[col].null_count == rewards.num_rows and key != "judge_auroc":
-            out[key] = None  # the run does not collect this signal (at this iteration)
+    cols = ["prompt_id", "sample_idx", "correct", "grade_rule", *{c for _, c in CALIBRATION_SIGNALS} - {"stopped"}]
+    stopped = {} if generations is None else {
+        (g["prompt_id"], g["sample_idx"]): float(g["finish_reason"] == "stop")
+        for g in generations.select(["prompt_id", "sample_idx", "finish_reason"]).to_pylist()}
+    rows = [r | {"stopped": stopped.get((r["prompt_id"], r["sample_idx"]))} for r in rewards.select(cols).to_pylist()
+            if r["correct"] is not None and r["grade_rule"] != UNGRADABLE]
+    out: dict[str, Any] = {}
+    for key, col in CALIBRATION_SIGNALS:
+        collected = bool(stopped) if col == "stopped" else rewards[col].null_count < rewards.num_rows
+        if rewards.num_rows and not collected and key != "judge_auroc":
+            out[key] = out[f"{key}_within"] = None  # the run does not collect this signal (at this iteration)
             continue
-        out[key] = stats.auroc([r[col] for r in rows], [r["correct"] for r in rows], [r["prompt_id"] for r in rows]).to_json()
+        scores, labels, prompts = [r[col] for r in rows], [r["correct"] for r in rows], [r["prompt_id"] for r in rows]
+        out[key] = stats.auroc(scores, labels, prompts).to_json()
+        out[f"{key}_within"] = stats.auroc(scores, labels, prompts, within=True).to_json()
     all_scores = rewards["judge_mean"].to_pylist()
     out["judge_score_mean"] = stats.mean(all_scores, why_empty="no parsed verdict").to_json()
     out["graded_responses"] = len(rows)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from orchestrator.evaluation import stats
+from orchestrator.evaluation.labels import CALIBRATION_SIGNALS
 from orchestrator.evaluation.stats import Estimate
 
-Interval = Literal["wilson", "bootstrap", "none"]
+Interval = Literal["wilson", "bootstrap", "prompts", "none"]  # "prompts": a bootstrap over prompts
 
 
 @dataclass(frozen=True)
@@ -64,26 +65,38 @@ METRICS: list[Metric] = [
            "Share of the iteration's judge verdicts with a readable score."),
     Metric("judge_score_mean", "self judge score (training responses)", ".2f", "bootstrap", "judge/train_score", False,
            "Mean judge score of the iteration's sampled responses."),
-    Metric("judge_auroc", "judge AUROC (correct vs incorrect)", ".2f", "bootstrap", "judge/auroc", True,
-           "How well the judge's mean sampled score separates correct from incorrect responses (0.5 = chance)."),
-    Metric("judge_auroc_expected", "judge AUROC, expected score", ".2f", "bootstrap", "judge/auroc_expected", False,
+    Metric("judge_auroc", "judge AUROC (correct vs incorrect)", ".2f", "prompts", "judge/auroc", True,
+           "How well the judge's mean sampled score separates correct from incorrect responses (0.5 = chance), "
+           "every correct response against every incorrect one."),
+    Metric("judge_auroc_within", "judge AUROC within prompts", ".2f", "prompts", "judge/auroc_within", True,
+           "The same, comparing only responses to the same prompt (a signal that tracks prompt difficulty gains "
+           "nothing here)."),
+    Metric("judge_auroc_expected", "judge AUROC, expected score", ".2f", "prompts", "judge/auroc_expected", False,
            "The same for the expected score read from the judge's digit probabilities."),
-    Metric("judge_auroc_previous", "judge AUROC, previous judge", ".2f", "bootstrap", "judge/auroc_previous", False,
+    Metric("judge_auroc_previous", "judge AUROC, previous judge", ".2f", "prompts", "judge/auroc_previous", False,
            "The same for the previous model's verdicts."),
-    Metric("likelihood_auroc", "likelihood AUROC (correct vs incorrect)", ".2f", "bootstrap", "trust/likelihood_auroc", True,
+    Metric("likelihood_auroc", "likelihood AUROC (correct vs incorrect)", ".2f", "prompts", "trust/likelihood_auroc", True,
            "The same for the policy's per-token log-likelihood of each response: an internal signal defined from "
            "iteration 1."),
+    Metric("likelihood_auroc_within", "likelihood AUROC within prompts", ".2f", "prompts",
+           "trust/likelihood_auroc_within", True, "The likelihood's AUROC comparing only responses to the same prompt."),
+    Metric("length_auroc", "length AUROC (control)", ".2f", "prompts", "trust/length_auroc", True,
+           "The same for the response's length in tokens: a control any internal signal must beat."),
+    Metric("length_auroc_within", "length AUROC within prompts (control)", ".2f", "prompts",
+           "trust/length_auroc_within", False, "The length's AUROC comparing only responses to the same prompt."),
+    Metric("stopped_auroc", "stopped AUROC (control)", ".2f", "prompts", "trust/stopped_auroc", False,
+           "The same for whether the response stopped on its own rather than being cut off: a control."),
     Metric("mean_consistency", "mean consistency C", ".2f", "bootstrap", "trust/mean_consistency", True,
            "CREAM's C = (Kendall tau-b + 1) / 2 of current vs previous rankings, averaged over prompts where defined."),
     Metric("agreement_rate", "judge/implicit agreement", ".2f", "wilson", "trust/agreement_rate", True,
            "Candidate pairs whose implicit reward prefers the judge's chosen response too."),
     Metric("likelihood_agreement_rate", "judge/likelihood agreement", ".2f", "wilson", "trust/likelihood_agreement_rate",
            True, "Candidate pairs whose chosen response is also the more likely one per token under the policy."),
-    Metric("candidate_label_precision", "candidate-label precision", ".2f", "wilson", "trust/candidate_label_precision",
+    Metric("candidate_label_precision", "candidate-label precision", ".2f", "prompts", "trust/candidate_label_precision",
            False, "Decided candidate pairs whose chosen response is the correct one."),
-    Metric("kept_label_precision", "kept-label precision", ".2f", "wilson", "trust/kept_label_precision", True,
+    Metric("kept_label_precision", "kept-label precision", ".2f", "prompts", "trust/kept_label_precision", True,
            "Decided kept pairs whose chosen response is the correct one."),
-    Metric("dropped_label_precision", "dropped-label precision", ".2f", "wilson", "trust/dropped_label_precision", False,
+    Metric("dropped_label_precision", "dropped-label precision", ".2f", "prompts", "trust/dropped_label_precision", False,
            "Decided dropped pairs whose chosen response is the correct one."),
     Metric("expected_vs_sampled_agreement", "expected vs sampled judge, pair order", ".2f", "wilson",
            "judge/expected_vs_sampled", False,
@@ -102,7 +115,9 @@ BY_KEY = {m.key: m for m in METRICS}
 
 
 def show(value: Estimate | float | None, fmt: str, why: bool = False) -> str:
-    """One value as text: "0.281 [0.160, 0.452] 9/32" for a proportion, "1.25 [0.90, 1.61] n=8" for a mean.
+    """One value as text: "0.281 [0.160, 0.452] 9/32" for a proportion, "1.25 [0.90, 1.61] n=8" for a mean,
+    "0.63 [0.55, 0.71] 25 correct / 212 incorrect" for an AUROC, with ", 40 prompts" where the interval resamples
+    prompts.
 
     "n/a" for a number that could not be measured (with the reason when ``why``), "-" for one absent.
     """
@@ -116,7 +131,11 @@ def show(value: Estimate | float | None, fmt: str, why: bool = False) -> str:
     if value.lo is not None:
         spec = fmt.lstrip("+")
         text += f" [{format(value.lo, spec)}, {format(value.hi, spec)}]"
-    return text + (f" {value.k}/{value.n}" if value.k is not None else f" n={value.n}")
+    if value.classes is not None:
+        text += f" {value.classes[0]} correct / {value.classes[1]} incorrect"
+    else:
+        text += f" {value.k}/{value.n}" if value.k is not None else f" n={value.n}"
+    return text + (f", {value.clusters} prompts" if value.clusters is not None and value.interval == "prompts" else "")
 
 
 def cell(row: dict[str, Any], key: str, why: bool = False) -> str:
@@ -132,12 +151,19 @@ def kept_against_chance(row: dict[str, Any]) -> str:
 
 
 def against_chance(entry: dict[str, Any]) -> str:
-    """A ``label_quality`` entry with a random-drop baseline: its verdict and the baseline's mean and 95% range."""
+    """A ``label_quality`` entry with a random-drop baseline: its verdict, the baseline's mean and 95% range, and the
+    lift with its interval (both over prompts), or why it is not measurable."""
     baseline = entry["random_drop"]
-    if baseline["precision"] is None or entry["verdict"] == "no drop":
+    lift = Estimate.from_json(entry.get("lift"))
+    if entry["verdict"] == "not measurable" and lift is not None and lift.why:
+        return f"not measurable ({lift.why})"
+    if baseline["precision"] is None or entry["verdict"] == "no drop" or baseline.get("range95") is None:
         return entry["verdict"]
     lo, hi = baseline["range95"]
-    return f"{entry['verdict']} (chance {baseline['precision']:.2f} [{lo:.2f}, {hi:.2f}])"
+    text = f"{entry['verdict']} (chance {baseline['precision']:.2f} [{lo:.2f}, {hi:.2f}]"
+    if lift is not None and lift.lo is not None:
+        text += f", lift {lift.value:+.2f} [{lift.lo:+.2f}, {lift.hi:+.2f}]"
+    return text + ")"
 
 
 def filter_lines(row: dict[str, Any]) -> list[str]:
@@ -181,8 +207,9 @@ def iteration_row(t: int, s: dict[str, dict[str, Any]], wall: float, overlong: d
         "models": s["score"]["models"],
         "grade_rules": s["score"]["grade_rules"],
         "graded_responses": s["score"]["graded_responses"],
-        **{k: s["score"][k] for k in ("judge_score_mean", "judge_auroc", "judge_auroc_expected", "judge_auroc_previous",
-                                      "likelihood_auroc")},
+        "judge_score_mean": s["score"]["judge_score_mean"],
+        # Absent from summaries written before the controls and within-prompt AUROCs existed.
+        **{k: s["score"].get(k) for key, _ in CALIBRATION_SIGNALS for k in (key, f"{key}_within")},
         "pairs_built": s["select"]["pairs_built"],
         "pairs_kept": s["select"]["pairs_kept"],
         "drops": s["select"]["drops"],

@@ -5,9 +5,14 @@ has its own responses and its own judge noise. Replay recomputes the select
 stage of every committed iteration of one run, from its committed
 generations, judgments and rewards alone (no engine, seconds), once per
 recipe, and puts the label quality of each side by side: pairs built, kept,
-decided, kept-label precision with its 95% interval, a random drop of the
-same size from the same candidates, the lift over it and the verdict, per
-filter too.
+decided, kept-label precision with its 95% interval over prompts, a random
+drop of the same size from the same candidates, the lift over it (with its
+interval over prompts) and the verdict, per filter too. A second table puts
+every labeller on the same decided candidate pairs: the pair's own label,
+the likelihood, the implicit reward, and the controls any of them must
+beat (the longer response, the response that stopped). A third says how
+well each uncertainty signal (MC-dropout, the judge's samples, consistency,
+the likelihood's margin) ranks the labels' errors, beside length controls.
 
 The run's data stay what they are: its responses, verdicts, judge samples
 and log-probs. A recipe contributes its selection (pair strategy, filters,
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import RunConfig, load_config
-from orchestrator.evaluation.labels import label_quality
+from orchestrator.evaluation.labels import CERTAINTY_SIGNALS, LABELLERS, error_ranking, label_quality, labellers
 from orchestrator.evaluation.stats import Estimate
 from orchestrator.reporting.metrics import against_chance, show
 from orchestrator.rewards.selection import make_selection, select_iteration
@@ -116,7 +121,8 @@ def replay(run_dir: str | Path, recipe_paths: list[str | Path], overrides: tuple
             pairs = select_iteration(gens, rewards, judg, make_selection(recipe.cfg), models)
             out["recipes"].setdefault(recipe.name, {})[t] = {
                 "pairs_built": pairs.num_rows, "pairs_kept": sum(pairs["kept"].to_pylist()),
-                "label_quality": label_quality(pairs),
+                "label_quality": label_quality(pairs), "labellers": labellers(pairs, gens),
+                "error_ranking": error_ranking(pairs, gens),
             }
     return out
 
@@ -124,7 +130,7 @@ def replay(run_dir: str | Path, recipe_paths: list[str | Path], overrides: tuple
 def recipe_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the side-by-side table: one row per recipe, iteration and pair set (kept, each filter)."""
     header = ["recipe", "t", "pairs", "built", "kept", "decided", "label precision", "random drop of the same size",
-              "lift", "dropped / failed precision"]
+              "dropped / failed precision"]
     rows = []
     for name, by_t in result["recipes"].items():
         for t, r in by_t.items():
@@ -132,12 +138,40 @@ def recipe_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             sets = [("kept", q["kept"], q["dropped"])] + [(f"filter {f}", v["passed"], v["failed"])
                                                           for f, v in q["by_filter"].items()]
             for label, passed, failed in sets:
-                precision = Estimate.from_json(passed["precision"])
-                chance = passed["random_drop"]["precision"]
-                lift = None if precision.value is None or chance is None else precision.value - chance
                 rows.append([name, str(t), label, str(r["pairs_built"]), str(passed["pairs"]), str(passed["decided"]),
-                             show(precision, ".2f"), against_chance(passed), "-" if lift is None else f"{lift:+.2f}",
-                             show(Estimate.from_json(failed["precision"]), ".2f")])
+                             show(Estimate.from_json(passed["precision"]), ".2f", why=True), against_chance(passed),
+                             show(Estimate.from_json(failed["precision"]), ".2f", why=True)])
+    return header, rows
+
+
+def labeller_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the controls table: per recipe and iteration, every labeller on the same decided
+    candidate pairs, beside the pair's own label on the very pairs it labels."""
+    header = ["recipe", "t", "labeller", "labels / decided pairs", "its precision", "the pair's label on those pairs"]
+    rows = []
+    for name, by_t in result["recipes"].items():
+        for t, r in by_t.items():
+            for labeller in LABELLERS:
+                v = r["labellers"][labeller]
+                rows.append([name, str(t), labeller, f"{v['labelled']}/{v['decided']}",
+                             show(Estimate.from_json(v["precision"]), ".2f", why=True),
+                             "-" if labeller == "pair's label" else
+                             show(Estimate.from_json(v["pair_label_same_pairs"]), ".2f", why=True)])
+    return header, rows
+
+
+def ranking_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the error-ranking table: per recipe and iteration, each signal's certainty at ranking right
+    labels above wrong ones (AUROC), pooled and within prompts, beside the length controls."""
+    header = ["recipe", "t", "signal", "AUROC, right vs wrong labels", "within prompts"]
+    rows = []
+    for name, by_t in result["recipes"].items():
+        for t, r in by_t.items():
+            for signal in CERTAINTY_SIGNALS:
+                v = r["error_ranking"][signal]
+                if v is not None:
+                    rows.append([name, str(t), signal, show(Estimate.from_json(v["pooled"]), ".2f", why=True),
+                                 show(Estimate.from_json(v["within"]), ".2f", why=True)])
     return header, rows
 
 
@@ -149,8 +183,11 @@ def write_replay(run_dir: str | Path, recipe_paths: list[str | Path], out: str |
     from workers.storage import Storage
 
     result = replay(run_dir, recipe_paths, overrides)
-    header, rows = recipe_rows(result)
-    text = format_compare(header, rows, left=3)
+    text = (format_compare(*recipe_rows(result), left=3) + "\n\nEvery labeller on the same decided candidate pairs "
+            "(controls: the longer response, the response that stopped):\n\n" + format_compare(*labeller_rows(result), left=3)
+            + "\n\nHow well each signal's certainty ranks the labels' errors (AUROC: right labels above wrong ones; "
+            "0.5 is chance; 'correct' / 'incorrect' count right / wrong labels):\n\n"
+            + format_compare(*ranking_rows(result), left=3))
     rd = RunDir(run_dir)
     if out is None:
         folder, md = rd.storage, "replay.md"

@@ -183,12 +183,16 @@ def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     plots.append(("judge_scores.svg", "Mean rubric score of held-out responses by the fixed judge M0 and by the model "
                   "itself, and the mean self-judged score of each iteration's training responses. A self score rising "
                   "faster than the fixed score is reward inflation." + SMALL_NOTE))
-    _estimate_plot(its, ["judge_auroc", "judge_auroc_expected", "judge_auroc_previous", "likelihood_auroc"],
+    _estimate_plot(its, ["judge_auroc", "judge_auroc_within", "judge_auroc_expected", "judge_auroc_previous",
+                         "likelihood_auroc", "likelihood_auroc_within", "length_auroc"],
                    "Calibration: correct vs incorrect responses", "AUROC", out("judge_calibration.svg"), (0, 1),
                    reference=0.5)
     plots.append(("judge_calibration.svg", "How well the judge's score, and the policy's per-token likelihood, separate "
-                  "the iteration's correct from its incorrect responses (0.5, dashed, is chance): does the model's own "
-                  "reward track the truth, and does that drift across iterations?" + SMALL_NOTE))
+                  "the iteration's correct from its incorrect responses (0.5, dashed, is chance), over all responses "
+                  "and within prompts (where a signal that only tracks a prompt's difficulty gains nothing), beside "
+                  "the response's length as a control: a signal is worth reading only as far as it beats the control. "
+                  "An AUROC whose smaller class has fewer than 5 responses, or that comes from fewer than 5 prompts, is "
+                  "n/a." + SMALL_NOTE))
     degenerate = [f"iteration {r['iteration']}: {r['pairwise_degenerate']}" for r in its if r.get("pairwise_degenerate")]
     _estimate_plot(its, ["win_rate", "tie_rate", "loss_rate", "pairwise_position_consistency", "pairwise_first_position_rate"],
                    "M(t) vs M0, judged by M0 in both orders", "rate", out("win_rate.svg"), (0, 1))
@@ -205,8 +209,10 @@ def _plots(rd: RunDir, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
                          "dropped_label_precision"],
                    "Trust in the self-rewards", "rate", out("trust.svg"), (0, 1), bands=bands)
     plots.append(("trust.svg", "Cross-iteration consistency, internal-reward agreement, and label precision of kept vs "
-                  "dropped pairs (on prompts with reference answers); the gray range is the precision of a random drop "
-                  "of the same size from the same candidates: a filter helps only above it." + SMALL_NOTE))
+                  "dropped pairs (on prompts with reference answers), with intervals over prompts; the gray range is the "
+                  "precision of a random drop of the same size from the same candidates: a filter helps only where its "
+                  "lift over that drop has an interval above 0. Precision over pairs from fewer than 5 prompts is n/a."
+                  + SMALL_NOTE))
     reasons = sorted({k for r in its for k in r.get("drops", {})})
     _stacked_bars([r["iteration"] for r in its],
                   {"kept": [r["pairs_kept"] for r in its], **{k: [r["drops"].get(k, 0) for r in its] for k in reasons}},

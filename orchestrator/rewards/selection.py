@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from orchestrator.config import RunConfig
 from orchestrator.evaluation.answers import UNGRADABLE
 from orchestrator.rewards.consistency import consistency
-from orchestrator.rewards.uncertainty import bald, p_chosen_beats_rejected, sigmoid, variance
+from orchestrator.rewards.uncertainty import bald, flip, p_chosen_beats_rejected, sigmoid, variance
 from orchestrator.run.artifacts import PAIRS
 from orchestrator.run.roles import Models
 
@@ -66,6 +66,7 @@ class Candidate:
     chosen_correct: bool | None
     rejected_correct: bool | None
     drop_reason: str | None
+    previous_rewards: bool = True  # the prompt's responses have previous rewards (False at iteration 1)
 
 
 @dataclass(frozen=True)
@@ -167,13 +168,21 @@ class Filter(Protocol):
 
 @dataclass(frozen=True)
 class ConsistencyFilter:
-    """CREAM 'filter' mode: a pair passes when its prompt's consistency C >= threshold (None when C is undefined)."""
+    """CREAM 'filter' mode: a pair passes when its prompt's consistency C >= threshold.
+
+    Where C is undefined although the prompt has previous rewards (a
+    constant ranking, fewer than two comparable responses), nothing vouches
+    for its pairs: they fail (``undefined="drop"``) or pass (``"keep"``).
+    Without previous rewards (iteration 1) the filter does not apply (None).
+    """
 
     threshold: float
+    undefined: Literal["drop", "keep"] = "drop"
     name: str = "low_consistency"
 
     def verdicts(self, candidates: list[Candidate]) -> list[bool | None]:
-        return [None if r.consistency is None else r.consistency >= self.threshold for r in candidates]
+        return [r.consistency >= self.threshold if r.consistency is not None
+                else (self.undefined == "keep") if r.previous_rewards else None for r in candidates]
 
 
 @dataclass(frozen=True)
@@ -259,7 +268,7 @@ class Selection:
     holdout_verdicts: bool = False
     length_normalized: bool = False  # implicit rewards per response token
     consistency_source: Literal["judge", "implicit", "likelihood"] = "judge"
-    mc_measure: Literal["bald", "variance"] = "bald"
+    mc_measure: Literal["flip", "bald", "variance"] = "flip"
     # Filters listed here down-weight failing pairs by ``downweight`` instead of dropping them.
     downweight_filters: tuple[str, ...] = ()
     downweight: float = 0.5
@@ -406,7 +415,7 @@ def select(
                 likelihood_change_margin=_difference(likelihood_change(kc), likelihood_change(kr)),
                 uncertainty=_mc_uncertainty(rew[kc], rew[kr], sel),
                 chosen_correct=_correct(rew[kc]), rejected_correct=_correct(rew[kr]),
-                drop_reason=reason,
+                drop_reason=reason, previous_rewards=any(p is not None for p in prev),
             ))
     return _decide(rows, sel)
 
@@ -437,7 +446,7 @@ def _mc_uncertainty(c: Row, r: Row, sel: Selection) -> float | None:
         return None
     margins = [sel.beta * ((a - c["logp_mc_ref"]) / max(c["num_tokens"], 1) - (b - r["logp_mc_ref"]) / max(r["num_tokens"], 1))
                for a, b in zip(mc_c, mc_r, strict=True)]
-    return bald(margins) if sel.mc_measure == "bald" else variance(margins)
+    return {"flip": flip, "bald": bald, "variance": variance}[sel.mc_measure](margins)
 
 
 def _decide(rows: list[Candidate | Unpaired], sel: Selection) -> pa.Table:
@@ -491,7 +500,7 @@ def make_selection(cfg: RunConfig) -> Selection:
     s = cfg.selection
     filters: list[Filter] = []
     if s.consistency.mode == "filter":
-        filters.append(ConsistencyFilter(s.consistency.threshold))
+        filters.append(ConsistencyFilter(s.consistency.threshold, s.consistency.undefined))
     if s.agreement.enabled:
         filters.append(AgreementFilter(s.agreement.confidence if s.agreement.require_confident else None,
                                        s.agreement.signal))

@@ -1,7 +1,8 @@
 """How sure is a preference label? Estimators used by the uncertainty filters (UPO-style).
 
 Two sources: the judge's own samples (K verdicts per response) and
-MC-dropout on the implicit reward (T stochastic passes of the policy).
+MC-dropout on the implicit reward (T stochastic passes of the policy),
+summarised by ``flip``, ``bald`` or ``variance``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,26 @@ def bald(margins: Sequence[float]) -> float:
         raise ValueError("bald needs at least one margin")
     ps = [sigmoid(h) for h in margins]
     return max(0.0, _entropy(sum(ps) / len(ps)) - sum(_entropy(p) for p in ps) / len(ps))
+
+
+def flip(margins: Sequence[float]) -> float:
+    """How likely the pair's preference is to flip under the T MC-dropout margins h_1..h_T: Phi(-|mean| / sd).
+
+    The normal estimate of P(sign of a pass's margin differs from the passes'
+    mean sign), in [0, 0.5]: 0.5 when the passes' mean margin is 0 or lost
+    in their spread, near 0 when it stands far beyond it. Free of the scale
+    of the margins (beta, per-token or summed), so it moves with the gap
+    relative to the noise, where BALD on small margins (sigmoid nearly
+    linear) is about variance / 8 and ignores the gap. Needs T >= 2; with no
+    spread it is 0, or 0.5 where every margin is 0.
+    """
+    if len(margins) < 2:
+        raise ValueError("flip needs at least two margins")
+    mean = sum(margins) / len(margins)
+    sd = math.sqrt(sum((h - mean) ** 2 for h in margins) / (len(margins) - 1))
+    if sd == 0:
+        return 0.5 if mean == 0 else 0.0
+    return 0.5 * math.erfc(abs(mean) / sd / math.sqrt(2))
 
 
 def variance(margins: Sequence[float]) -> float:

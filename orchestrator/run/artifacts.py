@@ -51,7 +51,7 @@ PAIRS = pa.schema([
     # Per-token log-likelihood of chosen minus rejected under the policy, and the same of its change since the
     # previous model (null at iteration 1): internal signals defined without a reference.
     ("likelihood_margin", pa.float64()), ("likelihood_change_margin", pa.float64()),
-    # MC-dropout uncertainty of the pair (BALD or variance; null when off).
+    # MC-dropout uncertainty of the pair (selection.mc_dropout.measure: flip, BALD or variance; null when off).
     ("uncertainty", pa.float64()),
     # Whether chosen / rejected is correct; null when the prompt has no reference answer or the response has no
     # gradable answer (such a pair decides nothing about label precision).

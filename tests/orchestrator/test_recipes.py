@@ -1,6 +1,6 @@
 """Every shipped recipe on identical data: one run that collects every signal, each recipe's selection replayed on it.
 
-``jobs/configs/study-cpu.yaml`` runs 3 iterations on the verifiable set
+``jobs/configs/study-cpu.yaml``, set to 3 iterations, runs on the verifiable set
 against the stand-in backend (tests/orchestrator/standins.py), collecting the
 previous judge's verdicts, expected scores, MC-dropout passes and implicit
 rewards. Each
@@ -12,7 +12,6 @@ tests/workers/test_tiny_model.py.
 """
 
 import json
-import math
 import re
 
 import pyarrow.parquet as pq
@@ -30,6 +29,7 @@ CONFIGS = ROOT / "jobs" / "configs"
 RECIPES = ["srlm", "cream", "scir", "upo", "trusted"]
 PROMPTS, SAMPLES, K = 3, 3, 2
 TINY = [
+    "iterations=3",
     f"data.prompts_per_iteration={PROMPTS}",
     f"generation.samples_per_prompt={SAMPLES}",
     "generation.max_tokens=32",
@@ -160,7 +160,7 @@ def _scir(rows, rewards, t):
 def _upo(rows, rewards, t):
     for p in candidates(rows):
         assert (p["uncertainty"] is None) == (t == 1)
-        assert t == 1 or 0 <= p["uncertainty"] <= math.log(2)
+        assert t == 1 or 0 <= p["uncertainty"] <= 0.5  # flip: the chance the passes' margin changes sign
         assert (p["pass_mc_dropout_uncertain"] is None) == (t == 1)
         assert p["pass_judge_uncertain"] == (None if p["p_correct"] is None else p["p_correct"] >= 0.75)
         if p["kept"]:

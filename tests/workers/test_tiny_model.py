@@ -19,7 +19,7 @@ from workers.engines.vllm import VLLMEngine
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training import canaries
 from workers.training.losses import CDPO, CREAM, DPO, IPO, RDPO, SoftPreference
-from workers.training.mc_dropout import mc_dropout_logprobs
+from workers.training.mc_dropout import decoder_layers, mc_dropout_logprobs
 from workers.training.trainer import DPOTrainerCore
 from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ScoreRequest, ServedModelError
 
@@ -239,6 +239,8 @@ def test_mc_dropout_passes_are_stochastic_and_seeded(tiny_random_model_path, ran
         with core.model.disable_adapter():
             base = core.sequence_logprobs(core.model, seqs).tolist()
     assert [row[0] for row in nearly_off] == pytest.approx(policy, abs=1e-4)
+    # Dropout acts on every decoder layer's output, found under the LoRA wrapper.
+    assert len(decoder_layers(core.model)) == core.model.config.num_hidden_layers >= 2
     # The reference (here the base model) by the same code: equal to the base model's own log-probs, and not the
     # trained policy's.
     assert ref == ref_again == pytest.approx(base, abs=1e-4) and ref != pytest.approx(policy, abs=1e-3)
@@ -267,8 +269,8 @@ def test_every_loss_of_the_family_trains_the_tiny_model(tiny_random_model_path, 
 
 
 def test_down_weighting_is_absolute(tiny_random_model_path, monkeypatch):
-    """A step's loss is normalised by its pair count times the stage's mean weight, not by its own weight sum: a
-    batch of only down-weighted pairs trains at reduced strength."""
+    """A step's loss is normalised by its pair count, not by its own weight sum or the stage's mean weight: a
+    batch of only down-weighted pairs trains at reduced strength, whatever the other pairs' weights."""
     spec = specs.training(tiny_random_model_path, "dpo.micro_batch_pairs=2")
     core = DPOTrainerCore(spec)
     triples = PAIRS + [(p + " Please.", c, r) for p, c, r in PAIRS]
@@ -277,7 +279,7 @@ def test_down_weighting_is_absolute(tiny_random_model_path, monkeypatch):
     step = core._step
     monkeypatch.setattr(core, "_step", lambda *a: normalisers.append(a[4]) or step(*a))
     core.fit(examples)
-    assert normalisers == [2 * 0.625, 2 * 0.625]  # the same for the full and the down-weighted batch
+    assert normalisers == [2, 2]  # the same for the full and the down-weighted batch
 
     def grad_norm(weights):
         core.model.zero_grad(set_to_none=True)

@@ -26,8 +26,11 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
     when None); the reference is the base model (``reference`` None: the
     adapter disabled) or the adapter ``reference``.
     Llama-family models have no dropout layers of their own, so dropout with
-    rate ``p`` is applied to the last hidden state (the LM head's input);
-    pass t is seeded with ``spec.seed + t``, so results are reproducible.
+    rate ``p`` is applied to every decoder layer's output (the residual
+    stream each layer hands to the next, ``decoder_layers``): the noise then
+    passes through the rest of the network, where the model's uncertainty
+    lives, instead of perturbing the LM head's input alone. Pass t is seeded
+    with ``spec.seed + t``, so results are reproducible.
     Everything else runs in eval mode. ``progress``: a queue of
     ``workers.progress`` (one message per scored chunk). ``device``: where
     it runs ("cuda": the GPU Ray gave the task); ``borrowed_gpu``: the Ray id
@@ -63,13 +66,34 @@ def mc_dropout_logprobs(spec: TrainSpec, requests: list[ScoreRequest], passes: i
             core.model.set_adapter("reference")
             reference_logps = score_all("reference")
             core.model.set_adapter("default")
-        head = core.model.get_output_embeddings()
-        hook = head.register_forward_pre_hook(lambda _m, args: (torch.nn.functional.dropout(args[0], p, training=True),))
+        hooks = [layer.register_forward_hook(_dropout_hook(p)) for layer in decoder_layers(core.model)]
         try:
             by_pass = []
             for t in range(passes):
                 torch.manual_seed(spec.seed + t)  # seeds the CUDA generators too
                 by_pass.append(score_all(t + 1))
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
     return [list(row) for row in zip(*by_pass)] if by_pass else [[] for _ in seqs], reference_logps
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers: the ModuleList holding ``config.num_hidden_layers`` blocks."""
+    config = getattr(model, "config", None)
+    count = getattr(getattr(config, "text_config", config), "num_hidden_layers", None)
+    for _name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"no stack of {count} decoder layers found in {type(model).__name__}")
+
+
+def _dropout_hook(p: float) -> Any:
+    """A forward hook that applies dropout of rate ``p`` to a decoder layer's hidden-state output."""
+
+    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (torch.nn.functional.dropout(output[0], p, training=True), *output[1:])
+        return torch.nn.functional.dropout(output, p, training=True)
+
+    return hook

@@ -331,9 +331,8 @@ class DPOTrainerCore:
             return result
         per_step = spec.micro_batch_pairs * spec.grad_accum_steps * world
         batches = math.ceil(len(examples) / per_step)
-        # Weights are absolute: a step's loss is normalised by its pair count times the mean weight of the whole
-        # stage, not by its own weight sum, so a batch of down-weighted pairs trains at reduced strength.
-        weight_unit = sum(e.weight for e in examples) / len(examples)
+        # Weights are absolute: a step's loss is sum(weight * loss) over its pair count, not over its own weight sum
+        # or the stage's mean weight, so a pair of weight 0.5 pushes half as hard as a pair of weight 1 in any stage.
         self.make_scheduler(spec.epochs * batches)
         resumed = checkpoints.load(self) if checkpoints is not None else None
         if resumed is not None:
@@ -360,7 +359,7 @@ class DPOTrainerCore:
                 weight_total = float(sum(examples[i].weight for i in global_idx))
                 if weight_total > 0:  # else nothing to learn from; every rank sees the same global batch
                     step += 1
-                    result.steps.append(self._step(model, examples, ref, global_idx, len(global_idx) * weight_unit,
+                    result.steps.append(self._step(model, examples, ref, global_idx, len(global_idx),
                                                    rank, world, step, epoch))
                     if report is not None:
                         last = result.steps[-1]

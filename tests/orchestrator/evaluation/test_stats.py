@@ -1,6 +1,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 from scipy.stats import binomtest
 
@@ -60,32 +61,98 @@ def test_paired_difference_uses_the_shared_items_only():
     assert stats.paired_difference({"a": 1}, {"b": 1}).value is None
 
 
-def test_auroc_by_hand():
+def test_auroc_by_hand_pooled_and_within_prompts():
     # Positives 3 and 2 against negatives 1 and 2: 3>1, 3>2, 2>1 win, 2=2 counts half: 3.5 / 4.
     assert stats.auroc_point([3, 2], [1, 2]) == 0.875
-    got = stats.auroc([3, 2, 1, 2, None], [True, True, False, False, True], ["a", "b", "a", "b", "c"])
-    assert got.value == 0.875 and got.n == 4 and got.lo <= got.value <= got.hi
-    assert stats.auroc([1, 2], [True, True], ["a", "b"]).why == "no incorrect responses"
-    assert stats.auroc([1.0, 1.0, 1.0, 1.0], [True, False, True, False], "abcd").value == 0.5  # a constant judge
+    # Prompt i: its correct response scores i + 1, its incorrect one i + 0.5. Within every prompt the correct one
+    # wins (1.0); pooled, correct j beats incorrect i only when j >= i: 15 of 25 (0.6).
+    scores = [s for i in range(5) for s in (i + 1, i + 0.5)] + [None]
+    labels = [True, False] * 5 + [True]
+    prompts = [f"p{i}" for i in range(5) for _ in range(2)] + ["p0"]
+    pooled, within = stats.auroc(scores, labels, prompts), stats.auroc(scores, labels, prompts, within=True)
+    assert (pooled.value, within.value) == (0.6, 1.0)
+    assert pooled.classes == within.classes == (5, 5) and pooled.clusters == 5 and pooled.interval == "prompts"
+    assert pooled.lo <= 0.6 <= pooled.hi and within.lo == within.hi == 1.0
+    assert Estimate.from_json(pooled.to_json()) == pooled
 
 
-def test_random_drop_matches_the_exact_distribution():
+def test_an_auroc_over_too_few_of_a_class_or_of_prompts_is_na_with_both_classes():
+    one = stats.auroc(list(range(25)), [True] + [False] * 24, [f"p{i}" for i in range(25)])
+    assert one.value is None and one.classes == (1, 24) and one.why == "1 correct / 24 incorrect: fewer than 5 of a class"
+    two = stats.auroc(list(range(10)), [True, False] * 5, ["a"] * 5 + ["b"] * 5)
+    assert two.value is None and two.why == "responses from 2 prompts: fewer than 5"
+    assert stats.auroc([1, 2], [True, True], ["a", "b"]).why == "2 correct / 0 incorrect: fewer than 5 of a class"
+    # Every correct response in one prompt of ten: a third of the resamples over prompts lack the class, and an
+    # interval over the rest would be conditional (too narrow): n/a, saying so.
+    scores = list(range(60))
+    labels = [True] * 6 + [False] * 54
+    prompts = ["p0"] * 6 + [f"p{1 + i % 9}" for i in range(54)]
+    lone = stats.auroc(scores, labels, prompts)
+    assert lone.value is None and "resamples over prompts" in lone.why
+    assert stats.auroc([1.0] * 10, [True, False] * 5, [f"p{i}" for i in range(10)]).value == 0.5  # a constant signal
+
+
+def test_intervals_over_prompts_cover_where_pair_level_ones_do_not():
+    """22 prompts drawn from a population whose label precision varies by prompt (sd 0.25 around 0.6), 15 pairs
+    each: the interval over prompts covers the population's precision about 95% of the time, Wilson's (pairs as if
+    independent) far less. The prompts are a sample: another draw of 22 gives another precision."""
+    rng = np.random.default_rng(7)
+    truth = float(np.clip(rng.normal(0.6, 0.25, 1_000_000), 0, 1).mean())
+    covered = {"prompts": 0, "wilson": 0}
+    trials = 300
+    for trial in range(trials):
+        p = np.clip(rng.normal(0.6, 0.25, 22), 0, 1)
+        items = [(i, bool(rng.random() < p[i])) for i in range(22) for _ in range(15)]
+        est = stats.proportion_over_clusters(items, seed=trial)
+        lo, hi = stats.wilson(est.k, est.n)
+        covered["prompts"] += est.lo <= truth <= est.hi
+        covered["wilson"] += lo <= truth <= hi
+    assert covered["prompts"] / trials >= 0.88 and covered["wilson"] / trials <= 0.80, covered
+
+
+def test_a_rate_over_too_few_prompts_is_na_and_keeps_its_counts():
+    few = stats.proportion_over_clusters([("a", True), ("a", False), ("b", True), ("c", True)])
+    assert few.value is None and (few.k, few.n, few.clusters) == (3, 4, 3) and few.why == "3/4 from 3 prompts: fewer than 5"
+    assert stats.proportion_over_clusters([], why_empty="no decided pair").why == "no decided pair"
+
+
+def test_random_drop_chance_matches_the_exact_distribution():
     labels = [True, True, True, False, False, None]
-    kept = 3
     exact = []
-    for subset in itertools.combinations(labels, kept):
+    for subset in itertools.combinations(labels, 3):
         decided = [x for x in subset if x is not None]
         if decided:
             exact.append(sum(decided) / len(decided))
-    chance = stats.random_drop(labels, kept, observed=1.0)
-    assert chance.precision == pytest.approx(sum(exact) / len(exact), abs=0.01)
-    assert chance.p_at_least == pytest.approx(sum(p >= 1.0 for p in exact) / len(exact), abs=0.02)
-    # A filter that kept exactly the right pairs of a large pool is far above chance; one that kept a random
-    # subset is within the range; keeping everything is "no drop".
-    pool = [True] * 60 + [False] * 40
-    assert stats.verdict(stats.proportion(30, 30), stats.random_drop(pool, 30, 1.0)) == "helps"
-    assert stats.verdict(stats.proportion(18, 30), stats.random_drop(pool, 30, 0.6)) == "no evidence"
-    assert stats.verdict(stats.proportion(0, 30), stats.random_drop(pool, 30, 0.0)) == "hurts"
-    assert stats.verdict(stats.proportion(60, 100), stats.random_drop(pool, 100, 0.6)) == "no drop"
-    assert stats.verdict(stats.proportion(0, 0), stats.random_drop([None, None], 1, None)) == "not measurable"
-    assert stats.verdict(stats.proportion(0, 0), stats.random_drop([], 0, None)) == "not applicable"
+    c = stats.compare([(f"p{i}", t, i < 3) for i, t in enumerate(labels)])
+    assert c.chance == pytest.approx(sum(exact) / len(exact), abs=0.01)
+    assert c.verdict == "not measurable" and "fewer than 5" in c.lift.why  # 3 kept pairs, from 3 prompts
+
+
+def test_verdicts_read_the_lift_over_prompts():
+    # 20 prompts of 5 pairs: 60 right, 40 wrong labels.
+    truths = [True] * 60 + [False] * 40
+    prompts = [f"p{i % 20}" for i in range(100)]
+
+    def verdict(kept):
+        return stats.compare(list(zip(prompts, truths, kept))).verdict
+
+    assert verdict([i < 40 for i in range(100)]) == "helps"  # right labels only
+    assert verdict([i >= 60 for i in range(100)]) == "hurts"  # wrong labels only
+    assert verdict([i % 2 == 0 for i in range(100)]) == "no evidence"  # every other pair
+    assert verdict([True] * 100) == "no drop"
+    assert stats.compare([("a", None, True), ("b", None, False)]).verdict == "not measurable"
+    assert stats.compare([]).verdict == "not applicable"
+
+
+def test_a_filter_without_an_effect_rarely_helps_when_prompts_vary():
+    """Prompts differ in precision (sd 0.25) and a filter keeps a random half of each prompt's pairs, more of some
+    prompts than others: the verdict over prompts says 'helps' or 'hurts' about as often as a 5% test should."""
+    rng = np.random.default_rng(11)
+    claims = 0
+    trials = 120
+    for trial in range(trials):
+        p = np.clip(rng.normal(0.6, 0.25, 22), 0, 1)
+        keep_rate = rng.uniform(0.2, 0.8, 22)
+        items = [(i, bool(rng.random() < p[i]), bool(rng.random() < keep_rate[i])) for i in range(22) for _ in range(15)]
+        claims += stats.compare(items, seed=trial).verdict in ("helps", "hurts")
+    assert claims / trials <= 0.10, claims

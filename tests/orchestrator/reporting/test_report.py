@@ -33,17 +33,20 @@ def test_report_writes_every_plot_and_escapes_run_text(tmp_path):
     # The accuracy plot has an error bar per model; the 2-item kept precision and 1-item judge means are hollow.
     acc = (root / PLOTS_DIR / "accuracy.svg").read_text()
     assert all(f'id="ci-eval_accuracy-{t}"' in acc for t in (0, 1, 2))
+    judge = (root / PLOTS_DIR / "judge_scores.svg").read_text()
+    assert 'id="small-n-eval_fixed_judge-1"' in judge and 'id="ci-eval_fixed_judge-1"' in judge
+    # Kept-label precision over pairs from fewer than 5 prompts is n/a: no point, no interval.
     trust = (root / PLOTS_DIR / "trust.svg").read_text()
-    assert 'id="small-n-kept_label_precision-1"' in trust and 'id="ci-kept_label_precision-1"' in trust
+    assert "kept_label_precision-1" not in trust and "n/a" in trust
 
 
 def test_points_resting_on_few_items_are_hollow_labelled_and_not_joined(tmp_path):
     root = make_run(tmp_path / "run", iterations=3, accuracy=(0.2, 0.3, 0.4, 0.5))
     write_report(root)
-    trust = (root / PLOTS_DIR / "trust.svg").read_text()
-    # One decided kept pair per iteration: each point hollow with its n, and no line joins them.
-    assert all(f'id="small-n-kept_label_precision-{t}"' in trust for t in (1, 2, 3))
-    assert trust.count("n=1") >= 3
+    judge = (root / PLOTS_DIR / "judge_scores.svg").read_text()
+    # Judge means over 3 responses per iteration: each point hollow with its n, and no line joins them.
+    assert all(f'id="small-n-eval_fixed_judge-{t}"' in judge for t in (1, 2, 3))
+    assert judge.count("n=3") >= 3
     # Accuracy rests on 10 prompts: filled points joined by lines.
     acc = (root / PLOTS_DIR / "accuracy.svg").read_text()
     assert "small-n-eval_accuracy" not in acc

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.stats import kendalltau
 
 from orchestrator.rewards.consistency import consistency, kendall_tau_b
-from orchestrator.rewards.uncertainty import bald, p_chosen_beats_rejected, variance
+from orchestrator.rewards.uncertainty import bald, flip, p_chosen_beats_rejected, variance
 
 
 @pytest.mark.parametrize("seed", range(200))
@@ -66,6 +66,22 @@ def test_bald_and_variance_by_hand():
     # Two confident, opposite passes: H(0.5) - H(sigmoid(10)) ~ log 2.
     assert bald([10.0, -10.0]) == pytest.approx(0.693, abs=1e-3)
     assert bald([1.0, -1.0]) < bald([4.0, -4.0])
+
+
+def test_flip_moves_with_the_gap_and_not_with_the_scale():
+    # Mean 1, sample sd 1: Phi(-1) = 0.1587.
+    assert flip([0.0, 1.0, 2.0]) == pytest.approx(0.158655, abs=1e-6)
+    assert flip([-1.0, 1.0]) == 0.5 and flip([2.0, 2.0]) == 0.0 and flip([0.0, 0.0]) == 0.5
+    noise = [0.3, -0.2, 0.1, -0.4, 0.25, -0.05, 0.15, -0.1]
+    # The same spread around a growing gap: flip falls; BALD on margins this small (beta 0.1 per token) barely moves.
+    gaps = [flip([g + e for e in noise]) for g in (0.0, 0.1, 0.3, 1.0)]
+    assert gaps == sorted(gaps, reverse=True) and gaps[0] > 0.4 and gaps[-1] < 1e-3
+    small = [bald([0.01 * (g + e) for e in noise]) for g in (0.0, 1.0)]
+    assert small[1] == pytest.approx(small[0], rel=0.05)
+    # Free of the margins' scale (beta, per-token or summed): only the gap against the spread counts.
+    assert flip([0.1 * (0.3 + e) for e in noise]) == pytest.approx(flip([10 * (0.3 + e) for e in noise]))
+    with pytest.raises(ValueError):
+        flip([1.0])
 
 
 @given(st.lists(st.floats(-30, 30, allow_nan=False), min_size=1, max_size=16))

@@ -102,7 +102,8 @@ def test_consistency_per_prompt_and_filter():
     spec = {
         "same": [R([1.0], prev=1.0), R([3.0], prev=2.0), R([5.0], prev=4.0)],  # same order: C = 1
         "flip": [R([1.0], prev=4.0), R([3.0], prev=2.0), R([5.0], prev=1.0)],  # reversed: C = 0
-        "new": [R([1.0]), R([5.0])],  # no previous verdicts: undefined
+        "new": [R([1.0]), R([5.0])],  # no previous verdicts: undefined, and the filter does not apply
+        "flat": [R([1.0], prev=3.0), R([5.0], prev=3.0)],  # the previous judge ties them: undefined, untrusted
     }
     sel = Selection(filters=(ConsistencyFilter(0.5),))
     table, out = rows(spec, sel)
@@ -110,9 +111,12 @@ def test_consistency_per_prompt_and_filter():
     assert (by["same"]["consistency"], by["same"]["kept"], by["same"]["pass_low_consistency"]) == (1.0, True, True)
     assert (by["flip"]["consistency"], by["flip"]["kept"], by["flip"]["drop_reason"]) == (0.0, False, "low_consistency")
     assert (by["new"]["consistency"], by["new"]["kept"], by["new"]["pass_low_consistency"]) == (None, True, None)
+    assert (by["flat"]["consistency"], by["flat"]["kept"], by["flat"]["drop_reason"]) == (None, False, "low_consistency")
+    _, kept = rows(spec, Selection(filters=(ConsistencyFilter(0.5, undefined="keep"),)))
+    assert [x["pass_low_consistency"] for x in kept if x["prompt_id"] == "flat"] == [True]
     summary = consistency_summary(table)
     assert summary["mean_consistency"]["value"] == 0.5 and summary["mean_consistency"]["n"] == 2
-    assert (summary["consistency_prompts"], summary["consistency_undefined_prompts"]) == (2, 1)
+    assert (summary["consistency_prompts"], summary["consistency_undefined_prompts"]) == (2, 2)
 
 
 def test_cream_soft_labels_dyn_and_avg():
@@ -266,7 +270,7 @@ def test_mc_dropout_drop_and_downweight():
 
 
 def test_label_quality_by_filter():
-    spec = {
+    kinds = {
         "right_kept": [R([1.0], correct=False, prev=1.0), R([5.0], correct=True, prev=5.0)],
         "wrong_dropped": [R([1.0], correct=True, prev=5.0), R([5.0], correct=False, prev=1.0)],
         "both_correct": [R([1.0], correct=True, prev=1.0), R([5.0], correct=True, prev=5.0)],
@@ -274,20 +278,29 @@ def test_label_quality_by_filter():
         # The rejected response states no answer: the pair decides nothing, though it counts as incorrect.
         "ungradable": [R([1.0], correct=False, prev=1.0, rule="ungradable"), R([5.0], correct=True, prev=5.0)],
     }
+    spec = {f"{kind}{i}": responses for kind, responses in kinds.items() for i in range(5)}  # five prompts of each
     table, out = rows(spec, Selection(filters=(ConsistencyFilter(0.5),)))
     by = {x["prompt_id"]: x for x in out}
-    assert (by["right_kept"]["chosen_correct"], by["right_kept"]["rejected_correct"]) == (True, False)
-    assert (by["ungradable"]["chosen_correct"], by["ungradable"]["rejected_correct"]) == (True, None)
+    assert (by["right_kept0"]["chosen_correct"], by["right_kept0"]["rejected_correct"]) == (True, False)
+    assert (by["ungradable0"]["chosen_correct"], by["ungradable0"]["rejected_correct"]) == (True, None)
+    assert (by["no_answer0"]["pass_low_consistency"], by["no_answer0"]["kept"]) == (None, True)  # no previous verdicts
     q = label_quality(table)
-    assert {k: q["kept"][k] for k in ("pairs", "decided", "right")} == {"pairs": 4, "decided": 1, "right": 1}
-    assert q["kept"]["precision"]["value"] == 1.0 and q["kept"]["precision"]["k"] == 1
-    # Kept 4 of 5 candidates, whose decided ones are one right and one wrong pair.
-    assert q["kept"]["random_drop"]["size"] == 4 and q["kept"]["random_drop"]["of"] == 5
-    assert q["kept"]["verdict"] == "no evidence"
-    assert {k: q["dropped"][k] for k in ("pairs", "decided", "right")} == {"pairs": 1, "decided": 1, "right": 0}
+    assert {k: q["kept"][k] for k in ("pairs", "decided", "right", "prompts")} == \
+        {"pairs": 20, "decided": 5, "right": 5, "prompts": 5}
+    assert q["kept"]["precision"]["value"] == 1.0 and q["kept"]["precision"]["interval"] == "prompts"
+    # Kept 20 of 25 candidates, whose decided ones are five right and five wrong pairs: chance about 0.5, and every
+    # resample over prompts keeps only right labels.
+    assert q["kept"]["random_drop"]["size"] == 20 and q["kept"]["random_drop"]["of"] == 25
+    assert q["kept"]["random_drop"]["precision"] == pytest.approx(0.5, abs=0.02)
+    assert q["kept"]["verdict"] == "helps" and q["kept"]["lift"]["ci95"][0] > 0
+    assert {k: q["dropped"][k] for k in ("pairs", "decided", "right")} == {"pairs": 5, "decided": 5, "right": 0}
     assert q["dropped"]["precision"]["value"] == 0.0
     assert q["by_filter"]["low_consistency"]["failed"]["precision"]["value"] == 0.0
-    assert q["by_filter"]["low_consistency"]["not_applicable"] == 1
+    assert q["by_filter"]["low_consistency"]["not_applicable"] == 5
+    # From fewer than five prompts nothing is measured: n/a with the counts and the reason.
+    few = label_quality(rows({k: v for k, v in spec.items() if k[-1] in "01"}, Selection(filters=(ConsistencyFilter(0.5),)))[0])
+    assert few["kept"]["precision"]["value"] is None and few["kept"]["precision"]["why"] == "2/2 from 2 prompts: fewer than 5"
+    assert few["kept"]["verdict"] == "not measurable"
     empty = label_quality(rows({"no_answer": [R([1.0]), R([5.0])]}, Selection())[0])
     assert empty["kept"]["precision"] == {"value": None, "n": 0, "ci95": None, "interval": "none", "why": "no decided pair"}
     assert empty["kept"]["verdict"] == "no drop"
