@@ -172,7 +172,8 @@ def world(noise: str, prompts: int, seed: int, assume: Assumptions = HOLDS) -> W
     prev_norm = 0.4 * q + rng.normal(0.0, 0.6, n) * shrink - 1.2
     logp_ref = ref_norm * tokens
     logp_policy = logp_ref + implicit_norm * tokens
-    spread = 0.35 * (u if assume.mc_noise == "tied" else rng.exponential(1.0, n) * hard) * shrink
+    untied = rng.exponential(1.0, n) * np.exp(rng.normal(0.0, share, prompts))[of_prompt] if assume.mc_noise == "untied" else u
+    spread = 0.35 * untied * shrink  # untied: drawn like u, prompt effect included, but independent of it
     mc = logp_ref[:, None] + (implicit_norm[:, None] + rng.normal(0.0, 1.0, (n, PASSES)) * spread[:, None]) * tokens[:, None]
     keys = [(f"p{i // RESPONSES:06d}", i % RESPONSES) for i in range(n)]
     gens = pa.Table.from_pydict({

@@ -86,8 +86,8 @@ def unmeasured(n: int, why: str) -> Estimate:
     return Estimate(None, n, why=why)
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (n > 0)."""
+def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (n > 0; k may be fractional, e.g. AUROC x n)."""
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -190,8 +190,14 @@ def proportion_over_clusters(items: Sequence[tuple[Hashable, bool]], seed: int =
     hits = np.bincount(idx, weights=[float(bool(v)) for _, v in items], minlength=len(names))
     sizes = np.bincount(idx, minlength=len(names)).astype(float)
     counts = _resample_counts(len(names), seed)
-    lo, hi = _percentiles((counts @ hits) / (counts @ sizes))
+    lo, hi = _widened(_percentiles((counts @ hits) / (counts @ sizes)), wilson(k, n))
     return Estimate(k / n, n, lo, hi, k=k, interval="prompts", clusters=len(names))
+
+
+def _widened(boot: tuple[float, float], floor: tuple[float, float]) -> tuple[float, float]:
+    """A bootstrap interval widened to at least ``floor``: where every resample agrees (5 of 5 right, an AUROC of
+    1) a percentile bootstrap has no width at all, which would read as certainty."""
+    return min(boot[0], floor[0]), max(boot[1], floor[1])
 
 
 def auroc(scores: Sequence[float | None], labels: Sequence[bool], clusters: Sequence[Hashable], seed: int = 0,
@@ -250,7 +256,11 @@ def auroc(scores: Sequence[float | None], labels: Sequence[bool], clusters: Sequ
     interval = _bootstrap(samples, "correct or no incorrect response")
     if isinstance(interval, str):
         return Estimate(None, len(items), classes=classes, clusters=len(names), why=interval)
-    return Estimate(value, len(items), *interval, interval="prompts", classes=classes, clusters=len(names))
+    # Floor: a Wilson interval over the smaller class, conservative for an AUROC (its variance is at most
+    # AUROC (1 - AUROC) / min(correct, incorrect)).
+    smaller = min(pos, neg)
+    lo, hi = _widened(interval, wilson(value * smaller, smaller))
+    return Estimate(value, len(items), lo, hi, interval="prompts", classes=classes, clusters=len(names))
 
 
 def _wins(pos: np.ndarray, neg: np.ndarray) -> float:

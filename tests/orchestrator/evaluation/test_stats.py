@@ -72,7 +72,10 @@ def test_auroc_by_hand_pooled_and_within_prompts():
     pooled, within = stats.auroc(scores, labels, prompts), stats.auroc(scores, labels, prompts, within=True)
     assert (pooled.value, within.value) == (0.6, 1.0)
     assert pooled.classes == within.classes == (5, 5) and pooled.clusters == 5 and pooled.interval == "prompts"
-    assert pooled.lo <= 0.6 <= pooled.hi and within.lo == within.hi == 1.0
+    assert pooled.lo <= 0.6 <= pooled.hi
+    # Every resample separates perfectly within prompts, but 5 against 5 is no certainty: the interval is at least
+    # the Wilson interval over the smaller class, [0.57, 1].
+    assert within.hi == 1.0 and within.lo == pytest.approx(stats.wilson(5, 5)[0])
     assert Estimate.from_json(pooled.to_json()) == pooled
 
 
@@ -108,6 +111,11 @@ def test_intervals_over_prompts_cover_where_pair_level_ones_do_not():
         covered["prompts"] += est.lo <= truth <= est.hi
         covered["wilson"] += lo <= truth <= hi
     assert covered["prompts"] / trials >= 0.88 and covered["wilson"] / trials <= 0.80, covered
+
+
+def test_an_interval_over_prompts_is_never_narrower_than_wilsons():
+    every = stats.proportion_over_clusters([(f"p{i}", True) for i in range(5)])  # 5 of 5: every resample is 1.0
+    assert (every.lo, every.hi) == pytest.approx(stats.wilson(5, 5)) and every.lo < 0.6
 
 
 def test_a_rate_over_too_few_prompts_is_na_and_keeps_its_counts():
