@@ -133,16 +133,6 @@ def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], 
     return mean([float(a[k]) - float(b[k]) for k in keys], seed, why_empty="no shared items")
 
 
-def auroc_point(positive: Sequence[float], negative: Sequence[float]) -> float | None:
-    """P(score of a positive > score of a negative), ties counting 1/2 (Mann-Whitney); None if a class is empty."""
-    if not positive or not negative:
-        return None
-    pos, neg = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
-
-
 def _clusters(clusters: Sequence[Hashable]) -> tuple[list[Hashable], np.ndarray]:
     """The distinct clusters in first-seen order, and each item's cluster index."""
     index: dict[Hashable, int] = {}
@@ -172,7 +162,7 @@ def _bootstrap(samples: np.ndarray, what: str) -> tuple[float, float] | str:
 
 
 def proportion_over_clusters(items: Sequence[tuple[Hashable, bool]], seed: int = 0,
-                             why_empty: str = "no items", unit: str = "prompt") -> Estimate:
+                             why_empty: str = "no items") -> Estimate:
     """The share of True items, with a 95% interval by a bootstrap over their clusters (the prompts they came from).
 
     Items of one cluster are not independent (pairs of one prompt share its
@@ -186,7 +176,7 @@ def proportion_over_clusters(items: Sequence[tuple[Hashable, bool]], seed: int =
     k = int(sum(bool(v) for _, v in items))
     n = len(items)
     if len(names) < MIN_CLUSTERS:
-        return Estimate(None, n, k=k, clusters=len(names), why=_few(len(names), f"{k}/{n}", unit))
+        return Estimate(None, n, k=k, clusters=len(names), why=_few(len(names), f"{k}/{n}"))
     hits = np.bincount(idx, weights=[float(bool(v)) for _, v in items], minlength=len(names))
     sizes = np.bincount(idx, minlength=len(names)).astype(float)
     counts = _resample_counts(len(names), seed)
