@@ -4,11 +4,14 @@ Label precision is measured where the truth is known: prompts with a
 reference answer. A pair is *decided* when the grader finds exactly one of
 its two responses correct (an ungradable response decides nothing); its
 label is right when the chosen one is. Precision = right / decided, with its
-Wilson 95% interval, for all candidates, kept vs dropped pairs and each
-filter's passed vs failed pairs. A filter is said to help only when the
-precision of the pairs it kept lies above what a random drop of the same
-size from the same candidates gives (``stats.random_drop``), beyond that
-baseline's 95% range.
+95% interval by a bootstrap over the prompts the decided pairs came from
+(pairs of one prompt share responses), for all candidates, kept vs dropped
+pairs and each filter's passed vs failed pairs. A filter is said to help
+only when its lift over a random drop of the same size from the same
+candidates (``stats.compare``) has an interval over prompts above 0.
+``labellers`` puts every labeller, controls included, on the same decided
+pairs; ``error_ranking`` asks how well each uncertainty signal ranks the
+labels' errors.
 
 Calibration of every internal signal: how well it separates correct from
 incorrect responses (AUROC over the responses with a gradable answer,
