@@ -19,7 +19,7 @@ import pytest
 
 from orchestrator import loop
 from orchestrator.config import load_config
-from orchestrator.evaluation.labels import label_quality
+from orchestrator.evaluation.labels import error_ranking, label_quality, labellers
 from orchestrator.rewards.consistency import consistency
 from orchestrator.rewards.selection import make_selection, select
 from tests.e2e.helpers import NO_EVAL, ROOT, check_run_dir, selfreward
@@ -187,6 +187,10 @@ def test_replay_compares_every_recipe_on_the_study_run_through_the_cli(study, tm
         for t in (1, 2, 3):
             assert re.search(rf"^\| {name} +\| {t} +\| kept ", res.stdout, re.MULTILINE), (name, t)
     assert re.search(r"^\| upo +\| 2 +\| filter judge_uncertain ", res.stdout, re.MULTILINE)
+    # The controls: every labeller on the same decided pairs, and each uncertainty signal against the labels' errors.
+    for labeller in ("pair's label", "likelihood", "longer response", "stopped response"):
+        assert re.search(rf"^\| srlm +\| 1 +\| {labeller} ", res.stdout, re.MULTILINE), labeller
+    assert re.search(r"^\| upo +\| 2 +\| MC-dropout certainty ", res.stdout, re.MULTILINE)
     saved = json.loads((study / "replay.json").read_text())
     assert saved["iterations"] == [1, 2, 3] and set(saved["recipes"]) == set(RECIPES)
     for name in RECIPES:
@@ -194,6 +198,8 @@ def test_replay_compares_every_recipe_on_the_study_run_through_the_cli(study, tm
             got = saved["recipes"][name][str(t)]
             pairs = replay(study, name, t)
             assert got["pairs_built"] == pairs.num_rows and got["label_quality"] == label_quality(pairs)
+            gens = tables(study, t)["generations"]
+            assert got["labellers"] == labellers(pairs, gens) and got["error_ranking"] == error_ranking(pairs, gens)
     # A recipe that reads a signal the run did not collect is refused, naming it; nothing is written.
     other = tmp_path / "upo4.yaml"
     other.write_text((CONFIGS / "upo.yaml").read_text().replace("passes: 8", "passes: 4"))
