@@ -84,8 +84,10 @@ def judge(engines: Engines, cfg: RunConfig, t: int, generations: pa.Table, model
     """K rubric verdicts per response from M(t-1) ("current"), and from M(t-2) ("previous") when configured.
 
     Scores are parsed from the verdicts only. With ``judge.expected_score``
-    each verdict also gets its score distribution from one extra
-    single-token pass of the same judge.
+    each current verdict also gets its score distribution from one extra
+    single-token pass of the same judge (the previous judge's verdicts are
+    read for their scores alone: nothing reads their distributions, and the
+    pass would cost as much as the current judge's).
     """
     j = cfg.judge
     rows = generations.select(["prompt_id", "prompt", "sample_idx", "response"]).to_pylist()
@@ -101,7 +103,7 @@ def judge(engines: Engines, cfg: RunConfig, t: int, generations: pa.Table, model
         outs = engines.complete(requests, sampling, adapter, desc=f"judge ({role})")
         scores = [parse_score(o.text, o.finish_reason, (r["prompt"], r["response"])) for (r, _), o in zip(keys, outs)]
         probs: list[list[float] | None] = [None] * len(keys)
-        if j.expected_score:
+        if j.expected_score and role == "current":
             # Only where the judge gave its own score line: the distribution is read at that line, never after
             # text a response planted (a verdict without one has no expected score either).
             own = [i for i, sc in enumerate(scores) if sc is not None]

@@ -19,7 +19,7 @@ JUDGMENTS = pa.schema([
     ("judge_idx", pa.int32()), ("judge_text", pa.string()), ("score", pa.float64()),
     ("seed", pa.int64()), ("num_tokens", pa.int32()),
     # judge.expected_score: E[score] and P(score = 0..5) from the judge's
-    # next-token distribution after "Score:" in this verdict (null when off).
+    # next-token distribution after "Score:" in this verdict (null when off, and for the previous judge).
     ("score_expected", pa.float64()), ("score_probs", pa.list_(pa.float64())),
 ])
 
