@@ -26,7 +26,7 @@ None and says why; it is never printed as 0 or as a confident value.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,10 +140,21 @@ def _clusters(clusters: Sequence[Hashable]) -> tuple[list[Hashable], np.ndarray]
     return list(index), idx
 
 
-def _resample_counts(clusters: int, seed: int) -> np.ndarray:
-    """REPS x clusters: how often each cluster is drawn in each bootstrap resample over clusters (``clusters`` draws
-    with replacement, as counts)."""
-    return _rng(seed).multinomial(clusters, np.full(clusters, 1 / clusters), size=REPS).astype(float)
+CHUNK_CELLS = 2_000_000  # counts held at a time (16 MB): REPS x clusters at once would take GBs for 100,000 prompts
+
+
+def _resample_chunks(clusters: int, seed: int) -> Iterator[np.ndarray]:
+    """The bootstrap resamples over clusters, a chunk at a time: how often each cluster is drawn in each resample
+    (``clusters`` draws with replacement, as counts; ``REPS`` resamples in all)."""
+    rng = _rng(seed)
+    chunk = max(1, min(REPS, CHUNK_CELLS // clusters))
+    for start in range(0, REPS, chunk):
+        yield rng.multinomial(clusters, np.full(clusters, 1 / clusters), size=min(chunk, REPS - start)).astype(float)
+
+
+def _resampled_sums(per_cluster: np.ndarray, seed: int) -> np.ndarray:
+    """REPS x k: the column sums of ``per_cluster`` (clusters x k) over each bootstrap resample of the clusters."""
+    return np.vstack([counts @ per_cluster for counts in _resample_chunks(per_cluster.shape[0], seed)])
 
 
 def _few(n: int, what: str, unit: str = "prompt") -> str:
@@ -179,8 +190,8 @@ def proportion_over_clusters(items: Sequence[tuple[Hashable, bool]], seed: int =
         return Estimate(None, n, k=k, clusters=len(names), why=_few(len(names), f"{k}/{n}"))
     hits = np.bincount(idx, weights=[float(bool(v)) for _, v in items], minlength=len(names))
     sizes = np.bincount(idx, minlength=len(names)).astype(float)
-    counts = _resample_counts(len(names), seed)
-    lo, hi = _widened(_percentiles((counts @ hits) / (counts @ sizes)), wilson(k, n))
+    sums = _resampled_sums(np.column_stack([hits, sizes]), seed)
+    lo, hi = _widened(_percentiles(sums[:, 0] / sums[:, 1]), wilson(k, n))
     return Estimate(k / n, n, lo, hi, k=k, interval="prompts", clusters=len(names))
 
 
@@ -227,7 +238,6 @@ def auroc(scores: Sequence[float | None], labels: Sequence[bool], clusters: Sequ
                         why=_few(len(names), "responses", "prompt with both classes" if within else "prompt"))
     score = np.asarray([s for s, _, _ in items])
     label = np.asarray([y for _, y, _ in items])
-    counts = _resample_counts(len(names), seed)
     npos = np.bincount(idx[label], minlength=len(names)).astype(float)
     nneg = np.bincount(idx[~label], minlength=len(names)).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -239,10 +249,11 @@ def auroc(scores: Sequence[float | None], labels: Sequence[bool], clusters: Sequ
                 mine = idx == c
                 wins[c] = _wins(score[mine & label], score[mine & ~label])
             value = float(wins.sum() / (npos @ nneg))
-            samples = (counts @ wins) / (counts @ (npos * nneg))
+            sums = _resampled_sums(np.column_stack([wins, npos * nneg]), seed)
+            samples = sums[:, 0] / sums[:, 1]
         else:
             value = float(_wins(score[label], score[~label]) / (pos * neg))
-            samples = _pooled_resamples(score, label, idx, counts)
+            samples = _pooled_resamples(score, label, idx, _resample_chunks(len(names), seed))
     interval = _bootstrap(samples, "correct or no incorrect response")
     if isinstance(interval, str):
         return Estimate(None, len(items), classes=classes, clusters=len(names), why=interval)
@@ -262,23 +273,24 @@ def _wins(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(below.sum() + 0.5 * (at_or_below - below).sum())
 
 
-def _pooled_resamples(score: np.ndarray, label: np.ndarray, idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The pooled AUROC in each resample over clusters (``counts``: REPS x clusters), NaN where a class is missing.
+def _pooled_resamples(score: np.ndarray, label: np.ndarray, idx: np.ndarray, chunks: Iterator[np.ndarray]) -> np.ndarray:
+    """The pooled AUROC in each resample over clusters (``chunks`` of resamples x clusters counts), NaN where a class
+    is missing.
 
     An item of a cluster drawn m times counts m times: per score level, the
     weight of correct items times the weight of incorrect ones below it
     (plus half of those level with it), in O(items) per resample.
     """
     levels, level = np.unique(score, return_inverse=True)
-    out = np.empty(counts.shape[0])
-    for r, m in enumerate(counts):
+    out = []
+    for m in (row for counts in chunks for row in counts):
         w = m[idx]
         pw = np.bincount(level[label], w[label], minlength=levels.size)
         nw = np.bincount(level[~label], w[~label], minlength=levels.size)
         below = np.cumsum(nw) - nw
         total = pw.sum() * nw.sum()
-        out[r] = (pw @ (below + 0.5 * nw)) / total if total > 0 else np.nan
-    return out
+        out.append((pw @ (below + 0.5 * nw)) / total if total > 0 else np.nan)
+    return np.asarray(out)
 
 
 @dataclass(frozen=True)
@@ -349,9 +361,8 @@ def compare(items: Sequence[tuple[Hashable, bool | None, bool]], seed: int = 0) 
     for (_, t, k), i in zip(items, idx):
         columns[i] += (1, t is not None, t is True, k, k and t is True)
     kept_decided = np.bincount(idx, weights=[float(k and t is not None) for _, t, k in items], minlength=len(names))
-    counts = _resample_counts(len(names), seed)
-    n, d, r, kn, kr = (counts @ columns).T.astype(np.int64)
-    kd = (counts @ kept_decided).astype(np.int64)
+    sums = _resampled_sums(np.column_stack([columns, kept_decided]), seed)
+    n, d, r, kn, kr, kd = np.rint(sums).T.astype(np.int64)
     sub = rng.hypergeometric(d, n - d, kn)
     sub_right = rng.hypergeometric(r, d - r, sub)
     with np.errstate(invalid="ignore", divide="ignore"):
