@@ -84,6 +84,8 @@ CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 RESPONSES, VERDICTS, PASSES = 4, 4, 8
 THRESHOLD = 0.25  # q above it: correct
 NOISE = ("independent", "drift", "stable_bias", "length_bias", "constant")
+# MC-dropout as UPO describes it (off in every shipped recipe: see docs/REWARDS.md), switched on where it is tested.
+MC_DROPOUT = ["selection.mc_dropout.passes=8", "selection.mc_dropout.fraction=0.25"]
 # (name, shipped config, overrides): the shipped recipes, and one filter on its own where the recipe mixes several.
 RECIPES: list[tuple[str, str, list[str]]] = [
     ("srlm", "srlm.yaml", ["scoring.reference=base"]),
@@ -92,6 +94,7 @@ RECIPES: list[tuple[str, str, list[str]]] = [
     ("scir (implicit)", "scir.yaml", []),
     ("agreement (likelihood)", "scir.yaml", ["selection.agreement.signal=likelihood"]),
     ("upo", "upo.yaml", []),
+    ("mc-dropout filter", "upo.yaml", MC_DROPOUT),
     ("trusted", "trusted.yaml", []),
 ]
 

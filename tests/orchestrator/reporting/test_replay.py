@@ -55,7 +55,8 @@ def test_replay_recomputes_each_recipes_selection(tmp_path):
 @pytest.mark.parametrize("run_overrides, recipe, overrides, needs", [
     (["judge.previous_judge=false"], "cream", [], "judge.previous_judge"),
     (["judge.expected_score=false"], "trusted", ["judge.score_source=expected"], "judge.expected_score"),
-    (["selection.mc_dropout.passes=0"], "upo", [], "MC-dropout passes=8"),
+    (["selection.mc_dropout.passes=0"], "upo", ["selection.mc_dropout.passes=8", "selection.mc_dropout.fraction=0.25"],
+     "MC-dropout passes=8"),
     (["scoring.reference=previous"], "scir", [], "scoring.reference=base"),
     (["judge.judge_samples=1"], "upo", [], "judge.judge_samples >= 2"),
 ])
@@ -68,7 +69,8 @@ def test_a_recipe_needing_a_signal_the_run_lacks_is_refused(run_overrides, recip
 def test_refusals_through_the_cli_change_nothing(tmp_path, capsys):
     root = study_run(tmp_path / "run", ["selection.mc_dropout.passes=4"], iterations=1)
     before = sorted(p.name for p in root.rglob("*"))
-    assert main(["replay", str(root), "--recipe", str(CONFIGS / "upo.yaml")]) == 2
+    assert main(["replay", str(root), "--recipe", str(CONFIGS / "upo.yaml"), "--set", "selection.mc_dropout.passes=8",
+                 "--set", "selection.mc_dropout.fraction=0.25"]) == 2
     err = capsys.readouterr().err
     assert "upo.yaml cannot be replayed" in err and "selection.mc_dropout" in err and "Traceback" not in err
     assert sorted(p.name for p in root.rglob("*")) == before
