@@ -42,6 +42,8 @@ def test_overrides_are_typed_and_nested(tmp_path):
         ("selection.consistency.threshold=1.5", "selection.consistency.threshold"),
         ("selection.judge_uncertainty.p_min=-0.1", "selection.judge_uncertainty.p_min"),
         ("selection.mc_dropout.fraction=1", "selection.mc_dropout.fraction"),
+        ("selection.mc_dropout.passes=1", "selection.mc_dropout"),  # one pass has no spread
+        ("selection.consistency.undefined=trust", "selection.consistency.undefined"),
         ("selection.strategy=random", "selection.strategy"),
         ("scoring.reference=sft", "scoring.reference"),
         ("data.overlong=ignore", "data.overlong"),
