@@ -39,21 +39,26 @@ def _pair_truth(r: dict[str, Any]) -> bool | None:
     return None if c is None or j is None or c == j else bool(c)
 
 
-def _precision(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
-    """Pairs, decided pairs, right labels and the prompts they came from, and the precision with its interval over
-    those prompts."""
+def _counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pairs, decided pairs, right labels and the prompts the decided pairs came from."""
     decided = [(r["prompt_id"], t) for r in rows if (t := _pair_truth(r)) is not None]
     return {"pairs": len(rows), "decided": len(decided), "right": sum(t for _, t in decided),
-            "prompts": len({p for p, _ in decided}),
-            "precision": stats.proportion_over_clusters(decided, seed, "no decided pair").to_json()}
+            "prompts": len({p for p, _ in decided})}
+
+
+def _precision(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``_counts`` and the precision with its interval over those prompts."""
+    decided = [(r["prompt_id"], t) for r in rows if (t := _pair_truth(r)) is not None]
+    return {**_counts(rows), "precision": stats.proportion_over_clusters(decided, 0, "no decided pair").to_json()}
 
 
 def _against_chance(pool: list[dict[str, Any]], kept: list[bool], seed: int) -> dict[str, Any]:
     """The precision of the ``kept`` members of ``pool`` against random subsets of ``pool`` of their size, the lift
-    and the verdict between them, with inference over prompts (``stats.compare``)."""
-    out = _precision([r for r, k in zip(pool, kept) if k], seed)
+    and the verdict between them, with inference over prompts (``stats.compare``, which measures the precision
+    too)."""
     c = stats.compare([(r["prompt_id"], _pair_truth(r), k) for r, k in zip(pool, kept)], seed)
-    return {**out, "random_drop": c.random_drop_json(), "lift": c.lift.to_json(), "verdict": c.verdict}
+    return {**_counts([r for r, k in zip(pool, kept) if k]), "precision": c.precision.to_json(),
+            "random_drop": c.random_drop_json(), "lift": c.lift.to_json(), "verdict": c.verdict}
 
 
 def _filters(pairs: pa.Table) -> list[str]:
@@ -93,6 +98,12 @@ def label_quality(pairs: pa.Table) -> dict[str, Any]:
     return out
 
 
+def _token_counts(generations: pa.Table) -> dict[tuple[str, int], int]:
+    """Each response's length in tokens, by (prompt_id, sample_idx)."""
+    return {(g["prompt_id"], g["sample_idx"]): g["num_tokens"]
+            for g in generations.select(["prompt_id", "sample_idx", "num_tokens"]).to_pylist()}
+
+
 LABELLERS = ("pair's label", "likelihood", "implicit reward", "longer response", "stopped response")
 
 
@@ -109,8 +120,7 @@ def labellers(pairs: pa.Table, generations: pa.Table) -> dict[str, Any]:
     prompts), so every row compares like with like.
     """
     rows = _candidates(pairs)
-    tokens = {(g["prompt_id"], g["sample_idx"]): g["num_tokens"]
-              for g in generations.select(["prompt_id", "sample_idx", "num_tokens"]).to_pylist()}
+    tokens = _token_counts(generations)
 
     def sign(x: float | None) -> int:
         return 0 if x is None or x == 0 else (1 if x > 0 else -1)
@@ -159,8 +169,7 @@ def error_ranking(pairs: pa.Table, generations: pa.Table) -> dict[str, Any]:
     response's length minus the rejected's. None for a signal the pairs do
     not carry.
     """
-    tokens = {(g["prompt_id"], g["sample_idx"]): g["num_tokens"]
-              for g in generations.select(["prompt_id", "sample_idx", "num_tokens"]).to_pylist()}
+    tokens = _token_counts(generations)
     decided = [(r, t) for r in _candidates(pairs) if (t := _pair_truth(r)) is not None]
 
     def length(r: dict[str, Any], idx: str) -> float:
