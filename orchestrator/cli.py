@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", help="run directory: a path or a pyarrow.fs URI (default: runs/<config name>)")
     r.add_argument("--redo", metavar="STAGE", help="compute this committed stage (e.g. iter_001/judge) and every stage "
                    "after it again, e.g. after one was found damaged")
+    r.add_argument("--from", dest="branch_from", metavar="RUN_DIR[@iter_NNN/stage]",
+                   help="start a new run dir from another run's committed stages up to this one (all without @), "
+                   "shared by hard link and sha256; refused when the config differs in a field those stages read")
     s = sub.add_parser("status", parents=[common], help="show the stages a run directory has committed")
     s.add_argument("run_dir")
     rep = sub.add_parser("report", parents=[common], help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")
@@ -161,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.loop import prepare, run
 
     try:
-        prepared = prepare(cfg, run_dir, args.redo)  # every input checked, nothing created or changed
+        prepared = prepare(cfg, run_dir, args.redo, args.branch_from)  # every input checked, nothing created or changed
     except OSError as e:  # what a check did not foresee is still the input's: nothing was started
         where = f"{e.filename}: " if e.filename else ""
         raise UsageError(f"{where}{e.strerror or e} (while checking the inputs; nothing was started)") from None
@@ -184,6 +187,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     rd = RunDir(args.run_dir)
     state = rd.load_state()
     print(f"run dir {rd.root}  created {state['created_at']}  config {state['config_hash'][:12]}")
+    if rd.branched_from:
+        b = rd.branched_from
+        print(f"  branched from {b['run_dir']} at {b['stage']} ({len(b['stages'])} stages shared"
+              f"{'' if b.get('complete') else ', still to be linked in: rerun the run command'})")
     damaged = 0
     for key, rec in sorted(state["stages"].items(), key=lambda kv: rd.stage_sort_key(kv[0])):
         try:
@@ -262,11 +269,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from orchestrator.reporting.report import write_compare
+    from orchestrator.reporting.report import compare_plots, write_compare
 
     _writable("--out", args.out, json_beside=True)
+    _writable("--out (the plots beside it)", *compare_plots(args.out))
     print(write_compare(args.run_dirs, args.out))
-    print(f"wrote {Path(args.out).absolute()} and {Path(args.out).with_suffix('.json').absolute()}")
+    print(f"wrote {Path(args.out).absolute()}, the .json and two plots beside it")
     return 0
 
 

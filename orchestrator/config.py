@@ -269,10 +269,11 @@ class MCDropoutConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    rank_by: Literal["judge", "likelihood"] = Field(
+    rank_by: Literal["judge", "likelihood", "random"] = Field(
         "judge",
-        description="What ranks a prompt's responses into pairs: the judge (judge.score_source), or the policy's "
-        "per-token log-likelihood of each response.",
+        description="What ranks a prompt's responses into pairs: the judge (judge.score_source), the policy's "
+        "per-token log-likelihood of each response, or a random number per response (a control that knows nothing "
+        "of quality).",
     )
     strategy: Literal["best_vs_worst", "margin"] = Field(
         "best_vs_worst",

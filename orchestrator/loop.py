@@ -41,6 +41,7 @@ from orchestrator.reporting.metrics import iteration_row
 from orchestrator.reporting.runlog import format_iteration, format_table, write_metrics_jsonl, write_tensorboard
 from orchestrator.rewards.selection import make_selection, select_iteration
 from orchestrator.run import artifacts
+from orchestrator.run.branch import Shared, plan_branch
 from orchestrator.run.roles import Models, adapter_of
 from orchestrator.run.rundir import RunDir, RunDirError
 from orchestrator.stages import (
@@ -105,10 +106,14 @@ class Prepared:
     eval_sets: EvalSets
     overlong: dict[str, Any]
     redo: str | None
+    shared: Shared | None  # what a new branch shares (``--from``)
 
 
-def prepare(cfg: RunConfig, run_dir: str | Path, redo: str | None = None) -> Prepared:
+def prepare(cfg: RunConfig, run_dir: str | Path, redo: str | None = None, branch_from: str | None = None) -> Prepared:
     """Check the model, the data and the run dir, creating and changing nothing.
+
+    ``branch_from``: ``SOURCE[@iter_NNN/stage]``, the run dir (and last stage) a new run dir starts from
+    (``orchestrator.run.branch``).
 
     Raises ConfigError/DataError/ModelError/RunDirError naming the culprit;
     the CLI calls it before Ray starts.
@@ -123,21 +128,24 @@ def prepare(cfg: RunConfig, run_dir: str | Path, redo: str | None = None) -> Pre
     prompts, fit = fit_to_context(training, budget.training, limit, cfg.data.overlong, budget.shorten,
                                   f"data.prompts ({cfg.data.prompts})")
     fingerprint = model_fingerprint(model_path)
-    RunDir(run_dir).check(cfg, fingerprint, redo)
-    return Prepared(cfg, str(run_dir), model_path, fingerprint, prompts, eval_sets, {"data.prompts": fit, **eval_fit}, redo)
+    shared = plan_branch(branch_from, cfg, str(run_dir), fingerprint) if branch_from is not None else None
+    RunDir(run_dir).check(cfg, fingerprint, redo, shared)
+    return Prepared(cfg, str(run_dir), model_path, fingerprint, prompts, eval_sets, {"data.prompts": fit, **eval_fit}, redo,
+                    shared)
 
 
 def run(cfg: RunConfig, run_dir: str | Path, redo: str | None = None, prepared: Prepared | None = None,
-        backend: Backend | None = None) -> list[dict[str, Any]]:
+        backend: Backend | None = None, branch_from: str | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the loop for ``cfg.iterations`` iterations; returns the per-iteration metrics.
 
     ``redo``: a committed stage (``iter_001/judge``) to compute again, with every stage after it.
     ``prepared``: what ``prepare`` returned for these arguments (else it is called here).
     ``backend``: what starts the engines and trainers (default: ``RayBackend``, which assumes Ray is initialised).
+    ``branch_from``: see ``prepare``.
     """
-    p = prepared or prepare(cfg, run_dir, redo)
+    p = prepared or prepare(cfg, run_dir, redo, branch_from)
     rd = RunDir(p.run_dir)
-    resumed = rd.open(cfg, library_versions(), p.fingerprint)
+    resumed = rd.open(cfg, library_versions(), p.fingerprint, p.shared)
     try:
         return _run(cfg, rd, p.model_path, p.prompts, p.eval_sets, p.overlong, resumed, p.redo, backend or RayBackend())
     finally:
@@ -151,6 +159,11 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
         if f["skipped"] or f["truncated"]:
             LOG.info(f"  {source}: {f['skipped']} prompt(s) too long for the context skipped, "
                      f"{f['truncated']} truncated (data.overlong={f['policy']})")
+    shared = rd.session.get("stages_shared")
+    if shared:
+        b = rd.branched_from
+        LOG.info(f"  branched from {b['run_dir']} at {b['stage']}: {len(shared)} stage(s) shared "
+                 f"({', '.join(sorted(set(shared.values())))})")
     if redo:
         LOG.info(f"  redo: forgot {', '.join(rd.redo(redo))}")
     ctx = Context(cfg, rd, model_path, backend, overlong=overlong)

@@ -220,6 +220,22 @@ def test_a_refused_redo_leaves_state_json_as_it_was(capsys, case):
     refused(capsys, case, run(fresh, "--redo", "iter_001/judge"), "no committed stage")
 
 
+def test_a_branch_point_that_cannot_be_shared_is_refused(capsys, case):
+    case.existing_run()  # committed: iter_001/generate, iter_001/judge
+    new = str(case.root / "branch")
+    source = str(case.run_dir)
+    refused(capsys, case, run(case, "--from", f"{case.root}/nowhere@iter_001/judge", run_dir=new), "nowhere",
+            "no state.json")
+    refused(capsys, case, run(case, "--from", f"{source}@iter_001/score", run_dir=new), "iter_001/score",
+            "not a committed stage", "committed: iter_001/generate, iter_001/judge")
+    refused(capsys, case, run(case, "--from", f"{source}@iter_001/judge"), "that is the run dir itself")
+    refused(capsys, case, run(case, "--from", f"{source}@iter_001/judge", "generation.max_tokens=7", run_dir=new),
+            "generation.max_tokens: 128", "-> 7 (now), read by iter_001/generate")
+    case.edit_state(lambda s: s["stages"]["iter_001/judge"].update(artifact="../outside.parquet"))
+    refused(capsys, case, run(case, "--from", f"{source}@iter_001/judge", run_dir=new), "iter_001/judge",
+            "refusing to read or delete it")
+
+
 @pytest.mark.parametrize("target", ["file", "tree", "link"])
 def test_redo_never_deletes_outside_the_run_dir(capsys, case, target):
     outside = case.root / "outside"

@@ -245,6 +245,40 @@ class Storage:
         if self.local:
             _fsync_local(self.path(self._parent(rel)), directory=True)
 
+    def share_from(self, source: Storage, rel: str) -> str:
+        """Put ``source``'s file or directory ``rel`` at ``rel`` here, replacing what is there; returns how.
+
+        "linked": hard links to the same files, nothing copied (both on one
+        local file system); "copied" otherwise (another disk, an object store).
+        Committed artifacts are never written in place (every write is a new
+        file moved over the old), so a linked file stays what it was in both
+        run dirs. Built beside ``rel``, then moved into place.
+        """
+        names = source.files(rel) if source.is_dir(rel) else None
+        staged = self.staging_dir(rel)
+        how = "linked"
+        for name in names if names is not None else [""]:
+            src, dst = (f"{rel}/{name}", f"{staged}/{name}") if name else (rel, f"{staged}/file")
+            self.mkdir(self._parent(dst))
+            if self.local and source.local:
+                try:
+                    os.link(source.path(src), self.path(dst))
+                    continue
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+            pafs.copy_files(source.path(src), self.path(dst), source_filesystem=source.fs, destination_filesystem=self.fs)
+            how = "copied"
+        if names is not None:
+            self.commit_dir(staged, rel)
+        else:
+            self.delete(rel)
+            self.fs.move(self.path(f"{staged}/file"), self.path(rel))
+            self.delete(staged)
+            if self.local:
+                _fsync_local(self.path(self._parent(rel)), directory=True)
+        return how
+
     def upload_dir(self, local: str | Path, rel: str) -> None:
         """Copy a local directory tree into ``rel``."""
         self.mkdir(rel)

@@ -33,6 +33,9 @@ from typing import NamedTuple
 
 TRAIN_PER_KIND = 50
 HELDOUT_PER_KIND = 12
+# Kinds with thousands of distinct tasks hold out more, appended after the first 144 (which, like the training set,
+# stay as they were), so the held-out set reaches 200 prompts while every kind keeps its 50 training prompts.
+HELDOUT_EXTRA = {"larger_number": 14, "multi_step": 14, "word_difference": 14, "unit_conversion": 14, "count_letter": 14}
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jules"]
 ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells"]
 WORDS = [
@@ -182,7 +185,14 @@ def build() -> tuple[list[dict], list[dict]]:
         train += rows[:TRAIN_PER_KIND]
     rng.shuffle(train)
     rng.shuffle(heldout)
-    return train, heldout
+    used = held_signatures | {r["signature"] for r in train}
+    extra = []
+    for name, wanted in HELDOUT_EXTRA.items():
+        fresh = [t for t in pools[name] if t.signature not in used][:wanted]
+        used |= {t.signature for t in fresh}
+        extra += [{"prompt": t.prompt, "answer": str(t.answer), "kind": name, "signature": t.signature} for t in fresh]
+    random.Random(20261207).shuffle(extra)
+    return train, heldout + extra
 
 
 def main() -> None:

@@ -262,6 +262,26 @@ def position_bias(ins: list[dict[str, Any]]) -> dict[str, Any]:
             "pairwise_degenerate": degenerate}
 
 
+def distinct2(text: str) -> float | None:
+    """Distinct word bigrams over word bigrams of one answer: 1.0 when none repeats, near 0 for a loop (None under
+    two words)."""
+    words = text.split()
+    bigrams = list(zip(words, words[1:]))
+    return len(set(bigrams)) / len(bigrams) if bigrams else None
+
+
+def answer_shape(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How a model's evaluation answers look, each number with its n and 95% interval (one answer per prompt, so
+    the bootstrap is over prompts): mean tokens, the share cut at ``eval.max_tokens``, mean distinct-2."""
+    return {
+        "eval_answer_tokens": stats.mean([r["num_tokens"] for r in rows], why_empty="no answer").to_json(),
+        "eval_truncated_rate": stats.proportion(sum(r["finish_reason"] == "length" for r in rows), len(rows),
+                                                "no answer").to_json(),
+        "eval_distinct2": stats.mean([d for r in rows if (d := distinct2(r["response"] or "")) is not None],
+                                     why_empty="no answer of two words or more").to_json(),
+    }
+
+
 def _judge_mean(ins: list[dict[str, Any]], column: str) -> dict[str, Any] | None:
     return stats.mean([r[column] for r in ins], why_empty="no parsed verdict").to_json() if ins else None
 
@@ -297,6 +317,7 @@ def eval_summary(table: pa.Table, baseline: pa.Table | None = None) -> dict[str,
         "eval_self_judge": _judge_mean(ins, "self_judge_score"),
         "eval_judge_parse_rate": stats.proportion(sum(v is not None for v in verdicts), len(verdicts)).to_json() if ins else None,
         "eval_response_tokens": sum(r["num_tokens"] for r in rows),
+        **(answer_shape(rows) if rows else {}),
         **(_fooled(ins) if ins else {"judge_fooled_rate": None}),
         "win_counts": {k: counts[k] for k in OUTCOMES},
         **rates,

@@ -432,6 +432,9 @@ the same size from the same candidates (2.5-97.5% range in brackets).</p>
 def compare_runs(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]], dict[str, Any]]:
     """(header, rows, data) of the side-by-side table: one row per table metric and iteration, one column per run.
 
+    After the metrics, rows read from each run's evaluation tables: the held-out accuracy's paired difference from
+    the first run's at the same iteration (over the prompts both answered: the runs share their evaluation sets),
+    and the answers' length, truncated share and distinct-2 (``evaluation.stage.answer_shape``).
     Cells carry the 95% interval and n (``reporting.metrics.show``); ``data`` has the
     full values. Raises RunDirError for a directory that is not a run directory.
     """
@@ -440,10 +443,11 @@ def compare_runs(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]]
     names = [str(d).rstrip("/").rsplit("/", 1)[-1] for d in run_dirs]
     if len(set(names)) < len(names):
         names = [str(d) for d in run_dirs]
-    per_run = {}
+    per_run, heldout = {}, {}
     for name, d in zip(names, run_dirs):
-        rd, _ = _load_state(d)
+        rd, state = _load_state(d)
         per_run[name] = {r["iteration"]: r for r in _runs(metrics_rows(rd))}
+        heldout[name] = _heldout_answers(rd, state)
     iterations = sorted({t for runs in per_run.values() for t in runs})
     header = ["metric", "iter", *names]
     rows, data = [], {}
@@ -456,7 +460,40 @@ def compare_runs(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]]
                 continue
             rows.append([metric.label, str(t), *[show(metric.get(per_run[n].get(t, {})), metric.fmt) for n in names]])
             data.setdefault(metric.key, {})[str(t)] = dict(zip(names, values))
+    first = names[0]
+    answers = {
+        f"eval_accuracy_vs_{first}": (f"accuracy - {first}'s (paired)", "+.3f", lambda n, t: None if n == first else
+                                      stats.paired_difference(heldout[n][t][0], heldout[first][t][0]) if t in heldout[first]
+                                      else stats.unmeasured(0, f"{first} has no evaluation at iteration {t}")),
+        **{m: (BY_KEY[m].label, BY_KEY[m].fmt, lambda n, t, m=m: Estimate.from_json(heldout[n][t][1][m]))
+           for m in ("eval_answer_tokens", "eval_truncated_rate", "eval_distinct2")},
+    }
+    for key, (label, fmt, get) in answers.items():
+        for t in iterations:
+            values = {n: get(n, t) if t in heldout[n] else None for n in names}
+            if all(v is None for v in values.values()):
+                continue
+            rows.append([label, str(t), *[show(values[n], fmt) for n in names]])
+            data.setdefault(key, {})[str(t)] = {n: None if v is None else v.to_json() for n, v in values.items()}
     return header, rows, {"runs": dict(zip(names, map(str, run_dirs))), "metrics": data}
+
+
+def _heldout_answers(rd: RunDir, state: dict[str, Any]) -> dict[int, tuple[dict[str, float], dict[str, Any]]]:
+    """Per iteration with a committed evaluation: 1.0/0.0 per held-out verifiable prompt id (correct or not), and
+    the shape of those answers (``answer_shape``)."""
+    from orchestrator.evaluation.stage import VERIFIABLE, answer_shape
+
+    out = {}
+    for key in state["stages"]:
+        it, _, stage = key.partition("/")
+        if stage != "eval":
+            continue
+        rows = [r for r in rd.read_table(f"{it}/eval.parquet").to_pylist() if r["split"] == VERIFIABLE]
+        if not rows:
+            continue
+        out[int(it.removeprefix("iter_"))] = ({r["prompt_id"]: float(bool(r["correct"])) for r in rows},
+                                              answer_shape(rows))
+    return out
 
 
 def format_compare(header: list[str], rows: list[list[str]], left: int = 2) -> str:
@@ -466,12 +503,63 @@ def format_compare(header: list[str], rows: list[list[str]], left: int = 2) -> s
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
+def _runs_plot(series: dict[str, dict[int, Estimate | None]], title: str, ylabel: str, path: tuple[Storage, str],
+               reference: float | None = None) -> None:
+    """One metric per iteration, one colour per run (side by side within an iteration), each point with its 95%
+    interval; a point that could not be measured is marked "n/a"."""
+    fig, ax = _figure(title, ylabel)
+    has, width = False, 0.5 / max(len(series), 1)
+    for k, (name, points) in enumerate(series.items()):
+        color, line = f"C{k}", []
+        ax.plot([], [], "o-", color=color, label=name)
+        for t, est in sorted(points.items()):
+            x = t + (k - (len(series) - 1) / 2) * width
+            if est is None:
+                continue
+            has = True
+            if est.value is None:
+                ax.annotate("n/a", (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 4), textcoords="offset points",
+                            ha="center", fontsize=7, color=color)
+                continue
+            if est.lo is not None:
+                ax.errorbar([x], [est.value], yerr=[[est.value - est.lo], [est.hi - est.value]], fmt="none", ecolor=color,
+                            capsize=3, linewidth=1)
+            line.append((x, est.value))
+        if line:
+            ax.plot(*zip(*line), "o-", color=color, linewidth=1)
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", linewidth=1)
+    ts = sorted({t for points in series.values() for t in points})
+    if ts:
+        ax.set_xticks(ts)
+    _save(fig, ax, path, has)
+
+
 def write_compare(run_dirs: list[str | Path], out: str | Path) -> str:
-    """Write the comparison as Markdown to ``out`` and as JSON beside it (same name, .json); returns the table."""
+    """Write the comparison as Markdown to ``out`` and as JSON beside it (same name, .json); returns the table.
+
+    Two plots go beside it (``compare_plots``): held-out accuracy per run and iteration, and its paired difference
+    from the first run's; the Markdown links them.
+    """
     header, rows, data = compare_runs(run_dirs)
     text = format_compare(header, rows)
     out = Path(out)
     folder = Storage(out.parent)
-    folder.write_text(out.name, text + "\n")
+    names = list(data["runs"])
+    accuracy = {n: {int(t): None if v.get(n) is None else Estimate.from_json(v[n])
+                    for t, v in data["metrics"].get("eval_accuracy", {}).items()} for n in names}
+    paired = {n: {int(t): None if v.get(n) is None else Estimate.from_json(v[n])
+                  for t, v in data["metrics"].get(f"eval_accuracy_vs_{names[0]}", {}).items()} for n in names[1:]}
+    accuracy_svg, paired_svg = compare_plots(out)
+    _runs_plot(accuracy, "held-out accuracy", "accuracy", (folder, accuracy_svg.name))
+    _runs_plot(paired, f"held-out accuracy - {names[0]}'s (paired)", "difference", (folder, paired_svg.name), 0.0)
+    folder.write_text(out.name, text + f"\n\n![held-out accuracy]({accuracy_svg.name})\n"
+                      f"![paired difference from {names[0]}]({paired_svg.name})\n")
     folder.write_text(out.with_suffix(".json").name, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return text
+
+
+def compare_plots(out: str | Path) -> tuple[Path, Path]:
+    """The two SVG files ``write_compare`` writes beside ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-accuracy.svg"), out.with_name(f"{out.stem}-accuracy-paired.svg")

@@ -14,6 +14,7 @@ be audited pair by pair.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -262,7 +263,8 @@ class Selection:
     label: SoftLabel = SoftLabel()
     beta: float = 0.1  # scale of the implicit reward margin
     judge_signal: Literal["sampled", "expected"] = "sampled"  # the judge number: parsed verdicts, or expected scores
-    rank_by: Literal["judge", "likelihood"] = "judge"  # what ranks a prompt's responses into pairs
+    rank_by: Literal["judge", "likelihood", "random"] = "judge"  # what ranks a prompt's responses into pairs
+    seed: int = 0  # of rank_by "random"
     # Rank on the even-numbered verdicts and estimate p_correct on the odd ones, so the estimate is not biased by
     # the selection it judges (see ``_verdict_split``).
     holdout_verdicts: bool = False
@@ -369,6 +371,8 @@ def select(
         return _mean(v.rank_scores)
 
     def rank_score(key: tuple[str, int]) -> float | None:
+        if sel.rank_by == "random":
+            return random_score(sel.seed, *key)
         return judge_score(key) if sel.rank_by == "judge" else rew[key]["logp_policy_norm"]
 
     def implicit(key: tuple[str, int], logp_col: str) -> float | None:
@@ -418,6 +422,13 @@ def select(
                 drop_reason=reason, previous_rewards=any(p is not None for p in prev),
             ))
     return _decide(rows, sel)
+
+
+def random_score(seed: int, prompt_id: str, sample_idx: int) -> float:
+    """A score on the judge's 0..5 scale that knows nothing of the response (``rank_by: random``, the control arm):
+    uniform, fixed by the run seed and the response's key, so a rerun or a replay draws the same pairs."""
+    digest = hashlib.sha256(f"{seed}\x1frank\x1f{prompt_id}\x1f{sample_idx}".encode()).digest()
+    return 5.0 * int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _correct(reward: Row) -> bool | None:
@@ -518,6 +529,7 @@ def make_selection(cfg: RunConfig) -> Selection:
     return Selection(
         strategy=BestVsWorst() if s.strategy == "best_vs_worst" else MarginPairs(s.min_margin, s.max_pairs_per_prompt),
         filters=tuple(filters), label=label, beta=cfg.dpo.beta, judge_signal=cfg.judge.score_source, rank_by=s.rank_by,
+        seed=cfg.seed,
         holdout_verdicts=s.judge_uncertainty.p_min is not None or (s.agreement.enabled and s.agreement.require_confident),
         length_normalized=s.length_normalized, consistency_source=s.consistency.source,
         mc_measure=s.mc_dropout.measure, downweight_filters=downweighted, downweight=s.mc_dropout.downweight,

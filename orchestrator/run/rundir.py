@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -40,6 +40,9 @@ from orchestrator.inputs import shown, unicode_problem, writable_folder
 from orchestrator.run.lock import LOCK_FILE, RunLock, RunLockedError
 from workers import faults
 from workers.storage import Storage
+
+if TYPE_CHECKING:
+    from orchestrator.run.branch import Shared
 
 STATE_VERSION = 1
 # Pipeline order of the stages of one iteration (for listing state.json).
@@ -106,10 +109,13 @@ class RunDir:
         return it, STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
 
     # --- opening ----------------------------------------------------------
-    def open(self, cfg: RunConfig, versions: dict[str, str], model_fingerprint: str = "") -> bool:
+    def open(self, cfg: RunConfig, versions: dict[str, str], model_fingerprint: str = "",
+             shared: Shared | None = None) -> bool:
         """Lock the run dir, then create it or check that ``cfg`` may resume it. Returns True when resuming.
 
         ``model_fingerprint`` identifies the base model's files (``models.model_fingerprint``).
+        ``shared``: the stages a new branch starts from (``orchestrator.run.branch``); they are linked in and
+        recorded before anything else happens.
         Raises RunDirError when another process holds the run dir, when the
         frozen config differs in a field that is not safe, or when
         ``model.path`` now holds another model. ``close`` releases the lock.
@@ -119,7 +125,7 @@ class RunDir:
         except RunLockedError as e:
             raise RunDirError(str(e)) from None
         try:
-            return self._open(cfg, versions, model_fingerprint)
+            return self._open(cfg, versions, model_fingerprint, shared)
         except BaseException:
             self.close()
             raise
@@ -128,7 +134,8 @@ class RunDir:
         """Release the run dir's lock."""
         self._lock.release()
 
-    def check(self, cfg: RunConfig, model_fingerprint: str = "", redo: str | None = None) -> bool:
+    def check(self, cfg: RunConfig, model_fingerprint: str = "", redo: str | None = None,
+              shared: Shared | None = None) -> bool:
         """Everything ``open`` (and ``--redo``) would refuse, found without creating or changing anything.
 
         Returns True when the run dir holds a run ``cfg`` may resume. Raises
@@ -137,7 +144,9 @@ class RunDir:
         config.yaml, a config that differs in fields that change results, a
         base model that changed, a ``redo`` stage that is not committed or
         whose later artifacts lie outside the run dir, a committed artifact
-        that is missing or damaged, a run dir another process holds.
+        that is missing or damaged, a run dir another process holds, a
+        ``shared`` branch point other than the one this run dir was branched
+        from, a branch whose source lost a stage before it was shared.
         """
         st = self.storage
         if st.local:
@@ -159,6 +168,7 @@ class RunDir:
                 raise RunDirError(f"--redo {redo}: {self.root} has no committed stage (it is not a run directory yet)")
             return False
         self._state = self._read_state()
+        self._check_branch(shared)
         frozen = self._read_frozen_config()
         unsafe = [c for c in changed_fields(frozen, cfg) if c[0] not in safe_fields()]
         if unsafe:
@@ -187,13 +197,14 @@ class RunDir:
             raise RunDirError(str(e)) from None
         return True
 
-    def _open(self, cfg: RunConfig, versions: dict[str, str], model_fingerprint: str) -> bool:
+    def _open(self, cfg: RunConfig, versions: dict[str, str], model_fingerprint: str, shared: Shared | None) -> bool:
         st = self.storage
-        if self.check(cfg, model_fingerprint):
+        if self.check(cfg, model_fingerprint, shared=shared):
             frozen = self._read_frozen_config()
             if to_plain(frozen) != to_plain(cfg):
                 st.write_text(self.config_path, _frozen_text(cfg))
             self._start_session(resumed=True)
+            self._share()
             return True
         st.mkdir()
         for name in self._creation_leftovers():
@@ -210,9 +221,68 @@ class RunDir:
             "model_fingerprint": model_fingerprint,
             "stages": {},
             "sessions": [],
+            **({"branched_from": {**shared.to_state(), "complete": False}} if shared else {}),
         }
         self._start_session(resumed=False)
+        self._share()
         return False
+
+    # --- branches -------------------------------------------------------------
+    @property
+    def branched_from(self) -> dict[str, Any] | None:
+        """state.json's record of the run dir and stage this run was branched from (None: not a branch)."""
+        return self._state.get("branched_from")
+
+    def _check_branch(self, shared: Shared | None) -> None:
+        """RunDirError when ``--from`` names another branch point than this run dir's, or a stage still to share
+        is gone from the source."""
+        branch = self._state.get("branched_from")
+        if shared is not None and (branch is None or (branch.get("run_dir"), branch.get("stage")) !=
+                                   (shared.source, shared.stage)):
+            was = f"was branched from {branch.get('run_dir')}@{branch.get('stage')}" if branch else "is not a branch"
+            raise RunDirError(f"--from {shared.source}@{shared.stage}: {self.root} already holds a run, which {was}; "
+                              "resume it without --from, or branch into a new --run-dir")
+        if branch is None or branch.get("complete"):
+            return
+        source = Storage(branch["run_dir"])
+        for key, rec in branch["stages"].items():
+            if key not in self._state["stages"]:
+                why = source.inside(rec["artifact"])
+                if why is None and not source.exists(rec["artifact"]):
+                    why = "is missing"
+                if why is None and source.sha256(rec["artifact"]) != rec["sha256"]:
+                    why = "was changed since it was committed (sha256)"
+                if why is not None:
+                    raise RunDirError(f"{self.root} is a branch whose stage {key} is still to be shared from "
+                                      f"{branch['run_dir']}, but its artifact {rec['artifact']!r} there {why}; "
+                                      "branch afresh into a new --run-dir")
+
+    def _share(self) -> None:
+        """Link (or copy) in the stages this branch shares that it does not hold yet, each verified, then record them.
+
+        Runs at every opening until all are in, so a branch interrupted while
+        sharing completes on the next run; after that the source is never read
+        again (a shared stage that is redone is computed here like any other).
+        """
+        branch = self._state.get("branched_from")
+        if branch is None or branch.get("complete"):
+            return
+        source = Storage(branch["run_dir"])
+        for key in sorted(branch["stages"], key=self.stage_sort_key):
+            rec = branch["stages"][key]
+            if key in self._state["stages"]:
+                continue
+            how = self.storage.share_from(source, rec["artifact"])
+            _, digest = self._digests(rec["artifact"])
+            if digest != rec["sha256"]:
+                raise RunDirError(f"sharing stage {key} from {branch['run_dir']}: {rec['artifact']!r} has sha256 "
+                                  f"{digest[:12]}, recorded {rec['sha256'][:12]}: it changed there while being shared")
+            self._state["stages"][key] = dict(rec)
+            self._verified[key] = digest
+            self.session.setdefault("stages_shared", {})[key] = how
+            faults.point(f"{key}:shared")
+        branch["complete"] = True
+        self._write_state()
 
     def _creation_leftovers(self) -> list[str]:
         """Temporary files a creation that failed mid-write left (none when it failed cleanly)."""
@@ -466,6 +536,14 @@ def _shape_problem(state: dict[str, Any]) -> str | None:
             value = rec.get(name)
             if not isinstance(value, types) or isinstance(value, bool):
                 return f"stage {key}: field {name!r} is {value!r}, expected {' or '.join(t.__name__ for t in types)}"
+    branch = state.get("branched_from")
+    if branch is not None:
+        if not (isinstance(branch, dict) and isinstance(branch.get("run_dir"), str) and isinstance(branch.get("stage"), str)
+                and isinstance(branch.get("stages"), dict)):
+            return "field 'branched_from' is not a branch record (run_dir, stage, stages)"
+        problem = _shape_problem({"stages": branch["stages"], "created_at": "", "config_hash": "", "sessions": []})
+        if problem:
+            return f"branched_from: {problem}"
     for name, kind in (("created_at", str), ("config_hash", str), ("sessions", list)):
         if not isinstance(state.get(name), kind):
             return f"field {name!r} is {state.get(name)!r}, expected {kind.__name__}"

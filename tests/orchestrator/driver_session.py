@@ -20,8 +20,9 @@ from tests.orchestrator.standins import StandInBackend
 from workers import faults
 
 
-def session(overrides: list[str], run_dir: str, kill_at: str | None, redo: str | None) -> None:
+def session(overrides: list[str], run_dir: str, kill_at: str | None, redo: str | None,
+            branch_from: str | None = None) -> None:
     """The run dir's next session; ``kill_at``: where the driver SIGKILLs itself (``workers.faults``)."""
     if kill_at:
         os.environ[faults.KILL_AT_ENV] = kill_at
-    loop.run(load_config(CONFIG, overrides), run_dir, redo=redo, backend=StandInBackend())
+    loop.run(load_config(CONFIG, overrides), run_dir, redo=redo, backend=StandInBackend(), branch_from=branch_from)

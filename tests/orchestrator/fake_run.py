@@ -26,9 +26,19 @@ def _table(schema: pa.Schema, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{**{n: None for n in schema.names}, **r} for r in rows], schema=schema)
 
 
+def _eval(rd: RunDir, t: int, accuracy: float) -> None:
+    """M(t)'s held-out answers: prompt k correct for the first ``accuracy * N``; the later answers longer, repetitive."""
+    rows = [{"iteration": t, "split": "verifiable", "prompt_id": f"h{k}", "prompt": f"What is {k} + 1?", "answer": str(k + 1),
+             "response": f"It is {k + 1}." if k < accuracy * N else "the the the the", "num_tokens": 4 + t,
+             "finish_reason": "stop" if k % 2 else "length", "correct": k < accuracy * N} for k in range(N)]
+    rd.write_table(f"{rd.iter_dir(t)}/eval.parquet", _table(artifacts.EVAL, rows))
+    rd.commit(rd.stage_key(t, "eval"), f"{rd.iter_dir(t)}/eval.parquet", N, 1.0, {})
+
+
 def make_run(root: Path | str, iterations: int = 2, accuracy: tuple[float, ...] = (0.2, 0.3, 0.4)) -> Path:
     rd = RunDir(root)
     rd.open(load_config(None, [f"iterations={iterations}"]), {"selfreward-test": "1"})
+    _eval(rd, 0, accuracy[0])
     rd.write_json(f"{rd.iter_dir(0)}/metrics.json", {"iteration": 0, "eval_accuracy": _acc(accuracy[0]),
                                                    "eval_fixed_judge": stats.mean([1.0, 2.0, 3.0]).to_json(),
                                                    "eval_self_judge": stats.mean([1.0, 2.0, 3.0]).to_json(),
@@ -60,6 +70,7 @@ def make_run(root: Path | str, iterations: int = 2, accuracy: tuple[float, ...] 
         steps = [{"step": s, "epoch": 0, "loss": 0.69 - 0.1 * s, "reward_accuracy": 0.5, "reward_margin": 0.1 * s,
                   "pairs": 1, "tokens": 20} for s in (1, 2)]
         rd.commit(rd.stage_key(t, "train"), adapter, None, 5.0, {"steps": steps, "optimizer_steps": 2})
+        _eval(rd, t, accuracy[t])
         quality = label_quality(pairs)
         rd.write_json(f"{d}/metrics.json", {
             "iteration": t, "eval_accuracy": _acc(accuracy[t]),

@@ -16,6 +16,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -63,9 +64,10 @@ _FORKS = multiprocessing.get_context("forkserver")
 _FORKS.set_forkserver_preload(["tests.orchestrator.driver_session"])
 
 
-def session(overrides: list[str], run_dir: Path, kill_at: str | None = None, redo: str | None = None) -> int:
+def session(overrides: list[str], run_dir: Path, kill_at: str | None = None, redo: str | None = None,
+            branch_from: str | None = None) -> int:
     """The exit code of one driver session in a process of its own: 0, or -SIGKILL where it was killed."""
-    p = _FORKS.Process(target=driver_session.session, args=(overrides, str(run_dir), kill_at, redo))
+    p = _FORKS.Process(target=driver_session.session, args=(overrides, str(run_dir), kill_at, redo, branch_from))
     p.start()
     p.join()
     return p.exitcode
@@ -240,3 +242,89 @@ def test_killed_anywhere_any_number_of_times_the_run_resumes_to_the_uninterrupte
         for key, n in s["parts_computed"].items():
             parts[key] = parts.get(key, 0) + n
     assert parts == sessions(ref_dir)[0]["parts_computed"]
+
+
+# --- branches (orchestrator.run.branch) -------------------------------------------------------------------------
+SHARED = ("iter_000/eval", "iter_000/metrics", "iter_001/generate", "iter_001/judge", "iter_001/score")
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    st_ = path.stat()
+    return st_.st_dev, st_.st_ino
+
+
+def test_a_branch_shares_the_stages_up_to_its_point_by_link_and_sha256_then_runs_like_any_run(
+        reference, overrides, tmp_path):
+    source, branch = tmp_path / "source", tmp_path / "branch"
+    shutil.copytree(reference[0], source)
+    backend = StandInBackend()
+    loop.run(load_config(CONFIG, overrides), branch, backend=backend, branch_from=f"{source}@iter_001/score")
+    ours, theirs = stages(branch), stages(source)
+    assert ours.keys() == theirs.keys()
+    for key in SHARED:  # the same record, and the very same file (a hard link, nothing copied)
+        assert ours[key] == theirs[key]
+        assert _inode(branch / ours[key]["artifact"]) == _inode(source / theirs[key]["artifact"])
+    (only,) = sessions(branch)
+    assert only["stages_shared"] == {k: "linked" for k in SHARED}
+    assert set(only["stages_computed"]) == set(theirs) - set(SHARED)
+    assert json.loads((branch / "state.json").read_text())["branched_from"]["stage"] == "iter_001/score"
+    # The same config from the same inputs: what the branch computed is what the source computed.
+    assert results(branch) == results(source)
+    # It resumes like any run, with its --from or without, and outlives the source.
+    assert session(overrides, branch, branch_from=f"{source}@iter_001/score") == 0
+    shutil.rmtree(source)
+    assert session(overrides, branch) == 0
+    assert not any(s["stages_computed"] for s in sessions(branch)[1:]) and results(branch) == results(reference[0])
+
+
+def test_a_branch_may_change_what_only_later_stages_read_and_nothing_else(reference, overrides, tmp_path):
+    source = reference[0]
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    # The selection is read from the select stage on: a branch after score may change it.
+    branch = tmp_path / "random"
+    loop.run(load_config(CONFIG, [*overrides, "selection.rank_by=random"]), branch, backend=StandInBackend(),
+             branch_from=f"{source}@iter_001/score")
+    assert all(stages(branch)[k] == stages(source)[k] for k in SHARED)
+    assert pq.read_table(branch / "iter_001/pairs.parquet") != pq.read_table(source / "iter_001/pairs.parquet")
+    # What a shared stage reads may not change: refused before anything is created, naming field and stage.
+    for change, where, stage in (("judge.judge_samples=3", "iter_001/score", "iter_001/judge"),
+                                 ("generation.temperature=0.5", "iter_001/judge", "iter_001/generate"),
+                                 ("dpo.beta=0.3", "iter_001/select", "iter_001/select"),
+                                 ("seed=7", "iter_000/eval", "iter_000/eval")):
+        refused = tmp_path / f"refused-{change.split('=')[0]}"
+        with pytest.raises(RunDirError, match=rf"(?s){re.escape(change.split('=')[0])}: .* read by {stage}"):
+            loop.run(load_config(CONFIG, [*overrides, change]), refused, backend=StandInBackend(),
+                     branch_from=f"{source}@{where}")
+        assert not refused.exists()
+    for bad, match in ((f"{source}@iter_003/score", r"not a committed stage .*\(committed: iter_000/eval"),
+                       (f"{tmp_path}/nowhere@iter_001/score", "no state.json"),
+                       (f"{branch}@iter_001/score", "that is the run dir itself")):
+        with pytest.raises(RunDirError, match=match):
+            loop.run(load_config(CONFIG, [*overrides, "selection.rank_by=random"]), branch, backend=StandInBackend(),
+                     branch_from=bad)
+    # A run dir branched from one point is not re-branched from another.
+    with pytest.raises(RunDirError, match="already holds a run, which was branched from .*@iter_001/score"):
+        loop.run(load_config(CONFIG, [*overrides, "selection.rank_by=random"]), branch, backend=StandInBackend(),
+                 branch_from=f"{source}@iter_001/judge")
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before  # the source is only read
+
+
+def test_a_damaged_source_is_refused_and_a_branch_killed_while_sharing_completes_on_rerun(reference, overrides,
+                                                                                          tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(reference[0], source)
+    victim = source / "iter_001/judgments.parquet"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:-30])
+    with pytest.raises(RunDirError, match=r"iter_001/judge: artifact .*judgments.parquet does not match"):
+        loop.run(load_config(CONFIG, overrides), tmp_path / "b0", backend=StandInBackend(),
+                 branch_from=f"{source}@iter_001/score")
+    assert not (tmp_path / "b0").exists()
+    victim.write_bytes(good)
+    branch = tmp_path / "branch"
+    assert session(overrides, branch, kill_at="iter_001/judge:shared@1",
+                   branch_from=f"{source}@iter_001/score") == -signal.SIGKILL
+    assert json.loads((branch / "state.json").read_text())["stages"] == {}  # linked files, nothing recorded yet
+    assert session(overrides, branch) == 0  # no --from needed: the branch completes from its own state
+    assert results(branch) == results(reference[0])
+    assert [k for s in sessions(branch) for k in s.get("stages_shared", {})] == list(SHARED)

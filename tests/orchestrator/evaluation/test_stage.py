@@ -33,9 +33,12 @@ def _eval_table(rows):
 
 def test_eval_summary_counts_by_hand():
     rows = [
-        {"split": "verifiable", "prompt_id": "v1", "correct": True, "grade_rule": "explicit", "num_tokens": 3},
-        {"split": "verifiable", "prompt_id": "v2", "correct": False, "grade_rule": "ungradable", "num_tokens": 4},
-        {"split": "verifiable", "prompt_id": "v3", "correct": True, "grade_rule": "counted_noun", "num_tokens": 5},
+        {"split": "verifiable", "prompt_id": "v1", "correct": True, "grade_rule": "explicit", "num_tokens": 3,
+         "response": "Answer: 4", "finish_reason": "stop"},
+        {"split": "verifiable", "prompt_id": "v2", "correct": False, "grade_rule": "ungradable", "num_tokens": 4,
+         "response": "so so so so so", "finish_reason": "length"},
+        {"split": "verifiable", "prompt_id": "v3", "correct": True, "grade_rule": "counted_noun", "num_tokens": 5,
+         "response": "7", "finish_reason": "stop"},
         {"split": "instruction", "fixed_judge_score": 4.0, "self_judge_score": 5.0, "outcome": "win", "num_tokens": 10,
          "pairwise_first": "A", "pairwise_second": "B"},
         {"split": "instruction", "fixed_judge_score": None, "self_judge_score": 3.0, "outcome": "tie", "num_tokens": 10},
@@ -55,6 +58,11 @@ def test_eval_summary_counts_by_hand():
     assert s["eval_self_judge"]["value"] == pytest.approx(4.0)
     assert (s["eval_judge_parse_rate"]["k"], s["eval_judge_parse_rate"]["n"]) == (6, 8)
     assert s["win_counts"] == {"win": 1, "loss": 1, "tie": 1, "invalid": 1}
+    # The answers' shape: mean tokens over all 7 answers, 1 of 7 cut at max_tokens, distinct-2 of the two answers
+    # with two words or more (1.0 and 1/4: "so so" four times).
+    assert s["eval_answer_tokens"]["value"] == pytest.approx(52 / 7) and s["eval_answer_tokens"]["n"] == 7
+    assert (s["eval_truncated_rate"]["k"], s["eval_truncated_rate"]["n"]) == (1, 7)
+    assert s["eval_distinct2"]["value"] == pytest.approx((1 + 1 / 4) / 2) and s["eval_distinct2"]["n"] == 2
     # Rates are over decided outcomes (invalid apart): 1 win, 1 tie, 1 loss.
     for name in ("win_rate", "tie_rate", "loss_rate"):
         assert (s[name]["value"], s[name]["k"], s[name]["n"]) == (pytest.approx(1 / 3), 1, 3)
@@ -120,7 +128,9 @@ def test_shipped_configs_evaluate_on_held_out_sets():
     for path in CONFIGS:
         cfg = load_config(path)
         sets, _ = load_eval_sets(cfg, load_prompts(cfg.data.prompts, cfg.data.columns))  # raises on any overlap
-        assert sets.verifiable is not None and sets.instructions is not None, path.name
+        assert sets.verifiable is not None, path.name
+        # The improvement experiment measures held-out accuracy only (its arms' instruction judging would cost hours).
+        assert sets.instructions is not None or path.name.startswith("improve-"), path.name
 
 
 def test_a_judge_always_answering_a_through_the_evaluate_stage(tmp_path):

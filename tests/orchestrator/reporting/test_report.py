@@ -69,8 +69,16 @@ def test_compare_puts_runs_side_by_side(tmp_path):
     assert ["accuracy (held-out)", "2", "0.500 [0.237, 0.763] 5/10", "0.600 [0.313, 0.832] 6/10"] in rows
     assert ["mean consistency C", "2", "0.50 [0.25, 0.75] n=2", "0.50 [0.25, 0.75] n=2"] in rows
     assert ["mean consistency C", "1", "n/a", "n/a"] in rows  # undefined at iteration 1: said, not a number
+    # From the evaluation tables: the paired difference from the first run's accuracy, over the same prompts.
+    paired = [r for r in rows if r[0] == "accuracy - srlm's (paired)"]
+    assert [r[1] for r in paired] == ["0", "1", "2"] and all(r[2] == "-" for r in paired)
+    assert paired[2][3].startswith("+0.100 [") and paired[0][3].startswith("+0.000")
+    assert any(r[0] == "answer distinct-2 (held-out)" and r[1] == "2" for r in rows)
     text = write_compare([a, b], tmp_path / "cmp.md")
-    assert (tmp_path / "cmp.md").read_text().strip() == text
+    md = (tmp_path / "cmp.md").read_text()
+    assert md.startswith(text) and "![held-out accuracy](cmp-accuracy.svg)" in md
+    for plot in ("cmp-accuracy.svg", "cmp-accuracy-paired.svg"):
+        assert "<svg" in (tmp_path / plot).read_text()
     saved = json.loads((tmp_path / "cmp.json").read_text())["metrics"]["eval_accuracy"]["1"]
     assert saved["srlm"]["value"] == 0.3 and saved["cream"]["n"] == 10 and saved["cream"]["ci95"]
     assert data["runs"]["srlm"] == str(a)

@@ -231,6 +231,24 @@ def test_internal_likelihood_signals_per_pair_and_in_every_role():
     assert cons[0]["consistency"] == pytest.approx(1.0)
 
 
+def test_random_ranking_is_a_control_that_ignores_quality_and_repeats_per_seed():
+    """``rank_by: random`` (the improvement experiment's control arm): which response is chosen is independent of the
+    judge, of correctness and of the likelihood, drawn the same way on a rerun and another way at another seed."""
+    spec = {f"p{i}": [R([5.0], correct=True, logp=-1.0), R([0.0], correct=False, logp=-50.0), R([2.0], logp=-9.0)]
+            for i in range(200)}
+
+    def chosen(seed):
+        return [(r["prompt_id"], r["chosen_idx"], r["rejected_idx"]) for r in rows(spec, Selection(rank_by="random",
+                                                                                                    seed=seed))[1]]
+
+    first = chosen(0)
+    assert first == chosen(0) and first != chosen(1)
+    assert len(first) == 200 and all(c != r for _, c, r in first)  # one pair per prompt, two different responses
+    # The judge would always choose idx 0 over idx 1; at random each of the six ordered pairs turns up about as often.
+    counts = {(c, r): sum((c, r) == (x, y) for _, x, y in first) for c in range(3) for r in range(3) if c != r}
+    assert all(15 <= n <= 55 for n in counts.values()), counts
+
+
 def test_implicit_consistency_ranks_the_reference_model_by_likelihood():
     """At iteration 2 the previous model is the reference: its implicit rewards are all 0, so CREAM ranks it by
     per-token likelihood instead."""

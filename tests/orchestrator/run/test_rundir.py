@@ -231,3 +231,36 @@ def test_a_failed_write_leaves_the_committed_state_intact(tmp_path, monkeypatch)
     assert rd.storage.listdir("iter_001") == ["g.parquet"]
     assert rd.record("iter_001/generate") is not None
     rd.close()
+
+
+def test_a_branch_links_on_one_disk_and_copies_between_file_systems(tmp_path):
+    """``Storage.share_from``: the same bytes, linked where both sides are one local disk, copied to another store;
+    a file and a directory artifact alike, replacing what a dead attempt left."""
+    src = Storage(tmp_path / "src")
+    src.write_text("iter_001/generations.parquet", "rows")
+    src.write_text("iter_001/adapter/weights.bin", "w")
+    src.write_text("iter_001/adapter/sub/config.json", "{}")
+    for dst, how in ((Storage(tmp_path / "dst"), "linked"), (Storage("bucket/dst", pafs._MockFileSystem()), "copied")):
+        dst.write_text("iter_001/adapter/stale.bin", "left by a dead attempt")
+        for rel in ("iter_001/generations.parquet", "iter_001/adapter"):
+            assert dst.share_from(src, rel) == how
+            assert dst.sha256(rel) == src.sha256(rel)
+        assert dst.files("iter_001/adapter") == ["sub/config.json", "weights.bin"]
+        assert [n for n in dst.listdir("iter_001") if n.startswith(".")] == []  # no staging left behind
+    linked = tmp_path / "dst/iter_001/adapter/weights.bin"
+    assert linked.stat().st_ino == (tmp_path / "src/iter_001/adapter/weights.bin").stat().st_ino
+
+
+def test_every_field_that_changes_results_is_assigned_the_stages_that_read_it():
+    """A branch refuses a change to a field a shared stage reads (``orchestrator.run.branch``): every field that
+    changes results is named there, so a new one is placed deliberately rather than read by every stage by default."""
+    from orchestrator.config import RunConfig, _flatten, safe_fields, to_plain
+    from orchestrator.run.branch import EVERY_STAGE, STAGE_READS, readers
+
+    entries = [e for es in STAGE_READS.values() for e in es] + list(EVERY_STAGE)
+    unsafe = set(_flatten(to_plain(RunConfig()))) - safe_fields()
+    unplaced = sorted(f for f in unsafe if not any(f == e or f.startswith(e + ".") for e in entries))
+    assert unplaced == []
+    assert readers("generation.temperature") == ("generate",)
+    assert readers("selection.mc_dropout.p") == ("score", "select")
+    assert set(readers("seed")) == set(STAGE_READS)
