@@ -2,13 +2,14 @@
 #   make run    set up, then run the main job (tiny CPU config, 2 iterations) and write its report
 #   make test   set up, then run the test suite (what .ci/run calls)
 #   make test-fast  the unit and driver tiers only (no engine, no Ray cluster: a few minutes)
+#   make docs   regenerate docs/CONFIG.md from the config's declarations
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 RUN_DIR ?= runs/tiny-cpu
 STAMP   := $(VENV)/.selfreward-setup
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast docs clean
 
 setup: $(STAMP)
 
@@ -34,6 +35,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration and not e2e and not gpu" --durations=10 tests/orchestrator tests/test_*.py
+
+docs: setup
+	$(BIN)/selfreward config --docs > docs/CONFIG.md
 
 clean:
 	rm -rf $(VENV) runs

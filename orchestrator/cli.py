@@ -51,8 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="branch_from", metavar="RUN_DIR[@iter_NNN/stage]",
                    help="start a new run dir from another run's committed stages up to this one (all without @), "
                    "shared by hard link and sha256; refused when the config differs in a field those stages read")
+    cf = sub.add_parser("config", parents=[common], help="print the resolved config (defaults, file, overrides) as "
+                        "YAML; --docs: every field with its type, default and description")
+    cf.add_argument("config", nargs="?", help="YAML config (default: the defaults alone)")
+    cf.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.05")
+    cf.add_argument("--docs", action="store_true", help="print the config reference (docs/CONFIG.md) instead")
     s = sub.add_parser("status", parents=[common], help="show the stages a run directory has committed")
     s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead (for scripts)")
     rep = sub.add_parser("report", parents=[common], help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")
     rep.add_argument("run_dir")
     rp = sub.add_parser("replay", parents=[common], help="recompute each recipe's selection on one run's committed "
@@ -72,9 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--model-config", help="the model's config.json, where model.path is not on this machine "
                     "(e.g. jobs/models/llama-3.1-8b-instruct.config.json)")
     c = sub.add_parser("compare", parents=[common],
-                       help="put runs side by side (printed, and written as Markdown + JSON)")
+                       help="put runs side by side (printed; with --out also written as Markdown, JSON and plots)")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    c.add_argument("--out", default="compare.md", help="Markdown file to write; a .json beside it (default: compare.md)")
+    c.add_argument("--out", help="Markdown file to write, with a .json and two plots (<name>-accuracy*.svg) beside it "
+                   "(default: print only)")
     return p
 
 
@@ -180,17 +187,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.docs:
+        from orchestrator.config_docs import config_docs
+
+        print(config_docs(), end="")
+        return 0
+    from orchestrator.config import dump_yaml, load_config, to_plain
+
+    print(dump_yaml(to_plain(load_config(args.config, args.overrides))), end="")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """Every committed stage, checked; exit 2 when any is damaged or records a path outside the run dir."""
+    """Every committed stage, checked; exit 2 when any is damaged or records a path outside the run dir.
+
+    ``--json``: the same as one JSON object (run dir, creation, config hash, branch, each stage with its record and
+    check, the metrics rows) for scripts.
+    """
     from orchestrator.run.rundir import RunDir
 
     rd = RunDir(args.run_dir)
     state = rd.load_state()
-    print(f"run dir {rd.root}  created {state['created_at']}  config {state['config_hash'][:12]}")
+    out: dict[str, Any] = {"run_dir": rd.root, "created_at": state["created_at"], "config_hash": state["config_hash"],
+                           "branched_from": None, "stages": {}, "metrics": None, "metrics_problem": None}
+    lines = [f"run dir {rd.root}  created {state['created_at']}  config {state['config_hash'][:12]}"]
     if rd.branched_from:
         b = rd.branched_from
-        print(f"  branched from {b['run_dir']} at {b['stage']} ({len(b['stages'])} stages shared"
-              f"{'' if b.get('complete') else ', still to be linked in: rerun the run command'})")
+        out["branched_from"] = {"run_dir": b["run_dir"], "stage": b["stage"], "complete": bool(b.get("complete"))}
+        lines.append(f"  branched from {b['run_dir']} at {b['stage']} ({len(b['stages'])} stages shared"
+                     f"{'' if b.get('complete') else ', still to be linked in: rerun the run command'})")
     damaged = 0
     for key, rec in sorted(state["stages"].items(), key=lambda kv: rd.stage_sort_key(kv[0])):
         try:
@@ -198,20 +224,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             ok = "ok"
         except Exception as e:  # report, do not stop: status shows every problem
             ok, damaged = f"DAMAGED: {e}", damaged + 1
+        out["stages"][key] = {**{k: rec[k] for k in ("artifact", "sha256", "rows", "seconds", "finished_at")},
+                              "check": ok}
         rows = "" if rec["rows"] is None else f"{rec['rows']} rows"
-        print(f"  {key:<22} {rows:>10} {rec['seconds']:>9.1f}s  {rec['artifact']!r}  {ok}")
+        lines.append(f"  {key:<22} {rows:>10} {rec['seconds']:>9.1f}s  {rec['artifact']!r}  {ok}")
     if rd.exists("metrics.jsonl"):
         from orchestrator.reporting.runlog import format_iteration, format_table
 
         try:
             rows = [json.loads(line) for line in rd.storage.read_text("metrics.jsonl").splitlines()]
-            text = "\n".join([format_iteration(m) for m in rows if m.get("kind") == "iteration"]
-                             + [format_table([m for m in rows if m.get("kind") in ("baseline", "iteration")])])
+            out["metrics"] = [m for m in rows if m.get("kind") in ("baseline", "iteration")]
+            lines += [format_iteration(m) for m in rows if m.get("kind") == "iteration"]
+            lines.append(format_table(out["metrics"]))
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             damaged += 1
-            text = (f"  DAMAGED: {rd.where('metrics.jsonl')} cannot be read ({type(e).__name__}: {e}); the next run "
-                    "rewrites it from the committed metrics")
-        print(text)
+            out["metrics"], out["metrics_problem"] = None, f"{type(e).__name__}: {e}"
+            lines.append(f"  DAMAGED: {rd.where('metrics.jsonl')} cannot be read ({type(e).__name__}: {e}); the next "
+                         "run rewrites it from the committed metrics")
+    print(json.dumps(out, indent=1, sort_keys=True) if args.json else "\n".join(lines))
     return EXIT_BAD_INPUT if damaged else 0
 
 
@@ -269,8 +299,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from orchestrator.reporting.report import compare_plots, write_compare
+    from orchestrator.reporting.report import compare_plots, compare_runs, format_compare, write_compare
 
+    if args.out is None:
+        print(format_compare(*compare_runs(args.run_dirs)[:2]))
+        return 0
     _writable("--out", args.out, json_beside=True)
     _writable("--out (the plots beside it)", *compare_plots(args.out))
     print(write_compare(args.run_dirs, args.out))
@@ -291,14 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after --run-dir.
     args, extra = parser.parse_known_args(argv)
-    unknown = [x for x in extra if x.startswith("-") or args.command not in ("run", "plan")]
+    unknown = [x for x in extra if x.startswith("-") or args.command not in ("run", "plan", "config")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command in ("run", "plan"):
+    if args.command in ("run", "plan", "config"):
         args.overrides = [*args.overrides, *extra]
     _configure_logging(args.quiet, args.verbose)
     try:
-        commands = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare,
+        commands = {"run": cmd_run, "config": cmd_config, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare,
                     "plan": cmd_plan}
         return commands[args.command](args)
     except (ConfigError, DataError, ModelError, ReplayError, RunDirError, StorageError, TokenizerError, PoolError,

@@ -208,6 +208,9 @@ def test_a_torn_metrics_jsonl_is_flagged_by_status(capsys, case):
     assert main(["status", str(case.run_dir)]) == 2
     out = capsys.readouterr()
     assert "DAMAGED" in out.out and "metrics.jsonl" in out.out and "Traceback" not in out.err
+    assert main(["status", str(case.run_dir), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"] is None and "JSONDecodeError" in out["metrics_problem"]
     assert tree(case.root) == before
 
 

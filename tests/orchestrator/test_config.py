@@ -135,3 +135,23 @@ def test_adapter_serving_auto_merges_on_cpu_engines_only():
     assert not load_config(None, ["resources.gpus_per_engine=1"]).resources.merge_adapters
     assert load_config(None, ["resources.adapter_serving=merged", "resources.gpus_per_engine=1"]).resources.merge_adapters
     assert not load_config(None, ["resources.adapter_serving=lora"]).resources.merge_adapters
+
+
+def test_the_config_reference_is_generated_and_current(capsys, tmp_path):
+    """docs/CONFIG.md is what ``selfreward config --docs`` prints (``make docs``), every field in it with its type,
+    default and description; ``selfreward config`` prints the resolved config as YAML that loads back to itself."""
+    from orchestrator.cli import main
+    from orchestrator.config import _flatten, to_plain
+    from orchestrator.config_docs import config_docs
+
+    text = config_docs()
+    assert (ROOT / "docs" / "CONFIG.md").read_text() == text, "docs/CONFIG.md is stale: run `make docs`"
+    for name in _flatten(to_plain(RunConfig())):
+        assert f"| `{name}` |" in text, name
+    assert "| `dpo.beta` | float | `0.1` | DPO inverse temperature beta. |" in text
+    assert "| `iterations` | int | `2` | Self-rewarding iterations T. *resume-safe* |" in text
+    assert "| `dpo.loss: cdpo` | TRL `loss_type: sigmoid` + `label_smoothing` |" in text
+    assert main(["config", str(ROOT / "jobs/configs/srlm.yaml"), "dpo.beta=0.2"]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "resolved.yaml").write_text(printed)
+    assert load_config(tmp_path / "resolved.yaml") == load_config(ROOT / "jobs/configs/srlm.yaml", ["dpo.beta=0.2"])

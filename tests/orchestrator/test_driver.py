@@ -107,6 +107,15 @@ def test_a_run_commits_every_artifact_to_its_contract(reference):
     assert {"iter_000/eval:part", "iter_001/generate:part", "iter_002/train:step"} <= set(reached)
 
 
+def test_status_json_lists_every_stage_checked_and_the_metrics(reference, capsys):
+    from orchestrator.cli import main
+
+    assert main(["status", str(reference[0]), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stages"].keys() == stages(reference[0]).keys() and {s["check"] for s in out["stages"].values()} == {"ok"}
+    assert [m["iteration"] for m in out["metrics"]] == [0, 1, 2] and out["branched_from"] is None
+
+
 def test_a_finished_run_resumes_without_starting_anything(reference, overrides, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(reference[0], run_dir)
