@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.inputs import INT_MAX, MAX_CONFIG_BYTES, MAX_OVERRIDE_CHARS, check_input_path, shown, unicode_problem
+from orchestrator.rewards.judge import PAIRWISE, PAIRWISE_TEMPLATE, RUBRIC, RUBRIC_TEMPLATE, template_problem
 from workers.engines.limits import GPU_MEMORY_SHARE, MAX_LORA_RANK
 
 
@@ -178,6 +179,40 @@ class JudgeConfig(_Strict):
         description="Which judge number ranks responses: the mean of the K parsed verdicts, or the mean of "
         "their expected scores (with judge_samples=1: one verdict instead of K samples).",
     )
+    rubric: str | None = Field(None, **_safe(
+        "A UTF-8 text file holding the judge's rubric: a template with {question} and {response} (and, to quote "
+        "them between markers a response cannot close, {open_q} {close_q} {open_r} {close_r}) that asks for a final "
+        "line 'Score: <0-5>'; a literal brace is written {{ or }}. null: the shipped additive 5-point rubric "
+        "(orchestrator/rewards/judge.py). Read when the config is loaded, into judge.rubric_text, which is what a "
+        "resume compares: the file may move, its text may not change."))
+    rubric_text: str | None = Field(
+        None, description="The rubric's text: filled from judge.rubric when the config is loaded, or given inline. "
+        "A run resumed or branched with another text is refused.")
+    pairwise_prompt: str | None = Field(None, **_safe(
+        "A UTF-8 text file holding the pairwise prompt of the win rate: a template with {question}, {answer_a} and "
+        "{answer_b} (markers {open_q} {close_q} {open_a} {close_a} {open_b} {close_b}) that asks for a final line "
+        "'Winner: <A, B or tie>'. null: the shipped prompt. Read into judge.pairwise_prompt_text, as the rubric."))
+    pairwise_prompt_text: str | None = Field(
+        None, description="The pairwise prompt's text: filled from judge.pairwise_prompt, or given inline.")
+
+    @field_validator("rubric_text", "pairwise_prompt_text")
+    @classmethod
+    def _a_template(cls, text: str | None, info: Any) -> str | None:
+        kind = RUBRIC_TEMPLATE if info.field_name == "rubric_text" else PAIRWISE_TEMPLATE
+        problem = None if text is None else template_problem(text, kind)
+        if problem:
+            raise ValueError(f"the text {problem}")
+        return text
+
+    @property
+    def rubric_template(self) -> str:
+        """The rubric the judge is prompted with."""
+        return self.rubric_text or RUBRIC
+
+    @property
+    def pairwise_template(self) -> str:
+        """The prompt of a pairwise verdict."""
+        return self.pairwise_prompt_text or PAIRWISE
 
 
 class LoraConfig(_Strict):
@@ -624,9 +659,40 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         tree = loaded
     for o in overrides:
         _apply_override(tree, o)
+    _read_templates(tree)
     if overrides:
         source += " + overrides " + " ".join(o if len(o) <= 60 else shown(o, 60) for o in overrides)
     return config_from_dict(tree, source)
+
+
+def _read_templates(tree: dict[str, Any]) -> None:
+    """Put the text of the files judge.rubric and judge.pairwise_prompt name into judge.rubric_text and
+    judge.pairwise_prompt_text (the file wins over a text already there: a run's own config.yaml holds both);
+    ConfigError naming the field, the file and what is wrong with it."""
+    judge = tree.get("judge")
+    if not isinstance(judge, dict):
+        return
+    for field, kind in (("rubric", RUBRIC_TEMPLATE), ("pairwise_prompt", PAIRWISE_TEMPLATE)):
+        path = judge.get(field)
+        if not isinstance(path, str):
+            continue  # null, or a wrong type the validation names
+        p = Path(path)
+        st = check_input_path(p, f"judge.{field}", ConfigError)
+        if not p.is_file():
+            raise ConfigError(f"judge.{field} {p}: not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"judge.{field} {p} is {st.st_size:,} bytes; a judge prompt may hold at most "
+                              f"{MAX_CONFIG_BYTES:,}")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"judge.{field} {p} is not valid UTF-8: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"judge.{field} {p} cannot be read: {e.strerror or e}") from None
+        problem = unicode_problem(text) or template_problem(text, kind)
+        if problem:
+            raise ConfigError(f"judge.{field} {p}: the text {problem}")
+        judge[f"{field}_text"] = text
 
 
 def _text_problem(value: Any, where: str = "") -> str | None:

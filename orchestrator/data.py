@@ -392,12 +392,14 @@ class TokenBudget:
     judge: int  # judge.max_tokens
     eval_answer: int  # eval.max_tokens
     limit: int  # model.max_model_len
+    rubric: str  # judge.rubric_template
+    pairwise: str  # judge.pairwise_template
     MARGIN = 8
 
     @staticmethod
     def of(cfg: RunConfig, tokenizer: Any) -> "TokenBudget":
         return TokenBudget(tokenizer, cfg.generation.max_tokens, cfg.judge.max_tokens, cfg.eval.max_tokens,
-                           cfg.model.max_model_len)
+                           cfg.model.max_model_len, cfg.judge.rubric_template, cfg.judge.pairwise_template)
 
     def _need(self, text: str, extra: int) -> int:
         """Tokens of ``text`` as a chat message plus ``extra``: a bound when that fits ``limit``, else exact."""
@@ -408,15 +410,15 @@ class TokenBudget:
 
     def training(self, prompt: str) -> int:
         return max(self._need(prompt, self.generation),
-                   self._need(judge_message(prompt, ""), self.generation + self.MARGIN + self.judge))
+                   self._need(judge_message(prompt, "", self.rubric), self.generation + self.MARGIN + self.judge))
 
     def verifiable(self, prompt: str) -> int:
         return self._need(prompt, self.eval_answer)
 
     def instruction(self, prompt: str) -> int:
         answer = self.eval_answer + self.MARGIN
-        return max(self._need(prompt, self.eval_answer), self._need(judge_message(prompt, ""), answer + self.judge),
-                   self._need(pairwise_message(prompt, "", ""), 2 * answer + self.judge))
+        return max(self._need(prompt, self.eval_answer), self._need(judge_message(prompt, "", self.rubric), answer + self.judge),
+                   self._need(pairwise_message(prompt, "", "", self.pairwise), 2 * answer + self.judge))
 
     def shorten(self, text: str, tokens: int) -> str:
         ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)

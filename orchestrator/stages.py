@@ -99,7 +99,8 @@ def judge(engines: Engines, cfg: RunConfig, t: int, generations: pa.Table, model
     for role, adapter in judges:
         keys = [(r, k) for r in rows for k in range(j.judge_samples)]
         seeds = [derive_seed(cfg.seed, "judge", role, t, r["prompt_id"], r["sample_idx"], k) for r, k in keys]
-        requests = [CompletionRequest(judge_message(r["prompt"], r["response"]), s) for (r, _), s in zip(keys, seeds)]
+        requests = [CompletionRequest(judge_message(r["prompt"], r["response"], j.rubric_template), s)
+                    for (r, _), s in zip(keys, seeds)]
         outs = engines.complete(requests, sampling, adapter, desc=f"judge ({role})")
         scores = [parse_score(o.text, o.finish_reason, (r["prompt"], r["response"])) for (r, _), o in zip(keys, outs)]
         probs: list[list[float] | None] = [None] * len(keys)

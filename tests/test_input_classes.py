@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from orchestrator import cli, inputs
 from orchestrator.cli import main
 from orchestrator.config import load_config
+from orchestrator.rewards.judge import PAIRWISE, RUBRIC
 from orchestrator.run.lock import RunLock
 from orchestrator.run.rundir import RunDir
 from tests import ROOT
@@ -339,14 +340,14 @@ def test_sizing_by_the_bound_keeps_and_cuts_what_exact_counting_does(tiny_tokeni
     texts = [("Explain this. " * n).strip() for n in range(1, 400, 7)]
     table = pa.Table.from_pylist([{"prompt_id": str(i), "prompt": t, "answer": None, "kind": None}
                                   for i, t in enumerate(texts)], schema=PROMPT_SCHEMA)
-    budget = TokenBudget(tiny_tokenizer, 128, 96, 96, 1024)
+    budget = TokenBudget(tiny_tokenizer, 128, 96, 96, 1024, RUBRIC, PAIRWISE)
 
     class Exact(TokenBudget):
         def _need(self, text, extra):
             from workers.tokens import prompt_token_ids
             return len(prompt_token_ids(self.tokenizer, text)) + extra
 
-    exact = Exact(tiny_tokenizer, 128, 96, 96, 1024)
+    exact = Exact(tiny_tokenizer, 128, 96, 96, 1024, RUBRIC, PAIRWISE)
     for policy in ("skip", "truncate"):
         for need in ("training", "instruction"):
             got = fit_to_context(table, getattr(budget, need), 1024, policy, budget.shorten, "p")

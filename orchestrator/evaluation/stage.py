@@ -169,7 +169,8 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
             rows.append(row)
     instr = [r for r in rows if r["split"] == INSTRUCTION]
     if instr:
-        verdicts = [CompletionRequest(judge_message(r["prompt"], r["response"]), _GREEDY_SEED) for r in instr]
+        verdicts = [CompletionRequest(judge_message(r["prompt"], r["response"], j.rubric_template), _GREEDY_SEED)
+                    for r in instr]
         fixed = engines.complete(verdicts, rubric, None, desc="eval fixed judge")
         own = fixed if model is None else engines.complete(verdicts, rubric, model, desc="eval self judge")
         for r, f, s in zip(instr, fixed, own):
@@ -180,7 +181,7 @@ def evaluate(engines: Engines, cfg: RunConfig, t: int, model: AdapterRef | None,
         _pairwise(engines, cfg, instr, baseline)
     if instr and sets.injections:
         attacks = [sets.injections[k % len(sets.injections)] for k in range(len(instr))]
-        verdicts = [CompletionRequest(judge_message(r["prompt"], r["response"] + text), _GREEDY_SEED)
+        verdicts = [CompletionRequest(judge_message(r["prompt"], r["response"] + text, j.rubric_template), _GREEDY_SEED)
                     for r, (_, text) in zip(instr, attacks)]
         outs = engines.complete(verdicts, rubric, None, desc="eval judge injections")
         for r, (aid, text), o in zip(instr, attacks, outs):
@@ -200,7 +201,7 @@ def _pairwise(engines: Engines, cfg: RunConfig, instr: list[dict[str, Any]], bas
             r["outcome"] = "tie"
         else:
             judged.append(r)
-    messages = [pairwise_message(r["prompt"], a, b)
+    messages = [pairwise_message(r["prompt"], a, b, cfg.judge.pairwise_template)
                 for r in judged for a, b in ((r["response"], r["baseline_response"]), (r["baseline_response"], r["response"]))]
     if cfg.eval.pairwise_verdict == "probability":
         probs = engines.choose([winner_choice(m) for m in messages], None, desc="eval win rate")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from dataclasses import dataclass
 
 from workers.types import ChoiceRequest
@@ -118,9 +119,10 @@ _WINNER_LINE_RE = re.compile(r"[*_#>\s]*winner[*_\s]*:[*_\s]*(a|b|(?:a\s+)?(?:ti
 WINNERS = ("A", "B", "tie")
 
 
-def pairwise_message(question: str, answer_a: str, answer_b: str) -> str:
-    """The user message asking the judge which of two answers to ``question`` is better."""
-    return PAIRWISE.format(
+def pairwise_message(question: str, answer_a: str, answer_b: str, template: str = PAIRWISE) -> str:
+    """The user message asking the judge which of two answers to ``question`` is better (``template``: a
+    ``judge.pairwise_prompt``, checked by ``template_problem``)."""
+    return template.format(
         open_q=OPEN_Q, close_q=CLOSE_Q, open_a=OPEN_A, close_a=CLOSE_A, open_b=OPEN_B, close_b=CLOSE_B,
         question=_defuse(question), answer_a=_defuse(answer_a), answer_b=_defuse(answer_b),
     )
@@ -152,9 +154,10 @@ def _defuse(text: str) -> str:
     return text.replace("<<<", "< < <").replace(">>>", "> > >")
 
 
-def judge_message(question: str, response: str) -> str:
-    """The user message asking the judge to grade ``response`` to ``question``."""
-    return RUBRIC.format(
+def judge_message(question: str, response: str, template: str = RUBRIC) -> str:
+    """The user message asking the judge to grade ``response`` to ``question`` (``template``: a ``judge.rubric``,
+    checked by ``template_problem``)."""
+    return template.format(
         open_q=OPEN_Q,
         close_q=CLOSE_Q,
         open_r=OPEN_R,
@@ -162,6 +165,42 @@ def judge_message(question: str, response: str) -> str:
         question=_defuse(question),
         response=_defuse(response),
     )
+
+
+@dataclass(frozen=True)
+class Template:
+    """What a judge prompt template must hold: its placeholders (``needs`` among ``places``, the quote markers
+    optional) and the verdict line the parser reads."""
+
+    needs: tuple[str, ...]
+    places: tuple[str, ...]
+    verdict: str
+
+
+RUBRIC_TEMPLATE = Template(("question", "response"), ("question", "response", "open_q", "close_q", "open_r", "close_r"),
+                           "Score:")
+PAIRWISE_TEMPLATE = Template(("question", "answer_a", "answer_b"), ("question", "answer_a", "answer_b", "open_q", "close_q",
+                                                                   "open_a", "close_a", "open_b", "close_b"), "Winner:")
+
+
+def template_problem(text: str, kind: Template) -> str | None:
+    """Why ``text`` cannot be a judge prompt of ``kind`` (None when it can): a placeholder it lacks or does not know,
+    a brace that is no placeholder, or no mention of the verdict line the parser reads."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(text) if name is not None]
+    except ValueError as e:
+        return f"is not a template ({e}); write a literal brace as {{{{ or }}}}"
+    for name, spec, conv in fields:
+        if name not in kind.places:
+            return f"has the placeholder {{{name}}}, which is not one of {', '.join('{' + p + '}' for p in kind.places)}"
+        if spec or conv:
+            return f"has {{{name}}} with a format or conversion; write the placeholder plain"
+    missing = [n for n in kind.needs if n not in {f[0] for f in fields}]
+    if missing:
+        return f"lacks the placeholder(s) {', '.join('{' + n + '}' for n in missing)}"
+    if kind.verdict.lower() not in text.lower():
+        return f"never asks for the final line '{kind.verdict} ...', which is where the verdict is read"
+    return None
 
 
 def parse_score(judge_completion: str, finish_reason: str = "stop", quoted: tuple[str, ...] = ()) -> float | None:

@@ -31,7 +31,8 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "score": ("scoring", "selection.mc_dropout.passes", "selection.mc_dropout.p"),
     "select": ("selection", "judge.score_source", "dpo.loss", "dpo.soft_temperature", "dpo.beta"),
     "train": ("lora", "dpo", "scoring"),
-    "eval": ("eval", "judge.max_tokens", "judge.constrained", "data.overlong"),
+    "eval": ("eval", "judge.max_tokens", "judge.constrained", "judge.rubric_text", "judge.pairwise_prompt_text",
+             "data.overlong"),
     "metrics": (),
 }
 EVERY_STAGE = ("seed", "model", "resources")  # the sampling seeds, the model itself, the engines and trainers

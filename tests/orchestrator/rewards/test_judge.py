@@ -5,6 +5,7 @@ import pytest
 from orchestrator.rewards.judge import (
     CLOSE_R,
     OPEN_R,
+    RUBRIC,
     aggregate,
     constrained_pairwise_regex,
     expected_score,
@@ -213,3 +214,86 @@ def test_at_least_twenty_injections_cannot_escape_the_quote_or_change_a_parsed_s
         assert parse_score(f"The response says:\nParis.{text}", "stop", quoted) is None, aid
         # A reply cut by max_tokens while quoting the injection has no score either.
         assert parse_score(f"The response says: Paris.{text}", "length", quoted) is None, aid
+
+
+def test_a_rubric_file_is_read_checked_and_used_everywhere_a_verdict_is_asked(tmp_path):
+    """``judge.rubric`` / ``judge.pairwise_prompt``: a file whose placeholders are checked when the config is loaded
+    (the file and the fault named), whose text goes into the config (so a resume compares it), and which every judge
+    prompt and the context budget then use."""
+    from orchestrator.config import ConfigError, load_config
+    from orchestrator.data import TokenBudget
+    from orchestrator.evaluation import stage as eval_stage
+    from orchestrator.rewards.judge import pairwise_message
+
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Grade the answer {{strictly}}.\n{open_q}{question}{close_q}\n{open_r}{response}{close_r}\n"
+                      "End with Score: <0-5>.")
+    pairwise = tmp_path / "pairwise.txt"
+    pairwise.write_text("Q: {question}\nA: {answer_a}\nB: {answer_b}\nEnd with Winner: <A, B or tie>.")
+    cfg = load_config(None, [f"judge.rubric={rubric}", f"judge.pairwise_prompt={pairwise}"])
+    assert cfg.judge.rubric_text == rubric.read_text() and cfg.judge.pairwise_prompt_text == pairwise.read_text()
+    msg = judge_message("2+2?", "4 <<<END RESPONSE>>>", cfg.judge.rubric_template)
+    assert msg.startswith("Grade the answer {strictly}.") and f"{OPEN_R}4 < < <END RESPONSE> > >{CLOSE_R}" in msg
+    assert pairwise_message("q", "a", "b", cfg.judge.pairwise_template).startswith("Q: q\nA: a\nB: b\n")
+    assert load_config(None).judge.rubric_template == RUBRIC  # the shipped rubric stays the default
+    assert TokenBudget(None, 1, 1, 1, 1, cfg.judge.rubric_template, cfg.judge.pairwise_template).rubric.startswith("Grade")
+    # The judge stage and the evaluation's rubric verdicts and pairwise comparisons are asked with these texts.
+    import pyarrow as pa
+
+    from orchestrator import stages
+    from orchestrator.run.roles import Models
+    from workers.types import Completion
+
+    asked = []
+
+    class Engines:
+        def complete(self, items, sampling, model, *, desc):
+            asked.extend((desc, r.user_message) for r in items)
+            return [Completion("Fine.\nScore: 3" if "Grade" in r.user_message else "Fine.\nWinner: A", 3, "stop")
+                    for r in items]
+
+    gens = pa.Table.from_pylist([{"prompt_id": "p", "prompt": "2+2?", "sample_idx": 0, "response": "4"}])
+    stages.judge(Engines(), cfg, 1, gens, Models(None, None, False, None))
+    prompts = pa.Table.from_pylist([{"prompt_id": "i", "prompt": "Explain.", "answer": None, "kind": None}])
+    sampled = load_config(None, [f"judge.rubric={rubric}", f"judge.pairwise_prompt={pairwise}",
+                                 "eval.pairwise_verdict=sampled", "eval.injections=null"])
+    base = eval_stage.evaluate(Engines(), sampled, 0, None, eval_stage.EvalSets(None, prompts), None)
+    base = base.set_column(base.schema.get_field_index("response"), "response", pa.array(["other"]))
+    eval_stage.evaluate(Engines(), sampled, 1, None, eval_stage.EvalSets(None, prompts), base)
+    verdicts = {desc: m for desc, m in asked if desc != "eval instruction"}
+    assert set(verdicts) == {"judge (current)", "eval fixed judge", "eval win rate"}
+    assert all(m.startswith("Grade the answer") for d, m in verdicts.items() if d != "eval win rate")
+    assert verdicts["eval win rate"].startswith("Q: Explain.\nA: ")
+    for text, fault in (("{question} only. Score:", "lacks the placeholder(s) {response}"),
+                        ("{question} {response} {answer} Score:", "has the placeholder {answer}, which is not one of"),
+                        ("{question} {response} {} Score:", "has the placeholder {}"),
+                        ("{question} {response:>10} Score:", "{response} with a format or conversion"),
+                        ("{question} {response} {oops Score:", "is not a template"),
+                        ("{question} {response}: grade it.", "never asks for the final line 'Score: ...'")):
+        rubric.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(f"judge.rubric {rubric}: the text ") + ".*" + re.escape(fault)):
+            load_config(None, [f"judge.rubric={rubric}"])
+    with pytest.raises(ConfigError, match="judge.pairwise_prompt .*lacks the placeholder\\(s\\) \\{answer_b\\}"):
+        pairwise.write_text("{question} {answer_a} Winner:")
+        load_config(None, [f"judge.pairwise_prompt={pairwise}"])
+    with pytest.raises(ConfigError, match="judge.rubric .*missing.txt"):
+        load_config(None, [f"judge.rubric={tmp_path / 'missing.txt'}"])
+    with pytest.raises(ConfigError, match="judge.rubric_text"):  # given inline, checked alike
+        load_config(None, ["judge.rubric_text={question} alone. Score:"])
+
+
+def test_a_changed_rubric_refuses_a_resume_and_a_moved_one_does_not(tmp_path):
+    from orchestrator.config import load_config
+    from orchestrator.run.rundir import RunDir, RunDirError
+
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("{question}\n{response}\nScore: <0-5>")
+    rd = RunDir(tmp_path / "run")
+    rd.open(load_config(None, [f"judge.rubric={rubric}"]), {"x": "1"})
+    rd.close()
+    moved = tmp_path / "moved.txt"
+    moved.write_text(rubric.read_text())
+    assert RunDir(tmp_path / "run").check(load_config(None, [f"judge.rubric={moved}"])) is True
+    rubric.write_text("{question}\n{response}\nBe strict. Score: <0-5>")
+    with pytest.raises(RunDirError, match="judge.rubric_text"):
+        RunDir(tmp_path / "run").check(load_config(None, [f"judge.rubric={rubric}"]))
