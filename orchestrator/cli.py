@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="Markdown file to write, a .json beside it (default: RUN_DIR/replay.md)")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="a dotted config override applied to every recipe, e.g. selection.strategy=margin")
+    ep = sub.add_parser("export-pairs", parents=[common], help="write a run's preference pairs as a datasets "
+                        "DatasetDict (one split per iteration) in TRL's conversational format, with every trust column")
+    ep.add_argument("run_dir")
+    ep.add_argument("--out", required=True, help="a new (or empty) folder; read it with datasets.load_from_disk")
+    ep.add_argument("--iterations", help="comma-separated iterations, e.g. 1,3 (default: every committed one)")
+    ep.add_argument("--kept-only", action="store_true", help="only the pairs the selection kept (default: all, with "
+                    "their kept, weight and drop_reason columns)")
     pl = sub.add_parser("plan", parents=[common], help="GPUs per stage, placement and memory per GPU of a config, "
                         "before any work; exit 2 when the cluster cannot hold it")
     pl.add_argument("config", help="YAML config (see jobs/configs/)")
@@ -283,6 +290,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_pairs(args: argparse.Namespace) -> int:
+    from orchestrator.export import export_pairs
+
+    iterations = None
+    if args.iterations is not None:
+        try:
+            iterations = [int(x) for x in args.iterations.split(",")]
+        except ValueError:
+            raise UsageError(f"--iterations {args.iterations!r}: expected comma-separated iteration numbers, "
+                             "e.g. 1,3") from None
+    rows = export_pairs(args.run_dir, args.out, iterations, args.kept_only)
+    print(f"wrote {Path(args.out).absolute()}: " + ", ".join(f"{k} {n} pairs" for k, n in rows.items()))
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
     from orchestrator.models import resolve_model_path
@@ -314,6 +336,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from orchestrator.config import ConfigError
     from orchestrator.data import DataError
+    from orchestrator.export import ExportError
     from orchestrator.models import ModelError
     from orchestrator.reporting.replay import ReplayError
     from orchestrator.run.rundir import RunDirError
@@ -332,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.quiet, args.verbose)
     try:
         commands = {"run": cmd_run, "config": cmd_config, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare,
+                    "export-pairs": cmd_export_pairs,
                     "plan": cmd_plan}
         return commands[args.command](args)
-    except (ConfigError, DataError, ModelError, ReplayError, RunDirError, StorageError, TokenizerError, PoolError,
+    except (ConfigError, DataError, ExportError, ModelError, ReplayError, RunDirError, StorageError, TokenizerError, PoolError,
             UsageError) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -116,6 +116,46 @@ def test_status_json_lists_every_stage_checked_and_the_metrics(reference, capsys
     assert [m["iteration"] for m in out["metrics"]] == [0, 1, 2] and out["branched_from"] is None
 
 
+def test_export_pairs_writes_a_trl_ready_dataset_with_every_trust_column(reference, tmp_path, capsys):
+    import datasets
+
+    from orchestrator.cli import main
+
+    run_dir = reference[0]
+    assert main(["export-pairs", str(run_dir), "--out", str(tmp_path / "all")]) == 0
+    assert main(["export-pairs", str(run_dir), "--out", str(tmp_path / "kept"), "--kept-only", "--iterations", "2"]) == 0
+    every, kept = datasets.load_from_disk(str(tmp_path / "all")), datasets.load_from_disk(str(tmp_path / "kept"))
+    assert list(every) == ["iter_001", "iter_002"] and list(kept) == ["iter_002"]
+    pairs = pq.read_table(run_dir / "iter_002/pairs.parquet").to_pylist()
+    real = [p for p in pairs if p["chosen"] is not None]
+    assert every["iter_002"].num_rows == len(real) and kept["iter_002"].num_rows == sum(p["kept"] for p in real)
+    row, first = every["iter_002"][0], real[0]
+    assert row["prompt"] == [{"role": "user", "content": first["prompt"]}]
+    assert row["chosen"] == [{"role": "assistant", "content": first["chosen"]}]
+    assert row["rejected"] == [{"role": "assistant", "content": first["rejected"]}]
+    assert {k: row[k] for k in ("weight", "kept", "label_p", "chosen_correct", "margin")} == {
+        k: first[k] for k in ("weight", "kept", "label_p", "chosen_correct", "margin")}
+    capsys.readouterr()
+    for argv, named in (([str(tmp_path / "all")], "exists and is not an empty folder"),
+                        ([str(tmp_path / "new"), "--iterations", "7"], "no committed pairs for iteration(s) 7"),
+                        ([str(tmp_path / "new"), "--iterations", "one"], "expected comma-separated")):
+        assert main(["export-pairs", str(run_dir), "--out", *argv]) == 2
+        assert named in capsys.readouterr().err and not (tmp_path / "new").exists()
+    trl = pytest.importorskip("trl", reason="TRL is the bench extra")
+    from trl.data_utils import is_conversational, maybe_apply_chat_template  # TRL's own DPO data preparation
+
+    assert is_conversational(row)
+    assert "chosen" in maybe_apply_chat_template(row, _tokenizer(trl))
+
+
+def _tokenizer(_):
+    from transformers import AutoTokenizer
+
+    from orchestrator.models import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path("default"))
+
+
 def test_a_finished_run_resumes_without_starting_anything(reference, overrides, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(reference[0], run_dir)
