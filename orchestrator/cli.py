@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="Markdown file to write, a .json beside it (default: RUN_DIR/replay.md)")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="a dotted config override applied to every recipe, e.g. selection.strategy=margin")
+    ex = sub.add_parser("export", parents=[common], help="write M(t) as a Hugging Face folder with the adapter merged "
+                        "into the weights (vLLM and transformers load it), or the PEFT adapter alone")
+    ex.add_argument("run_dir")
+    ex.add_argument("--out", required=True, help="a new (or empty) folder")
+    ex.add_argument("--iteration", type=int, help="which M(t) (default: the last trained)")
+    ex.add_argument("--adapter-only", action="store_true", help="the PEFT adapter, its base model recorded in "
+                    "adapter_config.json, instead of merged weights")
     ep = sub.add_parser("export-pairs", parents=[common], help="write a run's preference pairs as a datasets "
                         "DatasetDict (one split per iteration) in TRL's conversational format, with every trust column")
     ep.add_argument("run_dir")
@@ -290,6 +297,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.export import export_model
+
+    info = export_model(args.run_dir, args.out, args.iteration, args.adapter_only)
+    what = "the adapter of" if args.adapter_only else "merged weights of"
+    print(f"wrote {info['out']}: {what} M{info['iteration']} (base {info['base_model']})")
+    return 0
+
+
 def cmd_export_pairs(args: argparse.Namespace) -> int:
     from orchestrator.export import export_pairs
 
@@ -355,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.quiet, args.verbose)
     try:
         commands = {"run": cmd_run, "config": cmd_config, "status": cmd_status, "report": cmd_report, "replay": cmd_replay, "compare": cmd_compare,
-                    "export-pairs": cmd_export_pairs,
+                    "export": cmd_export, "export-pairs": cmd_export_pairs,
                     "plan": cmd_plan}
         return commands[args.command](args)
     except (ConfigError, DataError, ExportError, ModelError, ReplayError, RunDirError, StorageError, TokenizerError, PoolError,

@@ -148,6 +148,53 @@ def test_merged_and_lora_serving_agree(engine, trained, tiny_model_path):
     assert max(abs(a - b) for a, b in zip(merged, base_before)) > 20 * LOGP_ATOL
 
 
+def test_an_exported_model_scores_as_its_adapter_served_on_the_base(engine, trained, tiny_model_path, tmp_path):
+    """``selfreward export``: the merged folder loads in vLLM and in transformers and scores as the base model with
+    the adapter does (vLLM within 1e-3, transformers within LOGP_ATOL of the trainer); ``--adapter-only`` loads onto
+    the base PEFT finds recorded in it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.cli import main
+    from orchestrator.config import load_config
+    from orchestrator.models import model_fingerprint
+    from orchestrator.run.rundir import RunDir
+
+    core, *_, adapter_dir = trained
+    run = tmp_path / "run"
+    rd = RunDir(run)
+    rd.open(load_config(None, [f"model.path={tiny_model_path}"]), {"x": "1"}, model_fingerprint(tiny_model_path))
+    shutil.copytree(adapter_dir, run / "iter_001" / "adapter")
+    rd.commit("iter_001/train", "iter_001/adapter", None, 1.0, {})
+    rd.close()
+    assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "adapter"), "--adapter-only", "--iteration", "1"]) == 0
+    assert {"config.json", "tokenizer.json", "chat_template.jinja", "generation_config.json",
+            "selfreward-export.json"} <= {p.name for p in (tmp_path / "merged").iterdir()}
+
+    seqs = [(prompt_token_ids(core.tokenizer, q.user_message), response_token_ids(core.tokenizer, q.response, "stop"))
+            for q in PAIRS_REQUESTS]
+    core.model.eval()
+    with torch.no_grad():
+        with_adapter = core.sequence_logprobs(core.model, seqs).tolist()
+        merged_hf = core.sequence_logprobs(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval(), seqs)
+        recorded = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recorded), tmp_path / "adapter").eval()
+        adapter_hf = core.sequence_logprobs(peft, seqs)
+    assert merged_hf.tolist() == pytest.approx(with_adapter, abs=LOGP_ATOL)
+    assert adapter_hf.tolist() == pytest.approx(with_adapter, abs=LOGP_ATOL)
+    served = [s.logp for s in engine.score(PAIRS_REQUESTS, AdapterRef("one-step", str(adapter_dir)))]
+    code = ("import json, sys; from workers.engines.vllm import VLLMEngine; from workers.types import ScoreRequest; "
+            "from tests.specs import engine; model, requests = json.loads(sys.stdin.read()); "
+            "e = VLLMEngine(engine(model, 'model.max_model_len=1024', 'resources.kv_cache_gib=1')); "
+            "print('LOGPS', json.dumps([s.logp for s in e.score([ScoreRequest(*r) for r in requests], None)])); e.close()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600, input=json.dumps(
+        [str(tmp_path / "merged"), [[r.user_message, r.response, r.finish_reason] for r in PAIRS_REQUESTS]]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    exported = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("LOGPS "))[6:])
+    assert exported == pytest.approx(served, abs=1e-3)
+
+
 def test_an_engine_proves_the_adapter_it_serves(engine, trained, tiny_model_path, tmp_path):
     """The canaries the trainer recorded pass on the adapter itself, and stop an engine serving another adapter
     (or a stale one) under the requested name, naming engine, adapter and the difference."""

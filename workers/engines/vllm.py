@@ -18,15 +18,13 @@ per stage at most (about a second each for the bundled model on 2 cores).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from workers.engines import reaper
 from workers.engines.choices import choice_token_ids, renormalise
 from workers.engines.limits import BATCHED_TOKENS
+from workers.merge import merged_weights
 from workers.storage import local_copy
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training import canaries
@@ -43,61 +41,6 @@ from workers.types import (
 )
 
 _PARTLY_RELOADED = object()  # what a merged engine holds while a reload runs, or after one failed
-
-def merged_weights(model_path: str, adapter_folder: str | None) -> Iterator[tuple[str, Any]]:
-    """The base model's checkpoint tensors, by checkpoint name, with a PEFT LoRA adapter's update merged in:
-    W + scale * B @ A for each adapted module (scale = alpha / r, or alpha / sqrt(r) with rsLoRA); the base
-    tensors alone when ``adapter_folder`` is None. Checks everything before the first tensor is read: ValueError
-    for an adapter this cannot merge exactly, or one that adapts a module the base model lacks."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    files = sorted(Path(model_path).glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"merged adapter serving reads the base weights from safetensors files: none in {model_path}; "
-                         "set resources.adapter_serving=lora")
-    names: dict[str, Path] = {}
-    for f in files:
-        with safe_open(str(f), "pt") as h:
-            names.update(dict.fromkeys(h.keys(), f))
-    updates: dict[str, tuple[Any, Any]] = {}  # checkpoint name -> (A, B)
-    scale = 0.0
-    if adapter_folder is not None:
-        cfg = json.loads((Path(adapter_folder) / "adapter_config.json").read_text())
-        for key in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "fan_in_fan_out", "target_parameters"):
-            if cfg.get(key):
-                raise ValueError(f"adapter {adapter_folder}: {key}={cfg[key]!r} cannot be merged here; "
-                                 "set resources.adapter_serving=lora")
-        if cfg.get("bias", "none") != "none":
-            raise ValueError(f"adapter {adapter_folder}: bias={cfg['bias']!r} cannot be merged here; "
-                             "set resources.adapter_serving=lora")
-        r = cfg["r"]
-        scale = cfg["lora_alpha"] / (r ** 0.5 if cfg.get("use_rslora") else r)
-        tensors = load_file(str(Path(adapter_folder) / "adapter_model.safetensors"))
-        odd = next((k for k in tensors if ".lora_A." not in k and ".lora_B." not in k), None)
-        if odd is not None:
-            raise ValueError(f"adapter {adapter_folder}: {odd} is not a LoRA A/B matrix of a linear layer and cannot "
-                             "be merged here; set resources.adapter_serving=lora")
-        for key, a in tensors.items():
-            if ".lora_A." in key:
-                name = key.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
-                if name not in names:
-                    raise ValueError(f"adapter {adapter_folder} adapts {name}, which the base model in {model_path} "
-                                     "does not have")
-                updates[name] = (a, tensors[key.replace(".lora_A.", ".lora_B.")])
-
-    def weights() -> Iterator[tuple[str, Any]]:
-        for f in files:
-            with safe_open(str(f), "pt") as h:
-                for name in h.keys():
-                    w = h.get_tensor(name)
-                    if name in updates:
-                        a, b = updates[name]
-                        w = w.float() + scale * (b.float() @ a.float())
-                    yield name, w
-
-    return weights()
-
 
 class VLLMEngine:
     """A vLLM ``LLM`` with prefix caching on, serving adapters merged or by multi-LoRA.
