@@ -1,8 +1,8 @@
 """Prompt sets: loading and validation in every supported format, and the prompts each iteration draws.
 
 Formats: JSONL (one JSON object per line), Parquet, CSV (with a header row)
-and a directory written by ``datasets``' ``save_to_disk`` (read with pyarrow
-from its Arrow files; the ``datasets`` package is not needed). A column
+and a directory written by ``datasets``' ``save_to_disk`` (read with
+``datasets.load_from_disk``: the ``datasets`` extra). A column
 mapping (``ColumnsConfig``) says which column holds the prompt, the optional
 reference answer and the optional id. Whatever the format, a bad file stops
 the run before any work with a ``DataError`` that names the file, the row
@@ -162,22 +162,20 @@ def _saved_dataset(p: Path) -> tuple[Iterator[tuple[str, dict[str, Any]]], set[s
         splits = sorted(q.name for q in p.iterdir() if q.is_dir())
         raise DataError(f"{p}: a DatasetDict with splits {splits}; point the path at one split, e.g. {p / splits[0]}"
                         if splits else f"{p}: an empty DatasetDict")
-    state = p / "state.json"
-    if not state.is_file():
+    if not (p / "state.json").is_file():
         raise DataError(f"{p}: a directory without state.json: not written by datasets' save_to_disk ({FORMATS} expected)")
     try:
-        files = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
-        parts = []
-        for name in files:
-            with pa.OSFile(str(p / name), "rb") as f:
-                parts.append(pa.ipc.open_stream(f).read_all())
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise DataError(f"{state}: not a datasets state file ({e})") from e
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{p}: an Arrow file of the dataset is unreadable ({e})") from e
-    if not parts:
-        raise DataError(f"{p}: the dataset has no data files")
-    return _table_rows(p, pa.concat_tables(parts))
+        from datasets import load_from_disk
+    except ImportError:
+        raise DataError(f"{p}: a folder written by datasets' save_to_disk is read with the datasets package, which is "
+                        "not installed (pip install 'selfreward[datasets]')") from None
+    try:
+        dataset = load_from_disk(str(p))
+    except Exception as e:  # whatever datasets raises for a folder it cannot read is this input's fault
+        raise DataError(f"{p}: datasets cannot load it ({type(e).__name__}: {e})") from None
+    if not hasattr(dataset, "data"):
+        raise DataError(f"{p}: not a single dataset")
+    return _table_rows(p, dataset.data.table)
 
 
 def _utf8(data: bytes) -> bool:

@@ -150,6 +150,12 @@ def test_a_datasets_save_to_disk_directory(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(DataError, match=r"DatasetDict with splits \[.train.\]; point the path at one split, e.g. .*dd/train"):
         load_prompts(tmp_path / "dd", MAPPED)
+    # Read with datasets itself: a dataset saved after a selection holds only the rows selected.
+    datasets.Dataset.from_list(ROWS * 3).select(range(len(ROWS))).save_to_disk(str(tmp_path / "sel"))
+    assert load_prompts(tmp_path / "sel", MAPPED).to_pylist() == EXPECTED
+    (tmp_path / "ds" / "dataset_info.json").write_text("{broken")
+    with pytest.raises(DataError, match=r"ds: datasets cannot load it"):
+        load_prompts(tmp_path / "ds", MAPPED)
 
 
 @pytest.mark.parametrize(
