@@ -424,6 +424,17 @@ class ResourcesConfig(_Strict):
     )
 
 
+class TrackingConfig(_Strict):
+    mlflow_uri: str | None = Field(None, **_safe(
+        "MLflow tracking URI to send every metric to after each iteration, e.g. sqlite:///runs/mlflow.db (MLflow's "
+        "local store) or http://host:5000; null: off. Needs the tracking extra."))
+    experiment: str = Field("selfreward", min_length=1, **_safe("MLflow experiment the run is logged under."))
+    wandb_project: str | None = Field(None, **_safe(
+        "Weights & Biases project to send every metric to; null: off. Needs the wandb package."))
+    wandb_mode: Literal["offline", "online"] = Field("offline", **_safe(
+        "offline: W&B writes RUN_DIR/wandb/ only (sync it later with `wandb sync`); online: sends as it goes."))
+
+
 class RunConfig(_Strict):
     iterations: int = Field(2, gt=0, **_safe("Self-rewarding iterations T."))
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Root seed; every request's seed derives from it.")
@@ -437,6 +448,7 @@ class RunConfig(_Strict):
     dpo: DPOConfig = DPOConfig()
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "RunConfig":

@@ -39,6 +39,7 @@ from orchestrator.evaluation.stage import EvalSets, eval_summary, evaluate, load
 from orchestrator.models import check_model, model_fingerprint, resolve_model_path
 from orchestrator.reporting.metrics import iteration_row
 from orchestrator.reporting.runlog import format_iteration, format_table, write_metrics_jsonl, write_tensorboard
+from orchestrator.reporting.trackers import check_trackers, track
 from orchestrator.rewards.selection import make_selection, select_iteration
 from orchestrator.run import artifacts
 from orchestrator.run.branch import Shared, plan_branch
@@ -127,6 +128,7 @@ def prepare(cfg: RunConfig, run_dir: str | Path, redo: str | None = None, branch
     eval_sets, eval_fit = load_eval_sets(cfg, training, budget, limit)
     prompts, fit = fit_to_context(training, budget.training, limit, cfg.data.overlong, budget.shorten,
                                   f"data.prompts ({cfg.data.prompts})")
+    check_trackers(cfg)
     fingerprint = model_fingerprint(model_path)
     shared = plan_branch(branch_from, cfg, str(run_dir), fingerprint) if branch_from is not None else None
     RunDir(run_dir).check(cfg, fingerprint, redo, shared)
@@ -201,6 +203,10 @@ def _run(cfg: RunConfig, rd: RunDir, model_path: Path, prompts: pa.Table, eval_s
             all_metrics.append(metrics)
             rows = write_metrics_jsonl(rd)
             write_tensorboard(rd, rows)
+            try:
+                track(rd, cfg, rows, finished=t == cfg.iterations)
+            except Exception as e:  # a tracker is a copy of metrics.jsonl: its failure costs the run nothing
+                LOG.warning(f"  tracking: {type(e).__name__}: {e} (the points are sent again after the next iteration)")
             LOG.info(format_iteration(metrics))
             LOG.info(format_table([r for r in rows if r["kind"] != "train_step"]))
     finally:

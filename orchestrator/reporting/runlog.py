@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
@@ -150,25 +151,33 @@ def write_tensorboard(rd: RunDir, rows: list[dict[str, Any]]) -> None:
         rd.commit_dir(staged, TENSORBOARD_DIR)
 
 
-def _write_events(writer: Any, rows: list[dict[str, Any]]) -> None:
+def scalars(rows: list[dict[str, Any]]) -> Iterator[tuple[str, float, int]]:
+    """(tag, value, step) of every number in the metrics rows, as every tracker records them (one declaration per
+    metric: ``reporting.metrics.METRICS``). Iteration scalars have the iteration as step (M0: 0), an interval as
+    ``<tag>/ci95_lo`` and ``/ci95_hi``; train-step scalars (``step/*``) the global optimizer step across iterations."""
     global_step = 0
     for row in rows:
         if row["kind"] == "train_step":
             global_step += 1
             for key in ("loss", "reward_accuracy", "reward_margin"):
-                writer.add_scalar(f"step/{key}", row[key], global_step)
+                yield f"step/{key}", row[key], global_step
             continue
         step = 0 if row["kind"] == "baseline" else row["iteration"]
         for metric in METRICS:
             value = metric.get(row) if metric.tag else None
             if isinstance(value, Estimate):
                 if value.value is not None:
-                    writer.add_scalar(metric.tag, value.value, step)
+                    yield metric.tag, value.value, step
                 if value.lo is not None:
-                    writer.add_scalar(f"{metric.tag}/ci95_lo", value.lo, step)
-                    writer.add_scalar(f"{metric.tag}/ci95_hi", value.hi, step)
+                    yield f"{metric.tag}/ci95_lo", value.lo, step
+                    yield f"{metric.tag}/ci95_hi", value.hi, step
             elif value is not None:
-                writer.add_scalar(metric.tag, value, step)
+                yield metric.tag, value, step
         for stage, seconds in row.get("stage_seconds", {}).items():
-            writer.add_scalar(f"time/{stage}_seconds", seconds, step)
+            yield f"time/{stage}_seconds", seconds, step
+
+
+def _write_events(writer: Any, rows: list[dict[str, Any]]) -> None:
+    for tag, value, step in scalars(rows):
+        writer.add_scalar(tag, value, step)
     writer.close()

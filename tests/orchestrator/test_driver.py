@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator import loop
-from orchestrator.config import load_config
+from orchestrator.config import ConfigError, load_config
 from orchestrator.run.lock import RunLock
 from orchestrator.run.rundir import RunDirError
 from tests.e2e.helpers import CONFIG, check_run_dir
@@ -154,6 +154,87 @@ def _tokenizer(_):
     from orchestrator.models import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path("default"))
+
+
+def test_every_metric_reaches_mlflow_once_also_across_a_resume(overrides, tmp_path):
+    """tracking.mlflow_uri: the run is one MLflow run (its config as parameters), every declared metric of every
+    iteration with its interval is read back by MLflow's own client, and resuming sends no point twice."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracked = [*overrides, f"tracking.mlflow_uri={uri}", "tracking.experiment=tracking-test"]
+    run_dir = tmp_path / "run"
+    loop.run(load_config(CONFIG, [*tracked, "iterations=1"]), run_dir, backend=StandInBackend())
+    loop.run(load_config(CONFIG, tracked), run_dir, backend=StandInBackend())  # resumed for a second iteration
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tracking-test").experiment_id])
+    assert run.data.tags["selfreward.run_dir"] == str(run_dir) and run.info.status == "FINISHED"
+    assert run.data.params["dpo.beta"] == "0.1" and run.data.params["seed"] == "0"
+    accuracy = client.get_metric_history(run.info.run_id, "eval/accuracy")
+    rows = {r["iteration"]: r for r in (json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] != "train_step"}
+    assert sorted((m.step, m.value) for m in accuracy) == [(t, rows[t]["eval_accuracy"]["value"]) for t in (0, 1, 2)]
+    assert len(client.get_metric_history(run.info.run_id, "eval/accuracy/ci95_lo")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "step/loss")) == sum(
+        r["optimizer_steps"] for r in rows.values() if r["iteration"])
+    with pytest.raises(ConfigError, match="tracking.wandb_project is set .* wandb package is not installed"):
+        import builtins
+
+        real = builtins.__import__
+        builtins.__import__ = lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "wandb" else \
+            real(name, *a, **k)
+        try:
+            loop.prepare(load_config(CONFIG, [*overrides, "tracking.wandb_project=p"]), tmp_path / "other")
+        finally:
+            builtins.__import__ = real
+
+
+def test_every_metric_reaches_wandb_offline_once_also_across_a_resume(overrides, tmp_path, monkeypatch):
+    """tracking.wandb_project in offline mode: the run's files under RUN_DIR/wandb/, each declared metric once per
+    iteration (its history read back from W&B's own offline run file), one W&B run across a resume."""
+    pytest.importorskip("wandb", reason="W&B is the wandb extra")
+    from wandb.proto import wandb_internal_pb2
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tracked = [*overrides, "tracking.wandb_project=selfreward-test"]
+    run_dir = tmp_path / "run"
+    loop.run(load_config(CONFIG, [*tracked, "iterations=1"]), run_dir, backend=StandInBackend())
+    loop.run(load_config(CONFIG, tracked), run_dir, backend=StandInBackend())
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    run_id = json.loads((run_dir / "tracking.json").read_text())["wandb"]["run_id"]
+    assert files and all(run_id in str(f) for f in files)
+    logged = []
+    for f in files:
+        for data in _wandb_records(f):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            if record.WhichOneof("record_type") == "history":
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                if "eval/accuracy" in items:
+                    logged.append((items["iteration"], items["eval/accuracy"]))
+    rows = {r["iteration"]: r for r in (json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] != "train_step"}
+    assert sorted(logged) == [(t, rows[t]["eval_accuracy"]["value"]) for t in (0, 1, 2)]
+
+
+def _wandb_records(path: Path) -> list[bytes]:
+    """The records of a W&B run file: a 7-byte header (":W&B", magic, version), then LevelDB's log format (32 KiB
+    blocks of chunks, each with a 7-byte header: crc32c, little-endian length, type FULL/FIRST/MIDDLE/LAST)."""
+    data, block, pos, out, pending = path.read_bytes(), 32768, 7, [], b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            out.append(chunk)
+        elif kind in (2, 3):
+            pending = (b"" if kind == 2 else pending) + chunk
+        elif kind == 4:
+            out.append(pending + chunk)
+    return out
 
 
 def test_a_finished_run_resumes_without_starting_anything(reference, overrides, tmp_path):
