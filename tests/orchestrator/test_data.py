@@ -2,6 +2,7 @@ import csv
 import json
 import random
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -235,3 +236,42 @@ def test_model_path_errors(tmp_path):
         resolve_model_path(str(tmp_path / "missing"))
     with pytest.raises(ModelError, match="no config.json"):
         resolve_model_path(str(tmp_path))
+
+
+def _hub_cache(cache, repo: str, kind: str, files: dict[str, bytes | Path]) -> None:
+    """A Hugging Face cache holding one snapshot of ``repo`` (the layout huggingface_hub reads offline; a file given
+    as a Path is linked, as the cache links its snapshots to blobs)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / f"{kind}s--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        (root / "snapshots" / commit / name).parent.mkdir(parents=True, exist_ok=True)
+        target = root / "snapshots" / commit / name
+        target.symlink_to(data) if isinstance(data, Path) else target.write_bytes(data)
+
+
+def test_hub_names_resolve_offline_from_the_cache_and_say_why_not(tmp_path, monkeypatch, tiny_model_path):
+    """model.path ``org/name`` and a prompt file ``hf://datasets/org/name/file``, read from the Hugging Face cache with
+    HF_HUB_OFFLINE set (nothing is downloaded); a name not cached is a clear error naming it and the cache."""
+    from orchestrator.models import check_model
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    _hub_cache(cache, "selfreward/tiny", "model", {p.name: p for p in Path(tiny_model_path).iterdir() if p.is_file()})
+    _hub_cache(cache, "selfreward/prompts", "dataset",
+               {"data/train.jsonl": "".join(json.dumps(r) + "\n" for r in ROWS).encode()})
+    folder = resolve_model_path("selfreward/tiny")
+    assert folder.is_dir() and str(folder).startswith(str(cache)) and resolve_model_path("hf://selfreward/tiny") == folder
+    check_model(folder, False, ("q_proj",), 1024)
+    assert load_prompts("hf://datasets/selfreward/prompts/data/train.jsonl", MAPPED).to_pylist() == EXPECTED
+    with pytest.raises(ModelError, match="'selfreward/other': no local folder has that name, and as a Hub model id the "
+                                         "model is not in the Hugging Face cache .* HF_HUB_OFFLINE is set"):
+        resolve_model_path("selfreward/other")
+    with pytest.raises(DataError, match="hf://datasets/selfreward/prompts/data/test.jsonl.*not in the Hugging Face cache"):
+        load_prompts("hf://datasets/selfreward/prompts/data/test.jsonl")
+    (tmp_path / "selfreward" / "tiny").mkdir(parents=True)  # a local folder of that name wins over the Hub
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model_path("selfreward/tiny")
