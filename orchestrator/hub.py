@@ -31,6 +31,11 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _cache() -> str | None:
+    """The cache as the environment says now (huggingface_hub reads it once, when it is imported)."""
+    return os.environ.get("HF_HUB_CACHE") or None
+
+
 def _why(e: Exception, what: str) -> str:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -50,7 +55,7 @@ def model_snapshot(text: str, error: type[Exception]) -> Path:
         raise error(f"model.path {text!r}: not a Hub model id (org/name[@revision])")
     try:
         return Path(snapshot_download(m["repo"], revision=m["revision"], allow_patterns=MODEL_FILES,
-                                      local_files_only=_offline()))
+                                      local_files_only=_offline(), cache_dir=_cache()))
     except Exception as e:  # huggingface_hub's errors for an id it cannot resolve are this input's
         local = "" if text.startswith("hf://") else "no local folder has that name, and as a Hub model id "
         raise error(f"model.path {text!r}: {local}{_why(e, 'the model')}") from None
@@ -65,6 +70,6 @@ def dataset_file(text: str, what: str, error: type[Exception]) -> Path:
         raise error(f"{what} {text!r}: not of the form hf://datasets/org/name[@revision]/path/in/repo.jsonl")
     try:
         return Path(hf_hub_download(m["repo"], m["file"], repo_type="dataset", revision=m["revision"],
-                                    local_files_only=_offline()))
+                                    local_files_only=_offline(), cache_dir=_cache()))
     except Exception as e:
         raise error(f"{what} {text!r}: {_why(e, 'the file')}") from None
