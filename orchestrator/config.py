@@ -18,7 +18,15 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.inputs import INT_MAX, MAX_CONFIG_BYTES, MAX_OVERRIDE_CHARS, check_input_path, shown, unicode_problem
+from orchestrator.inputs import (
+    INT_MAX,
+    MAX_CONFIG_BYTES,
+    MAX_OVERRIDE_CHARS,
+    check_input_path,
+    located,
+    shown,
+    unicode_problem,
+)
 from orchestrator.rewards.judge import PAIRWISE, PAIRWISE_TEMPLATE, RUBRIC, RUBRIC_TEMPLATE, template_problem
 from workers.engines.limits import GPU_MEMORY_SHARE, MAX_LORA_RANK
 
@@ -652,7 +660,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
+        p = located(path)
         source = str(p)
         st = check_input_path(p, "config file", ConfigError)
         if not p.is_file():
@@ -691,7 +699,7 @@ def _read_templates(tree: dict[str, Any]) -> None:
         path = judge.get(field)
         if not isinstance(path, str):
             continue  # null, or a wrong type the validation names
-        p = Path(path)
+        p = located(path)
         st = check_input_path(p, f"judge.{field}", ConfigError)
         if not p.is_file():
             raise ConfigError(f"judge.{field} {p}: not a regular file")

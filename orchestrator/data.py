@@ -33,6 +33,7 @@ from orchestrator.inputs import (
     MAX_PROMPT_FILE_BYTES,
     MAX_PROMPTS,
     check_input_path,
+    located,
     os_problem,
     shown,
     unicode_problem,
@@ -222,7 +223,7 @@ def load_prompts(path: str | Path, columns: ColumnsConfig = _DEFAULTS, require_a
     a missing answer (with ``require_answers``), duplicate ids or duplicate prompts (after Unicode normalisation),
     more than ``MAX_PROMPTS`` prompts.
     """
-    p = hub.dataset_file(str(path), what, DataError) if hub.is_dataset_file(str(path)) else Path(path)
+    p = hub.dataset_file(str(path), what, DataError) if hub.is_dataset_file(str(path)) else located(path)
     st = check_input_path(p, what, DataError)
     if not p.is_dir() and not p.is_file():
         raise DataError(f"{p}: not a regular file (a FIFO, a device or a socket is never read)")

@@ -46,6 +46,20 @@ def os_problem(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds orchestrator/, workers/ and jobs/ (checkout or wheel)
+
+
+def located(path: str | Path) -> Path:
+    """An input path as the user gave it, except a relative ``jobs/...`` path that does not exist from the working
+    directory: that names a file shipped with the package (the configs and prompt sets under ``jobs/``), found
+    beside the installed package, so ``selfreward run jobs/configs/srlm.yaml`` works from any directory."""
+    p = Path(path)
+    if p.is_absolute() or not p.parts or p.parts[0] != "jobs" or os.path.lexists(p):
+        return p
+    shipped = PACKAGE_ROOT / p
+    return shipped if shipped.exists() else p
+
+
 def check_input_path(path: str | Path, what: str, error: type[Exception], allow_missing: bool = False) -> os.stat_result | None:
     """Stat an input path, refusing what the OS refuses (a name too long, a loop of links, a component that is a
     file, no permission): ``error`` naming ``what`` and the path. None when it does not exist and ``allow_missing``."""

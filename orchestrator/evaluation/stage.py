@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -45,7 +44,7 @@ from orchestrator.config import RunConfig
 from orchestrator.data import DataError, TokenBudget, fit_to_context, json_lines, load_prompts, shared_prompts
 from orchestrator.evaluation import stats
 from orchestrator.evaluation.answers import grade
-from orchestrator.inputs import check_input_path, unicode_problem
+from orchestrator.inputs import check_input_path, located, unicode_problem
 from orchestrator.rewards.judge import (
     constrained_pairwise_regex,
     constrained_regex,
@@ -118,7 +117,7 @@ def load_injections(path: str | None) -> tuple[tuple[str, str], ...]:
     """(id, text) of each injection in a JSONL file; DataError naming the line for a bad one."""
     if path is None:
         return ()
-    p = Path(path)
+    p = located(path)
     check_input_path(p, "eval.injections", DataError)
     out = []
     for n, obj in json_lines(p):
