@@ -120,7 +120,51 @@ def test_engine_logprobs_match_trainer(engine, trained):
     assert max(abs(a - b) for a, b in zip(v_lora, v_base)) > 20 * LOGP_ATOL  # the adapter is really applied
 
 
-def test_merged_and_lora_serving_agree(engine, trained, tiny_model_path):
+@pytest.fixture(scope="module")
+def exported(trained, tiny_model_path, tmp_path_factory):
+    """``selfreward export`` of the one-step adapter, from a run dir that records it as M1: (merged, adapter-only)."""
+    from orchestrator.cli import main
+    from orchestrator.config import load_config
+    from orchestrator.models import model_fingerprint
+    from orchestrator.run.rundir import RunDir
+
+    *_, adapter_dir = trained
+    root = tmp_path_factory.mktemp("export")
+    rd = RunDir(root / "run")
+    rd.open(load_config(None, [f"model.path={tiny_model_path}"]), {"x": "1"}, model_fingerprint(tiny_model_path))
+    shutil.copytree(adapter_dir, root / "run" / "iter_001" / "adapter")
+    rd.commit("iter_001/train", "iter_001/adapter", None, 1.0, {})
+    rd.close()
+    assert main(["export", str(root / "run"), "--out", str(root / "merged")]) == 0
+    assert main(["export", str(root / "run"), "--out", str(root / "adapter"), "--adapter-only", "--iteration", "1"]) == 0
+    return root / "merged", root / "adapter"
+
+
+@pytest.fixture(scope="module")
+def other_engines(trained, tiny_model_path, exported):
+    """Summed log-probs of PAIRS_REQUESTS from the engines the module's merged engine is compared with, one after the
+    other in a process of their own (vLLM's in-process engines share global state: closing one tears down
+    another's): vLLM's per-request LoRA serving (with the adapter, and the base), and the exported merged folder."""
+    *_, adapter_dir = trained
+    code = ("import json, sys; from workers.engines.vllm import VLLMEngine; "
+            "from workers.types import AdapterRef, ScoreRequest; from tests.specs import engine; "
+            "base, folder, exported, requests = json.loads(sys.stdin.read()); "
+            "requests = [ScoreRequest(*r) for r in requests]; out = {}; "
+            "e = VLLMEngine(engine(base, 'model.max_model_len=1024', 'resources.kv_cache_gib=1', "
+            "'resources.adapter_serving=lora')); "
+            "out['lora'], out['lora_base'] = [[s.logp for s in e.score(requests, a)] "
+            "for a in (AdapterRef('one-step', folder), None)]; e.close(); "
+            "e = VLLMEngine(engine(exported, 'model.max_model_len=1024', 'resources.kv_cache_gib=1')); "
+            "out['exported'] = [s.logp for s in e.score(requests, None)]; e.close(); "
+            "print('LOGPS', json.dumps(out))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900, input=json.dumps(
+        [str(tiny_model_path), str(adapter_dir), str(exported[0]),
+         [[r.user_message, r.response, r.finish_reason] for r in PAIRS_REQUESTS]]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("LOGPS "))[6:])
+
+
+def test_merged_and_lora_serving_agree(engine, trained, other_engines):
     """An adapter served merged (the engine's weights reloaded with its update added) scores as vLLM's per-request
     LoRA serves it, and a merged engine that switches back serves the base model exactly as before."""
     *_, adapter_dir = trained
@@ -129,70 +173,35 @@ def test_merged_and_lora_serving_agree(engine, trained, tiny_model_path):
     base_before = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
     merged = [s.logp for s in engine.score(PAIRS_REQUESTS, adapter)]
     base_after = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
-    # vLLM's in-process engines share global state (closing one tears down another's): the LoRA way runs in its own
-    # process.
-    code = ("import json, sys; from workers.engines.vllm import VLLMEngine; "
-            "from workers.types import AdapterRef, ScoreRequest; from tests.specs import engine; "
-            "model, folder, requests = json.loads(sys.stdin.read()); "
-            "e = VLLMEngine(engine(model, 'model.max_model_len=1024', 'resources.kv_cache_gib=1', "
-            "'resources.adapter_serving=lora')); "
-            "requests = [ScoreRequest(*r) for r in requests]; "
-            "out = [[s.logp for s in e.score(requests, a)] for a in (AdapterRef('one-step', folder), None)]; "
-            "e.close(); print('LOGPS', json.dumps(out))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600, input=json.dumps(
-        [str(tiny_model_path), str(adapter_dir), [[r.user_message, r.response, r.finish_reason] for r in PAIRS_REQUESTS]]))
-    assert done.returncode == 0, done.stderr[-3000:]
-    lora, lora_base = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("LOGPS "))[6:])
-    assert merged == pytest.approx(lora, abs=1e-3)
-    assert base_after == base_before and base_before == pytest.approx(lora_base, abs=1e-3)
+    assert merged == pytest.approx(other_engines["lora"], abs=1e-3)
+    assert base_after == base_before and base_before == pytest.approx(other_engines["lora_base"], abs=1e-3)
     assert max(abs(a - b) for a, b in zip(merged, base_before)) > 20 * LOGP_ATOL
 
 
-def test_an_exported_model_scores_as_its_adapter_served_on_the_base(engine, trained, tiny_model_path, tmp_path):
+def test_an_exported_model_scores_as_its_adapter_served_on_the_base(engine, trained, exported, other_engines):
     """``selfreward export``: the merged folder loads in vLLM and in transformers and scores as the base model with
     the adapter does (vLLM within 1e-3, transformers within LOGP_ATOL of the trainer); ``--adapter-only`` loads onto
     the base PEFT finds recorded in it."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.cli import main
-    from orchestrator.config import load_config
-    from orchestrator.models import model_fingerprint
-    from orchestrator.run.rundir import RunDir
-
     core, *_, adapter_dir = trained
-    run = tmp_path / "run"
-    rd = RunDir(run)
-    rd.open(load_config(None, [f"model.path={tiny_model_path}"]), {"x": "1"}, model_fingerprint(tiny_model_path))
-    shutil.copytree(adapter_dir, run / "iter_001" / "adapter")
-    rd.commit("iter_001/train", "iter_001/adapter", None, 1.0, {})
-    rd.close()
-    assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
-    assert main(["export", str(run), "--out", str(tmp_path / "adapter"), "--adapter-only", "--iteration", "1"]) == 0
+    merged, adapter = exported
     assert {"config.json", "tokenizer.json", "chat_template.jinja", "generation_config.json",
-            "selfreward-export.json"} <= {p.name for p in (tmp_path / "merged").iterdir()}
-
+            "selfreward-export.json"} <= {p.name for p in merged.iterdir()}
     seqs = [(prompt_token_ids(core.tokenizer, q.user_message), response_token_ids(core.tokenizer, q.response, "stop"))
             for q in PAIRS_REQUESTS]
     core.model.eval()
     with torch.no_grad():
         with_adapter = core.sequence_logprobs(core.model, seqs).tolist()
-        merged_hf = core.sequence_logprobs(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval(), seqs)
-        recorded = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
-        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recorded), tmp_path / "adapter").eval()
+        merged_hf = core.sequence_logprobs(AutoModelForCausalLM.from_pretrained(merged).eval(), seqs)
+        recorded = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recorded), adapter).eval()
         adapter_hf = core.sequence_logprobs(peft, seqs)
     assert merged_hf.tolist() == pytest.approx(with_adapter, abs=LOGP_ATOL)
     assert adapter_hf.tolist() == pytest.approx(with_adapter, abs=LOGP_ATOL)
     served = [s.logp for s in engine.score(PAIRS_REQUESTS, AdapterRef("one-step", str(adapter_dir)))]
-    code = ("import json, sys; from workers.engines.vllm import VLLMEngine; from workers.types import ScoreRequest; "
-            "from tests.specs import engine; model, requests = json.loads(sys.stdin.read()); "
-            "e = VLLMEngine(engine(model, 'model.max_model_len=1024', 'resources.kv_cache_gib=1')); "
-            "print('LOGPS', json.dumps([s.logp for s in e.score([ScoreRequest(*r) for r in requests], None)])); e.close()")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600, input=json.dumps(
-        [str(tmp_path / "merged"), [[r.user_message, r.response, r.finish_reason] for r in PAIRS_REQUESTS]]))
-    assert done.returncode == 0, done.stderr[-3000:]
-    exported = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("LOGPS "))[6:])
-    assert exported == pytest.approx(served, abs=1e-3)
+    assert other_engines["exported"] == pytest.approx(served, abs=1e-3)
 
 
 def test_an_engine_proves_the_adapter_it_serves(engine, trained, tiny_model_path, tmp_path):
