@@ -70,8 +70,7 @@ def export_model(run_dir: str | Path, out: str | Path, iteration: int | None = N
     written (also saved as ``selfreward-export.json`` in it).
 
     Merged (default): the base model's folder with the adapter merged into its weights, each tensor in the base's
-    dtype, its tokenizer, chat template and generation config copied: ``vllm.LLM(out)`` and
-    ``AutoModelForCausalLM.from_pretrained(out)`` load it. ``adapter_only``: the PEFT adapter, its
+    dtype, its tokenizer, chat template and generation config copied: vLLM and transformers' auto classes load it. ``adapter_only``: the PEFT adapter, its
     ``base_model_name_or_path`` set to the base model's folder. The adapter is the committed one (sha256-verified)
     and the base model must still be the one the run trained on (its fingerprint).
     """

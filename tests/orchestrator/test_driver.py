@@ -153,7 +153,7 @@ def _tokenizer(_):
 
     from orchestrator.models import resolve_model_path
 
-    return AutoTokenizer.from_pretrained(resolve_model_path("default"))
+    return AutoTokenizer.from_pretrained(resolve_model_path("default"), trust_remote_code=False)
 
 
 def test_every_metric_reaches_mlflow_once_also_across_a_resume(overrides, tmp_path):

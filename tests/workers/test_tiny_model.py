@@ -194,9 +194,10 @@ def test_an_exported_model_scores_as_its_adapter_served_on_the_base(engine, trai
     core.model.eval()
     with torch.no_grad():
         with_adapter = core.sequence_logprobs(core.model, seqs).tolist()
-        merged_hf = core.sequence_logprobs(AutoModelForCausalLM.from_pretrained(merged).eval(), seqs)
+        merged_hf = core.sequence_logprobs(AutoModelForCausalLM.from_pretrained(merged, trust_remote_code=False).eval(), seqs)
         recorded = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recorded), adapter).eval()
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recorded, trust_remote_code=False),
+                                     adapter).eval()
         adapter_hf = core.sequence_logprobs(peft, seqs)
     assert merged_hf.tolist() == pytest.approx(with_adapter, abs=LOGP_ATOL)
     assert adapter_hf.tolist() == pytest.approx(with_adapter, abs=LOGP_ATOL)
