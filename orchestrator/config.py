@@ -662,18 +662,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         p = located(path)
         source = str(p)
-        st = check_input_path(p, "config file", ConfigError)
-        if not p.is_file():
-            raise ConfigError(f"config file {p}: not a regular file")
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {p} is {st.st_size:,} bytes; a config may hold at most "
-                              f"{MAX_CONFIG_BYTES:,}")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid UTF-8: {e}") from None
-        except OSError as e:
-            raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+        text = _small_text_file(p, "config file", "a config")
         loaded = parse_yaml(text, f"config file {p}")
         if loaded is None:
             loaded = {}
@@ -688,6 +677,21 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(tree, source)
 
 
+def _small_text_file(p: Path, what: str, kind: str) -> str:
+    """The UTF-8 text of the regular file ``p`` of at most MAX_CONFIG_BYTES; ConfigError naming ``what`` and ``p``."""
+    st = check_input_path(p, what, ConfigError)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p}: not a regular file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} {p} is {st.st_size:,} bytes; {kind} may hold at most {MAX_CONFIG_BYTES:,}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {p} is not valid UTF-8: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {p} cannot be read: {e.strerror or e}") from None
+
+
 def _read_templates(tree: dict[str, Any]) -> None:
     """Put the text of the files judge.rubric and judge.pairwise_prompt name into judge.rubric_text and
     judge.pairwise_prompt_text (the file wins over a text already there: a run's own config.yaml holds both);
@@ -700,18 +704,7 @@ def _read_templates(tree: dict[str, Any]) -> None:
         if not isinstance(path, str):
             continue  # null, or a wrong type the validation names
         p = located(path)
-        st = check_input_path(p, f"judge.{field}", ConfigError)
-        if not p.is_file():
-            raise ConfigError(f"judge.{field} {p}: not a regular file")
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"judge.{field} {p} is {st.st_size:,} bytes; a judge prompt may hold at most "
-                              f"{MAX_CONFIG_BYTES:,}")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"judge.{field} {p} is not valid UTF-8: {e}") from None
-        except OSError as e:
-            raise ConfigError(f"judge.{field} {p} cannot be read: {e.strerror or e}") from None
+        text = _small_text_file(p, f"judge.{field}", "a judge prompt")
         problem = unicode_problem(text) or template_problem(text, kind)
         if problem:
             raise ConfigError(f"judge.{field} {p}: the text {problem}")
