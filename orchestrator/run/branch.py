@@ -78,9 +78,13 @@ def plan_branch(text: str, cfg: RunConfig, run_dir: str, model_fingerprint: str)
     where, upto = parse_from(text)
     if not where.strip():
         raise RunDirError(f"--from {text!r}: give the run dir to branch from, e.g. runs/srlm@iter_001/score")
-    src = RunDir(where)
-    if src.root == RunDir(run_dir).root:
+    src, target = RunDir(where), RunDir(run_dir)
+    if src.root == target.root:
         raise RunDirError(f"--from {text}: that is the run dir itself (--run-dir {run_dir}); branch into a new one")
+    if target.exists("state.json"):  # the same command again: a branch that has all its stages needs no source
+        done = target.load_state().get("branched_from")
+        if done and done.get("complete") and done.get("run_dir") == src.root and (upto is None or done["stage"] == upto):
+            return Shared(done["run_dir"], done["stage"], done["stages"])
     state = src.load_state()
     committed = sorted(state["stages"], key=src.stage_sort_key)
     if not committed:

@@ -403,7 +403,7 @@ def test_a_branch_shares_the_stages_up_to_its_point_by_link_and_sha256_then_runs
     # It resumes like any run, with its --from or without, and outlives the source.
     assert session(overrides, branch, branch_from=f"{source}@iter_001/score") == 0
     shutil.rmtree(source)
-    assert session(overrides, branch) == 0
+    assert session(overrides, branch) == 0 and session(overrides, branch, branch_from=f"{source}@iter_001/score") == 0
     assert not any(s["stages_computed"] for s in sessions(branch)[1:]) and results(branch) == results(reference[0])
 
 
