@@ -40,7 +40,7 @@ def _why(e: Exception, what: str) -> str:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     if isinstance(e, LocalEntryNotFoundError) or _offline():
-        return (f"{what} is not in the Hugging Face cache ({os.environ.get('HF_HUB_CACHE') or 'HF_HOME/hub'}) and "
+        return (f"{what} is not in the Hugging Face cache ({_cache() or 'HF_HOME/hub'}) and "
                 f"{'HF_HUB_OFFLINE is set' if _offline() else 'the Hub cannot be reached'}: download it once where "
                 "the Hub is reachable, or give a local folder")
     return f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

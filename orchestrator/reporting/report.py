@@ -40,10 +40,6 @@ PLOTS_DIR = "plots"
 SAMPLE_KEPT, SAMPLE_DROPPED = 6, 4
 
 
-def _name(rd: RunDir) -> str:
-    return rd.root.rstrip("/").rsplit("/", 1)[-1]
-
-
 def _runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Baseline and iteration rows, in iteration order."""
     return [r for r in rows if r["kind"] in ("baseline", "iteration")]
@@ -395,10 +391,10 @@ def write_report(run_dir: str | Path) -> str:
         if r["kind"] == "iteration":
             drops.update(r.get("drops", {}))
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>selfreward report: {_e(_name(rd))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>selfreward report: {_e(rd.name)}</title>
 <style>{_STYLE}</style><script>{_CHECK_SCRIPT}</script></head>
 <body>
-<h1>selfreward report: {_e(_name(rd))}</h1>
+<h1>selfreward report: {_e(rd.name)}</h1>
 <p>Run directory <code>{_e(rd.root)}</code>, created {_e(state.get("created_at"))}, config hash
 <code>{_e(str(state.get("config_hash", ""))[:12])}</code>; {len(its)} iteration(s) committed.
 Library versions: {_e(", ".join(f"{k} {v}" for k, v in sorted(state.get("library_versions", {}).items())))}.</p>

@@ -8,6 +8,7 @@ already sent, so a resumed run continues the same tracker run and sends each poi
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import time
 from typing import Any
@@ -36,11 +37,9 @@ def check_trackers(cfg: RunConfig) -> None:
                                         ("tracking.wandb_project", cfg.tracking.wandb_project, "wandb", "wandb")):
         if value is None:
             continue
-        try:
-            __import__(module)
-        except ImportError:
+        if importlib.util.find_spec(module) is None:
             raise ConfigError(f"{field} is set ({value!r}) but the {module} package is not installed "
-                              f"(pip install 'selfreward[{extra}]')") from None
+                              f"(pip install 'selfreward[{extra}]')")
 
 
 def track(rd: RunDir, cfg: RunConfig, rows: list[dict[str, Any]], finished: bool) -> None:
@@ -52,7 +51,7 @@ def track(rd: RunDir, cfg: RunConfig, rows: list[dict[str, Any]], finished: bool
     if t.mlflow_uri is not None:
         state["mlflow"] = _mlflow(rd, cfg, rows, state.get("mlflow", {}), finished)
     if t.wandb_project is not None:
-        state["wandb"] = _wandb(rd, cfg, rows, state.get("wandb", {}), finished)
+        state["wandb"] = _wandb(rd, cfg, rows, state.get("wandb", {}))
     rd.write_json(TRACKING_FILE, state)
 
 
@@ -71,7 +70,7 @@ def _mlflow(rd: RunDir, cfg: RunConfig, rows: list[dict[str, Any]], state: dict[
         name = cfg.tracking.experiment
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-        run_id = client.create_run(experiment_id, run_name=rd.root.rstrip("/").rsplit("/", 1)[-1],
+        run_id = client.create_run(experiment_id, run_name=rd.name,
                                    tags={"selfreward.run_dir": rd.root}).info.run_id
         params = [Param(k, v) for k, v in _params(cfg).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
@@ -89,14 +88,13 @@ def _mlflow(rd: RunDir, cfg: RunConfig, rows: list[dict[str, Any]], state: dict[
     return {"run_id": run_id, "sent": sorted(sent | {f"{tag}@{step}" for tag, _, step in points})}
 
 
-def _wandb(rd: RunDir, cfg: RunConfig, rows: list[dict[str, Any]], state: dict[str, Any],
-           finished: bool) -> dict[str, Any]:
+def _wandb(rd: RunDir, cfg: RunConfig, rows: list[dict[str, Any]], state: dict[str, Any]) -> dict[str, Any]:
     import wandb
 
     run_id = state.get("run_id") or hashlib.sha256(rd.root.encode()).hexdigest()[:16]
     run = wandb.init(project=cfg.tracking.wandb_project, id=run_id, resume="allow", mode=cfg.tracking.wandb_mode,
                      dir=rd.storage.path() if rd.storage.local else None, config=to_plain(cfg),
-                     name=rd.root.rstrip("/").rsplit("/", 1)[-1], reinit="finish_previous")
+                     name=rd.name, reinit="finish_previous")
     run.define_metric("iteration")
     run.define_metric("train_step")
     run.define_metric("step/*", step_metric="train_step")

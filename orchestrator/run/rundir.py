@@ -90,6 +90,11 @@ class RunDir:
         self._lock = RunLock(self.storage)
         self._verified: dict[str, str] = {}  # stage key -> the sha256 its artifact was verified against
 
+    @property
+    def name(self) -> str:
+        """The run dir's last path component (how reports and trackers name the run)."""
+        return self.root.rstrip("/").rsplit("/", 1)[-1]
+
     def where(self, rel: str = "") -> str:
         """``rel`` as a location for messages."""
         return self.storage.uri(rel) if self.storage.local or self.storage.scheme else self.storage.path(rel)

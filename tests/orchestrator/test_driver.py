@@ -177,16 +177,15 @@ def test_every_metric_reaches_mlflow_once_also_across_a_resume(overrides, tmp_pa
     assert len(client.get_metric_history(run.info.run_id, "eval/accuracy/ci95_lo")) == 3
     assert len(client.get_metric_history(run.info.run_id, "step/loss")) == sum(
         r["optimizer_steps"] for r in rows.values() if r["iteration"])
-    with pytest.raises(ConfigError, match="tracking.wandb_project is set .* wandb package is not installed"):
-        import builtins
+    import importlib.util
 
-        real = builtins.__import__
-        builtins.__import__ = lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "wandb" else \
-            real(name, *a, **k)
+    real = importlib.util.find_spec
+    with pytest.raises(ConfigError, match="tracking.wandb_project is set .* wandb package is not installed"):
+        importlib.util.find_spec = lambda name, *a: None if name == "wandb" else real(name, *a)
         try:
             loop.prepare(load_config(CONFIG, [*overrides, "tracking.wandb_project=p"]), tmp_path / "other")
         finally:
-            builtins.__import__ = real
+            importlib.util.find_spec = real
 
 
 def test_every_metric_reaches_wandb_offline_once_also_across_a_resume(overrides, tmp_path, monkeypatch):
