@@ -8,6 +8,7 @@ in one process (tests/orchestrator/standins.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,11 +16,14 @@ from typing import Any, Protocol
 from orchestrator.config import RunConfig
 from orchestrator.reporting.runlog import RemoteProgress
 from orchestrator.specs import engine_spec
+from workers.handover import GpuProcess
 from workers.progress import run_with_progress
 from workers.training.trainer import TrainResult, TrainSpec
 from workers.types import AdapterRef, EngineInfo, ScoreRequest
 
+LOG = logging.getLogger(__name__)
 Report = Callable[[dict[str, Any]], None]
+MCDropoutResult = tuple[list[list[float]], list[float], tuple[GpuProcess, ...]]
 
 
 class Pool(Protocol):
@@ -35,7 +39,10 @@ class Pool(Protocol):
 
     def sleep(self) -> None: ...
 
-    def wake(self) -> None: ...
+    def wake(self, timeout_s: float) -> float:
+        """Wake sleeping engines, each once its GPUs have its memory free (``workers.handover``), its adapters
+        proven again; the longest proving time."""
+        ...
 
     def shutdown(self) -> None: ...
 
@@ -53,9 +60,10 @@ class Backend(Protocol):
 
     def mc_dropout(self, cfg: RunConfig, spec: TrainSpec, requests: list[ScoreRequest],
                    reference: AdapterRef | None,
-                   borrowed_gpus: dict[str, list[int]] | None) -> tuple[list[list[float]], list[float]]:
+                   borrowed_gpus: dict[str, list[int]] | None) -> MCDropoutResult:
         """``selection.mc_dropout.passes`` stochastic log-probs of the policy (``spec.init_adapter``) and one of the
-        reference (None: the base model) per request."""
+        reference (None: the base model) per request, and the processes that computed them (on borrowed GPUs the
+        hand-over waits for them)."""
         ...
 
 
@@ -71,8 +79,8 @@ class RayBackend:
         else:
             from workers.engines.vllm import VLLMEngine as engine_cls
         return EnginePool(engine_spec(cfg, str(model_path)), PoolResources(
-            r.engines, r.cpus_per_engine, r.gpus_per_engine, r.engine_max_restarts, r.placement_strategy),
-            engine_cls=engine_cls)
+            r.engines, r.cpus_per_engine, r.gpus_per_engine, r.engine_max_restarts, r.placement_strategy,
+            r.placement_timeout_s), engine_cls=engine_cls, log=LOG.info)
 
     def train(self, cfg: RunConfig, spec: TrainSpec, checkpoints: str, on_message: Report,
               borrowed_gpus: dict[str, list[int]] | None) -> TrainResult:
@@ -87,29 +95,29 @@ class RayBackend:
 
     def mc_dropout(self, cfg: RunConfig, spec: TrainSpec, requests: list[ScoreRequest],
                    reference: AdapterRef | None,
-                   borrowed_gpus: dict[str, list[int]] | None) -> tuple[list[list[float]], list[float]]:
+                   borrowed_gpus: dict[str, list[int]] | None) -> MCDropoutResult:
         import ray
 
-        from workers.training.mc_dropout import mc_dropout_logprobs
+        from workers.training.mc_dropout import mc_dropout_task
 
         mc, r = cfg.selection.mc_dropout, cfg.resources
         if borrowed_gpus:
-            # Beside the first engine, on its GPU, in the memory the awake engine leaves (``selfreward plan``
-            # checks it).
+            # On the first engine's GPU while the engines sleep (``StageEngines.mc_dropout``); its worker process
+            # exits after the task (max_calls=1), so the memory it took is given back for the hand-over to see.
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             node, gpus = next(iter(borrowed_gpus.items()))
-            task = ray.remote(mc_dropout_logprobs).options(
-                num_cpus=r.cpus_per_train_worker, num_gpus=0,
+            task = ray.remote(mc_dropout_task).options(
+                num_cpus=r.cpus_per_train_worker, num_gpus=0, max_calls=1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
             device, gpu = "cuda", gpus[0]
         else:
-            task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_logprobs)
+            task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_task)
             device, gpu = ("cuda" if r.gpus_per_train_worker else "cpu"), None
         bar = RemoteProgress("score MC-dropout")
         try:
-            passes, ref = run_with_progress(
+            passes, ref, process = run_with_progress(
                 lambda q: ray.get(task.remote(spec, requests, mc.passes, mc.p, q, reference, device, gpu)), bar)
         finally:
             bar.close()
-        return list(passes), list(ref)
+        return list(passes), list(ref), (process,)

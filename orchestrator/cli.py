@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.models import ModelError
     from orchestrator.reporting.replay import ReplayError
     from orchestrator.run.rundir import RunDirError
+    from workers.handover import HandoverError
     from workers.storage import StorageError
     from workers.tokens import TokenizerError
     from workers.types import PoolError, ServedModelError, TrainingError
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT if e.errno in INPUT_ERRNOS else EXIT_FAILED
         print(f"selfreward: error: {e}\nEverything committed before stays; rerun the same command to resume.", file=sys.stderr)
         return EXIT_FAILED
-    except (TrainingError, FloatingPointError) as e:
+    except (TrainingError, HandoverError, FloatingPointError) as e:
         print(f"selfreward: error: {e}\nEverything committed before stays; rerun the same command to resume.", file=sys.stderr)
         return EXIT_FAILED
 

@@ -429,6 +429,17 @@ class ResourcesConfig(_Strict):
         """Whether engines serve adapters merged into their weights (``adapter_serving`` resolved)."""
         return self.adapter_serving == "merged" or (self.adapter_serving == "auto" and self.gpus_per_engine == 0)
     shard_size: int = Field(64, gt=0, **_safe("Requests per work shard sent to one engine."))
+    placement_timeout_s: float = Field(
+        3600.0, gt=0,
+        **_safe("How long the engines may wait to be placed on the cluster: long enough for an autoscaler to boot a "
+                "GPU node and set it up (a p4d takes 10-20 minutes). Progress is shown while it waits; a cluster "
+                "too small with no autoscaler running is refused at once."),
+    )
+    handover_timeout_s: float = Field(
+        300.0, gt=0,
+        **_safe("With colocate: how long the engines wait, after training, for the train processes to exit and "
+                "their GPU memory to be free before waking (workers.handover)."),
+    )
     ray_address: str | None = Field(
         None,
         **_safe("Ray cluster to join; None = the job's cluster under `ray job submit`, else a local one."),

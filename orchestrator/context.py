@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from orchestrator.reporting.runlog import Progress
 from orchestrator.run.rundir import RunDir
 from orchestrator.specs import train_spec
 from workers import faults
+from workers.handover import GpuProcess, wait_exited
 from workers.storage import local_copy
 from workers.training import canaries
 from workers.training.placement import engine_gpus
@@ -117,9 +119,17 @@ class StageEngines:
 
     def mc_dropout(self, requests: list[ScoreRequest], policy: AdapterRef, reference: AdapterRef | None,
                    seed: int) -> tuple[list[list[float]], list[float]]:
+        """On colocated GPU engines, in their sleep window (as training): an 8B model's copy does not fit beside an
+        awake engine (``selfreward plan``)."""
         ctx = self.ctx
         spec = train_spec(ctx.cfg, ctx.model_path, seed, policy, "", "")
-        return ctx.backend.mc_dropout(ctx.cfg, spec, requests, reference, ctx.borrowed_gpus())
+        borrowed = ctx.borrowed_gpus()
+        if borrowed:
+            ctx.release_engines()
+        passes, ref, processes = ctx.backend.mc_dropout(ctx.cfg, spec, requests, reference, borrowed)
+        if borrowed:
+            ctx.reacquire_engines(processes)
+        return passes, ref
 
     def _call(self, method: str, items: list[Any], *args: Any, desc: str) -> list[Any]:
         """``method`` of the engine actors over ``items``, sharded, each shard's results committed as a part file."""
@@ -211,7 +221,8 @@ class Context:
         return round(seconds, 3)
 
     def release_engines(self) -> None:
-        """Before training in colocation mode: GPU engines sleep; CPU engines are shut down (restarted on next use)."""
+        """Before training (or MC-dropout on their GPUs) in colocation mode: GPU engines sleep; CPU engines are shut
+        down (restarted on next use)."""
         if self._pool is None:
             return
         if self.cfg.resources.gpus_per_engine > 0:
@@ -221,10 +232,18 @@ class Context:
             self.close()
             LOG.info("  engines shut down while the trainer runs (colocate on CPU)")
 
-    def reacquire_engines(self) -> None:
-        """After training in colocation mode: wake sleeping GPU engines (CPU engines restart lazily)."""
-        if self._pool is not None and self.cfg.resources.gpus_per_engine > 0:
-            self._pool.wake()
+    def reacquire_engines(self, processes: Sequence[GpuProcess] = ()) -> None:
+        """After training in colocation mode, the hand-over (``workers.handover``): wait until the ``processes``
+        that used the engines' devices have exited, then wake sleeping GPU engines (each waits for its memory and
+        proves its adapters again). CPU engines restart lazily."""
+        r = self.cfg.resources
+        waited = wait_exited(processes, r.handover_timeout_s)
+        if self._pool is not None and r.gpus_per_engine > 0:
+            proving = self._pool.wake(r.handover_timeout_s)
+            LOG.info(f"  engines awake: {len(processes)} trainer process(es) had exited {waited:.1f}s after it "
+                     f"returned; adapters proven again in {proving:.1f}s")
+        elif waited >= 1.0:
+            LOG.info(f"  {len(processes)} trainer process(es) exited {waited:.1f}s after it returned")
 
     def borrowed_gpus(self) -> dict[str, list[int]] | None:
         """With colocate on GPUs, while engines are up: node id -> the GPUs they hold (``workers.training.placement``)."""

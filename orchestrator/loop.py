@@ -248,13 +248,13 @@ def _train_stage(ctx: Context, t: int, d: str, policy: AdapterRef | None) -> dic
     staged = rd.staging_dir(final)
     if ctx.cfg.resources.colocate:
         ctx.release_engines()
-    summary = train(ctx, key, t, f"{d}/pairs.parquet", policy, staged)
-    if ctx.cfg.resources.colocate:
-        ctx.reacquire_engines()
+    summary, processes = train(ctx, key, t, f"{d}/pairs.parquet", policy, staged)
     rd.commit_dir(staged, final)
     seconds = time.monotonic() - t0
     rd.commit(key, final, None, seconds, summary)
     LOG.info(f"  train    {summary['optimizer_steps']} steps on {summary['train_pairs']} pairs in {seconds:.1f}s")
+    if ctx.cfg.resources.colocate:
+        ctx.reacquire_engines(processes)  # the adapter is committed: a failed hand-over resumes after it
     return {**summary, "seconds": round(seconds, 3)}
 
 

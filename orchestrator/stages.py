@@ -46,6 +46,7 @@ from orchestrator.run import artifacts
 from orchestrator.run.roles import Models, model_name
 from orchestrator.specs import train_spec
 from workers import faults
+from workers.handover import GpuProcess
 from workers.types import AdapterRef, CompletionRequest, SamplingSpec, ScoreRequest
 
 LOG = logging.getLogger(__name__)
@@ -220,8 +221,10 @@ def _mc_dropout(engines: Engines, cfg: RunConfig, t: int, requests: list[ScoreRe
     return list(passes), list(ref)
 
 
-def train(ctx: Context, key: str, t: int, pairs: str, policy: AdapterRef | None, staged: str) -> dict[str, Any]:
+def train(ctx: Context, key: str, t: int, pairs: str, policy: AdapterRef | None,
+          staged: str) -> tuple[dict[str, Any], tuple[GpuProcess, ...]]:
     """The configured loss on the kept pairs, continuing from M(t-1)'s adapter; writes M(t)'s adapter into ``staged``.
+    Returns its summary and the train workers' processes (the hand-over waits for them).
 
     Ray Train checkpoints go to ``iter_XXX/train/``: a training stage that
     was killed resumes from the latest one.
@@ -245,7 +248,7 @@ def train(ctx: Context, key: str, t: int, pairs: str, policy: AdapterRef | None,
     finally:
         bar.close()
     return {**result.summary(), "steps": result.steps, "effective_batch_pairs":
-            ctx.cfg.dpo.micro_batch_pairs * ctx.cfg.dpo.grad_accum_steps * ctx.cfg.resources.train_workers}
+            ctx.cfg.dpo.micro_batch_pairs * ctx.cfg.dpo.grad_accum_steps * ctx.cfg.resources.train_workers}, result.processes
 
 
 # --- stage summaries (state.json) ---------------------------------------------------------------------------------

@@ -34,9 +34,13 @@ def test_gpu_smoke_script_passes_every_check_on_the_cpu_path():
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert out["ok"] and out["train"]["steps"] == 3 and out["train"]["gradient_checkpointing"]
-    assert out["adapter_served"] and out["adapter_changes_output"]
+    # The colocated sequence in processes of their own: a second trainer continued from the served adapter, was
+    # killed and waited for, the engine proved adapter 1 again after waking and served adapter 2.
+    assert out["train_again"]["ok"] and out["train_again"]["pid"] != out["train"]["pid"]
+    assert out["adapter_served"] and out["adapter_changes_output"] and out["adapter2_served"]
+    assert out["handover"] and out["handover_s"] >= 0 and out["reproved_after_wake"] and out["reprove_s"] > 0
     assert out["sleep_wake_identical"] == ("not applicable" if out["device"] == "cpu" else True)
-    assert out["peak_rss_gib"] > 0
+    assert out["train"].get("peak_rss_gib", out["train"].get("peak_allocated_gib")) > 0 and out["engine_peak_rss_gib"] > 0
 
 
 @pytest.mark.gpu

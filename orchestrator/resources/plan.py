@@ -33,8 +33,10 @@ GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # What a training (or MC-dropout) process holds beyond its tensors: CUDA context, NCCL buffers, allocator slack.
 TORCH_FIXED_GIB = 1.5
-# What a sleeping vLLM engine still holds on its GPU (level 1: weights offloaded, KV cache freed).
-ASLEEP_ENGINE_GIB = 1.0
+# What a sleeping vLLM engine still holds on its GPU (level 1: weights offloaded, KV cache freed): its CUDA context
+# (~0.5 GiB), the CUDA graphs it captured, which stay resident (up to ~1.5 GiB for an 8B model at vLLM's default
+# capture sizes), and allocator slack. An allowance until measured on a GPU (benchmarks/gpu_smoke.py prints it).
+ASLEEP_ENGINE_GIB = 2.5
 
 
 class PlanError(ConfigError):
@@ -124,6 +126,7 @@ class Hardware:
     gpu_memory_gib: float
     gpu_name: str
     source: str
+    started_nodes: int | None = None  # a launcher file: the GPU nodes it starts with (min_workers); the rest boot on demand
 
     @property
     def gpus(self) -> int:
@@ -166,19 +169,21 @@ def cluster_hardware(path: str | Path) -> Hardware:
         known = INSTANCE_TYPES.get(itype) if isinstance(itype, str) else None
         gpus = count((t.get("resources") or {}).get("GPU", known[0] if known else 0), f"{where}.resources.GPU")
         workers = min(count(t.get("max_workers", 1), f"{where}.max_workers"), top)
+        at_start = min(count(t.get("min_workers", 0), f"{where}.min_workers"), workers)
         if not gpus:
             continue
         if known is None:
             raise PlanError(f"--cluster {path}: {where}: instance type {itype!r} has GPUs whose "
                             f"memory this plan does not know; known: {', '.join(sorted(INSTANCE_TYPES))}")
-        found.append((name, workers, gpus, known[1], known[2]))
+        found.append((name, workers, gpus, known[1], known[2], at_start))
     if not found:
         raise PlanError(f"--cluster {path}: no node type with GPUs")
-    if len({(g, m) for _, _, g, m, _ in found}) > 1:
+    if len({(f[2], f[3]) for f in found}) > 1:
         raise PlanError(f"--cluster {path}: node types with different GPUs ({', '.join(f[0] for f in found)}): "
                         "the plan assumes one kind")
-    _, _, gpus, mem, gpu_name = found[0]
-    return Hardware(sum(f[1] for f in found), gpus, mem, gpu_name, f"{path}: {', '.join(f'{f[0]} x{f[1]}' for f in found)}")
+    _, _, gpus, mem, gpu_name, _ = found[0]
+    return Hardware(sum(f[1] for f in found), gpus, mem, gpu_name, f"{path}: {', '.join(f'{f[0]} x{f[1]}' for f in found)}",
+                    started_nodes=sum(f[5] for f in found))
 
 
 def local_hardware() -> Hardware:
@@ -244,7 +249,9 @@ class Plan:
                + (f" of {self.hw.gpu_memory_gib:.1f} GiB ({self.hw.gpu_name})" if self.hw.gpus_per_node else ""),
                "", "GPUs held per stage:"]
         out += [f"  {stage:<10} {n:>3}  {who}" for stage, n, who in self.stages]
-        out += [f"  at once    {self.gpus_needed:>3}  (the cluster has {self.hw.gpus})", "", "placement:"]
+        out += [f"  at once    {self.gpus_needed:>3}  (the cluster has {self.hw.gpus})"]
+        out += self._autoscaling()
+        out += ["", "placement:"]
         out += [f"  {line}" for line in self.layout]
         if self.budgets:
             out += ["", "memory per GPU (GiB, estimates):"]
@@ -258,6 +265,18 @@ class Plan:
                         f"model.max_model_len={per} at once (vLLM refuses to start below 1)"]
         out += ["", "plan: " + ("fits" if not self.problems else "REFUSED")] + [f"  {p}" for p in self.problems]
         return "\n".join(out)
+
+
+    def _autoscaling(self) -> list[str]:
+        """Where the cluster starts with fewer GPU nodes than the run needs: the engines wait for the rest to boot."""
+        hw, per = self.hw, max(1, self.hw.gpus_per_node)
+        if hw.started_nodes is None or not self.gpus_needed or self.gpus_needed <= hw.started_nodes * per:
+            return []
+        need = math.ceil(self.gpus_needed / per)
+        wait = self.cfg.resources.placement_timeout_s
+        return [f"  autoscaling: the cluster starts with {hw.started_nodes} GPU node(s) (min_workers); the run needs "
+                f"{need}: the engines wait for {need - hw.started_nodes} more to boot and run setup_commands (a p4d: "
+                f"10-20 minutes), up to resources.placement_timeout_s={wait:g}s, showing their progress"]
 
 
 def engine_memory_utilization(cfg: RunConfig) -> float:
@@ -291,15 +310,16 @@ def stage_gpus(cfg: RunConfig) -> tuple[tuple[str, int, str], ...]:
         train_who = f"{r.train_workers} train worker(s), on the engines' GPUs (engines asleep)"
         train_held = max(engine_gpus, train_gpus)
         mc_held = engine_gpus
-        mc_who = f"{engines_who}, MC-dropout beside engine 0 on its GPU"
+        mc_who = f"{engines_who}; MC-dropout on engine 0's GPU while the engines sleep (as for training)"
     else:
         train_who = (f"{r.train_workers} train worker(s) x {r.gpus_per_train_worker} GPU(s)" if train_gpus else
                      f"{r.train_workers} CPU train worker(s)") + (f" + {engines_who} holding theirs" if engine_gpus else "")
         train_held = engine_gpus + train_gpus
         mc_held = engine_gpus + mc_gpus
         mc_who = engines_who + (f" + MC-dropout on {mc_gpus} GPU(s)" if mc_gpus else "")
+    off = "; MC-dropout off (selection.mc_dropout.passes=0)"
     return (("generate", engine_gpus, engines_who), ("judge", engine_gpus, engines_who),
-            ("score", mc_held if mc else engine_gpus, mc_who if mc else engines_who), ("train", train_held, train_who))
+            ("score", mc_held if mc else engine_gpus, mc_who if mc else engines_who + off), ("train", train_held, train_who))
 
 
 def make_plan(cfg: RunConfig, shape: ModelShape, hw: Hardware, count: bool = True) -> Plan:
@@ -398,8 +418,10 @@ def _mc_budget(cfg: RunConfig, shape: ModelShape, hw: Hardware) -> Budget:
              Line(f"logits of {chunk} sequences of {seq} tokens", chunk * seq * shape.vocab * b / GIB),
              Line("CUDA context (allowance)", TORCH_FIXED_GIB))
     if r.colocate and r.gpus_per_engine:
-        util = engine_memory_utilization(cfg)
-        room, why = (1 - util) * hw.gpu_memory_gib, f"what the awake engine leaves: {1 - util:.2f} of the GPU"
+        # In the engines' sleep window (``StageEngines.mc_dropout``): beside an awake 8B engine a copy of the model
+        # does not fit (9.3 GiB left of a 40 GiB GPU at colocate_engine_gpu_fraction 0.85, for 16.5 GiB).
+        room, why = hw.gpu_memory_gib - ASLEEP_ENGINE_GIB, (f"the GPU's {hw.gpu_memory_gib:.1f} less "
+                                                            f"{ASLEEP_ENGINE_GIB:g} a sleeping engine keeps")
     else:
         room, why = hw.gpu_memory_gib, f"the GPU's {hw.gpu_memory_gib:.1f}"
     return Budget("MC-dropout (score stage)", parts, room, why)

@@ -14,6 +14,8 @@ import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
 from workers import faults
+from workers.handover import GpuProcess, still_running
 from workers.storage import local_copy
 from workers.training import canaries
 from workers.training.trainer import TrainResult, TrainSpec
@@ -124,8 +127,9 @@ class StandInPool:
     def sleep(self) -> None:
         self.events.append("sleep")
 
-    def wake(self) -> None:
+    def wake(self, timeout_s: float = 300.0) -> float:
         self.events.append("wake")
+        return 0.0
 
     def shutdown(self) -> None:
         self.events.append("shutdown")
@@ -138,13 +142,28 @@ def _local(uri: str) -> Path:
 class StandInBackend:
     """``orchestrator.backend.Backend`` in the driver's process; what it started is kept for the tests to read."""
 
-    def __init__(self) -> None:
+    def __init__(self, linger_s: float = 0.0) -> None:
         self.pools: list[StandInPool] = []
         self.trained: list[str] = []
+        # A trainer whose process outlives ``train`` by ``linger_s`` seconds (Ray Train's fit() returns before its
+        # workers have exited): the processes, and those still running each time a pool started.
+        self.linger_s = linger_s
+        self.lingering: list[GpuProcess] = []
+        self.running_at_pool_start: list[list[int]] = []
 
     def start_pool(self, cfg: Any, model_path: Path) -> StandInPool:
+        self.running_at_pool_start.append([p.pid for p in self.lingering if still_running(p)])
         self.pools.append(StandInPool())
         return self.pools[-1]
+
+    def _outliving_process(self) -> tuple[GpuProcess, ...]:
+        if not self.linger_s:
+            return ()
+        import psutil
+
+        child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({self.linger_s})"])
+        self.lingering.append(GpuProcess("train rank 0 (stand-in)", "", child.pid, psutil.Process(child.pid).create_time()))
+        return (self.lingering[-1],)
 
     def train(self, cfg: Any, spec: TrainSpec, checkpoints: str, on_message: Any, borrowed_gpus: Any) -> TrainResult:
         """The real trainer's bookkeeping: steps over the kept pairs, a checkpoint every ``checkpoint_every`` steps
@@ -193,7 +212,7 @@ class StandInBackend:
         base = [logp(r, "base") for r in requests]
         canaries.write(out, spec.dtype, requests, [s.logp for s in served], [b.logp for b in base],
                        [s.num_tokens for s in served])
-        return TrainResult(steps=steps, pairs=kept, resumed_from_step=resumed)
+        return TrainResult(steps=steps, pairs=kept, resumed_from_step=resumed, processes=self._outliving_process())
 
     def mc_dropout(self, cfg: Any, spec: TrainSpec, requests: list[ScoreRequest], reference: AdapterRef | None,
                    borrowed_gpus: Any) -> tuple[list[list[float]], list[float]]:
@@ -201,4 +220,4 @@ class StandInBackend:
         ref = weights_id(None if reference is None else local_copy(reference.path, reference.digest))
         passes = cfg.selection.mc_dropout.passes
         return ([[logp(r, f"{policy}/dropout {i}").logp for i in range(passes)] for r in requests],
-                [logp(r, ref).logp for r in requests])
+                [logp(r, ref).logp for r in requests], ())

@@ -1,6 +1,8 @@
 """The Ray backend's operations that no run of the test suite reaches otherwise: MC-dropout passes as a Ray task
 give what the same function gives in this process, with the base model or an adapter as the reference."""
 
+import os
+
 import pytest
 
 from orchestrator.backend import RayBackend
@@ -24,14 +26,15 @@ def test_mc_dropout_as_a_ray_task_equals_the_pass_in_process(local_ray, tiny_ran
     trained_adapter(tiny_random_model_path, adapter, 2e-2)
 
     backend = RayBackend()
-    passes, base = backend.mc_dropout(cfg, spec, REQUESTS, None, None)
+    passes, base, (process,) = backend.mc_dropout(cfg, spec, REQUESTS, None, None)
+    assert process.role == "MC-dropout" and process.node_id and process.pid != os.getpid()  # the task's process
     want_passes, want_base = mc_dropout_logprobs(spec, REQUESTS, 3, 0.1)
     assert len(passes) == len(REQUESTS) and all(len(row) == 3 for row in passes)
     assert [v for row in passes for v in row] == pytest.approx([v for row in want_passes for v in row], abs=1e-5)
     assert base == pytest.approx(want_base, abs=1e-5)
 
     ref = AdapterRef("reference", str(adapter))
-    _, reference = backend.mc_dropout(cfg, spec, REQUESTS, ref, None)
+    _, reference, _ = backend.mc_dropout(cfg, spec, REQUESTS, ref, None)
     _, want_reference = mc_dropout_logprobs(spec, REQUESTS, 3, 0.1, reference=ref)
     assert reference == pytest.approx(want_reference, abs=1e-5)
     assert reference != pytest.approx(base, abs=1e-4)  # the adapter was loaded as the reference

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import signal
@@ -29,6 +30,7 @@ from tests.e2e.helpers import CONFIG, check_run_dir
 from tests.orchestrator import driver_session
 from tests.orchestrator.standins import WEIGHTS, StandInBackend
 from workers import faults
+from workers.handover import HandoverError
 from workers.storage import Storage
 from workers.types import TrainingError
 
@@ -105,6 +107,25 @@ def test_a_run_commits_every_artifact_to_its_contract(reference):
     # Every stage and every part passed a kill point: the property below draws from these.
     assert {p for p in reached if ":" not in p} == set(state["stages"])
     assert {"iter_000/eval:part", "iter_001/generate:part", "iter_002/train:step"} <= set(reached)
+
+
+def test_colocated_engines_start_again_only_once_the_trainers_processes_have_exited(overrides, tmp_path):
+    """The hand-over (workers.handover) with a stand-in trainer whose process outlives its fit() by 1.5 s."""
+    colocated = [*overrides, "iterations=1", "resources.colocate=true"]
+    backend = StandInBackend(linger_s=1.5)
+    loop.run(load_config(CONFIG, colocated), tmp_path / "run", backend=backend)
+    assert len(backend.lingering) == 1 and len(backend.pools) == 2  # engines shut down for training, started again
+    assert backend.running_at_pool_start == [[], []]  # ... after the trainer's process had exited
+
+    # A process that holds on past resources.handover_timeout_s: the error names it; the adapter stays committed.
+    backend = StandInBackend(linger_s=60)
+    with pytest.raises(HandoverError, match=r"train rank 0 \(stand-in\) \(pid (\d+) on node local\), (running|sleeping)"):
+        loop.run(load_config(CONFIG, [*colocated, "resources.handover_timeout_s=0.5"]), tmp_path / "slow", backend=backend)
+    os.kill(backend.lingering[0].pid, signal.SIGKILL)
+    assert stages(tmp_path / "slow")["iter_001/train"]
+    backend = StandInBackend()
+    loop.run(load_config(CONFIG, [*colocated, "resources.handover_timeout_s=0.5"]), tmp_path / "slow", backend=backend)
+    assert not backend.trained  # resumed after the committed training
 
 
 def test_status_json_lists_every_stage_checked_and_the_metrics(reference, capsys):

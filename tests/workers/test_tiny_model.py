@@ -153,7 +153,7 @@ def other_engines(trained, tiny_model_path, exported):
             "e = VLLMEngine(engine(base, 'model.max_model_len=1024', 'resources.kv_cache_gib=1', "
             "'resources.adapter_serving=lora')); "
             "out['lora'], out['lora_base'] = [[s.logp for s in e.score(requests, a)] "
-            "for a in (AdapterRef('one-step', folder), None)]; e.close(); "
+            "for a in (AdapterRef('one-step', folder), None)]; out['reprove_s'] = e.wake(); e.close(); "
             "e = VLLMEngine(engine(exported, 'model.max_model_len=1024', 'resources.kv_cache_gib=1')); "
             "out['exported'] = [s.logp for s in e.score(requests, None)]; e.close(); "
             "print('LOGPS', json.dumps(out))")
@@ -172,6 +172,9 @@ def test_merged_and_lora_serving_agree(engine, trained, other_engines):
     assert engine.spec.merge_adapters
     base_before = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
     merged = [s.logp for s in engine.score(PAIRS_REQUESTS, adapter)]
+    # After a wake-up every adapter an engine serves is proven again (here none slept: the proof alone, timed).
+    assert engine.wake() > 0 and other_engines["reprove_s"] > 0
+    print(f"canaries proven again after a wake-up in {engine.wake():.2f}s (merged), {other_engines['reprove_s']:.2f}s (LoRA)")
     base_after = [s.logp for s in engine.score(PAIRS_REQUESTS, None)]
     assert merged == pytest.approx(other_engines["lora"], abs=1e-3)
     assert base_after == base_before and base_before == pytest.approx(other_engines["lora_base"], abs=1e-3)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from workers.engines.choices import choice_token_ids, renormalise
+from workers.handover import SleepMemory, nvml_probe
 from workers.storage import local_copy
 from workers.tokens import prompt_token_ids, response_token_ids
 from workers.training import canaries
@@ -67,6 +68,8 @@ class HFEngine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.peft: Any = None  # the PeftModel wrapping self.model once an adapter is loaded
         self._loaded: dict[str, AdapterRef] = {}  # adapter name -> the adapter loaded under it, oldest first
+        self._asleep = False
+        self._memory = SleepMemory(1, nvml_probe() if self.device.type == "cuda" else None)
 
     def ready(self) -> EngineInfo:
         """Where the engine runs and its threads, once it is loaded (the pool waits on this)."""
@@ -78,11 +81,34 @@ class HFEngine:
         """Move the weights to host memory while a colocated trainer holds the GPU (RuntimeError on CPU)."""
         if self.device.type != "cuda":
             raise RuntimeError("engine sleep needs a GPU engine")
-        self.model.to("cpu")
-        torch.cuda.empty_cache()
 
-    def wake(self) -> None:
-        self.model.to(self.device)
+        def release() -> None:
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+        self._memory.sleep(release)
+        self._asleep = True
+
+    def wake(self, timeout_s: float = 300.0) -> float:
+        """After ``sleep``: wait until the GPU has free what the engine released (``workers.handover``), move the
+        weights back, then prove every loaded adapter again (ServedModelError when one differs); the seconds spent
+        proving."""
+        if self._asleep:
+            self._memory.wait(timeout_s, f"node {EngineInfo.here().node_id[:12] or EngineInfo.here().host}")
+            self.model.to(self.device)
+            self._asleep = False
+        return self.reprove()
+
+    def reprove(self) -> float:
+        """Check the canaries of every loaded adapter again (ServedModelError when one differs); the seconds it took."""
+        import time
+
+        t0 = time.monotonic()
+        for name, adapter in list(self._loaded.items()):
+            self.peft.set_adapter(name)
+            canaries.prove(adapter, local_copy(adapter.path, adapter.digest),
+                           lambda requests: self._score_with(self.peft, requests))
+        return time.monotonic() - t0
 
     def close(self) -> None:
         self.peft = self.model = None

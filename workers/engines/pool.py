@@ -17,6 +17,7 @@ any engine. Every shard's result is returned exactly once.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections import Counter
@@ -32,6 +33,7 @@ from workers.engines.vllm import VLLMEngine
 from workers.types import EngineInfo, EngineSpec, PoolError
 
 T = TypeVar("T")
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,86 @@ class PoolResources:
     gpus_per_engine: int  # whole GPUs: the engine takes its whole bundle (colocated trainers borrow them)
     max_restarts: int = 3
     placement_strategy: str = "SPREAD"  # of the engines' bundles over nodes
-    placement_timeout_s: float = 600.0
+    placement_timeout_s: float = 3600.0  # long enough for an autoscaler to boot and set up a GPU node
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """What the cluster's autoscaler reports: nodes requested or booting, and launches that failed."""
+
+    launching: int
+    failed: int
+
+
+def autoscaling(stale_s: float = 120.0) -> Autoscaling | None:
+    """The autoscaler's report (v2 through the GCS, v1 from the status it writes to the GCS's store); None when no
+    autoscaler can add nodes (a local Ray, nodes started by hand: Ray's monitor then runs over a read-only provider)
+    or its report is older than ``stale_s``."""
+    import json
+    import time
+
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2():
+            from ray.autoscaler.v2.sdk import get_cluster_status
+
+            st = get_cluster_status(ray.get_runtime_context().gcs_address)
+            return Autoscaling(sum(r.count for r in st.pending_launches) + len(st.pending_nodes),
+                               sum(r.count for r in st.failed_launches))
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        status = json.loads(raw) if raw else {}
+        report = status.get("autoscaler_report")
+        if not report or time.time() - float(status.get("time", 0)) > stale_s:
+            return None
+        # A Ray started without a cluster config runs the monitor over a read-only provider: it names each node's
+        # type after the node and can launch none.
+        from ray.autoscaler._private.util import format_readonly_node_type
+
+        readonly = {format_readonly_node_type(n["NodeID"]) for n in ray.nodes()}
+        if set(report.get("active_nodes") or {}) <= readonly and not report.get("pending_launches"):
+            return None
+        return Autoscaling(sum((report.get("pending_launches") or {}).values()) + len(report.get("pending_nodes") or []),
+                           len(report.get("failed_nodes") or []))
+    except Exception:  # noqa: BLE001 - Ray's autoscaler interfaces are internal: no report is "no autoscaler"
+        return None
+
+
+def _amounts(resources: dict[str, float], keys: Sequence[str]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in keys)
+
+
+def wait_placed(pg: Any, what: str, need: dict[str, float], timeout_s: float, fields: str, poll_s: float = 10.0,
+                scaling: Callable[[], Autoscaling | None] = autoscaling,
+                log: Callable[[str], None] = LOG.info) -> float:
+    """Wait until placement group ``pg`` (``need`` in all) is placed; the seconds it took.
+
+    While it waits, a line every ``poll_s`` says what is asked, what the
+    cluster has free and how many nodes its autoscaler is launching. With no
+    autoscaler running and fewer resources in the whole cluster than asked,
+    nothing can change: PoolError at once. Otherwise PoolError after
+    ``timeout_s`` (naming ``fields`` and resources.placement_timeout_s).
+    """
+    import time
+
+    t0 = time.monotonic()
+    keys = sorted(need)
+    while not pg.wait(timeout_seconds=max(0.0, min(poll_s, timeout_s - (time.monotonic() - t0)))):
+        elapsed = time.monotonic() - t0
+        total, free, auto = ray.cluster_resources(), ray.available_resources(), scaling()
+        short = [k for k in keys if total.get(k, 0) < need[k]]
+        state = (f"{_amounts(free, keys)} free of {_amounts(total, keys)}, "
+                 + ("no autoscaler running" if auto is None else f"{auto.launching} node(s) launching"
+                    + (f", {auto.failed} failed" if auto.failed else "")))
+        if (short and auto is None) or elapsed >= timeout_s:
+            why = ("the cluster has too few and no autoscaler runs to add nodes" if short and auto is None
+                   else f"not placed within {timeout_s:g}s (resources.placement_timeout_s)")
+            raise PoolError(f"the cluster cannot place {what}: {why} ({fields}); asked {_amounts(need, keys)}: {state}")
+        log(f"  waiting for {what}: {_amounts(need, keys)} asked, {state} ({elapsed:.0f}s of {timeout_s:g}s)")
+    return time.monotonic() - t0
 
 
 def shard(items: Sequence[T], shard_size: int) -> list[list[T]]:
@@ -56,21 +137,24 @@ class EnginePool:
 
     ``engine_cls``: any class with the engine's methods and ``ready() ->
     EngineInfo`` (benchmarks and tests of the dispatcher pass light ones).
-    Raises PoolError when the placement group cannot be placed in
-    ``placement_timeout_s``.
+    ``log``: where the wait for placement reports its progress.
+    Raises PoolError when the placement group cannot be placed
+    (``wait_placed``: at once where nothing can add the resources, else
+    after ``placement_timeout_s``, showing its progress meanwhile).
     """
 
     def __init__(self, spec: EngineSpec, res: PoolResources, inflight_per_engine: int = 2,
-                 engine_cls: type = VLLMEngine) -> None:
+                 engine_cls: type = VLLMEngine, log: Callable[[str], None] = LOG.info) -> None:
         bundle = {"CPU": res.cpus_per_engine, **({"GPU": res.gpus_per_engine} if res.gpus_per_engine else {})}
         self.pg = placement_group([dict(bundle) for _ in range(res.engines)], strategy=res.placement_strategy)
-        if not self.pg.wait(timeout_seconds=res.placement_timeout_s):
+        what = f"{res.engines} engine(s) of {bundle} each ({res.placement_strategy})"
+        fields = "resources.engines, resources.cpus_per_engine, resources.gpus_per_engine, resources.placement_strategy"
+        try:
+            wait_placed(self.pg, what, {k: v * res.engines for k, v in bundle.items()}, res.placement_timeout_s, fields,
+                        log=log)
+        except PoolError:
             remove_placement_group(self.pg)
-            raise PoolError(
-                f"the cluster cannot place {res.engines} engine(s) of {bundle} each ({res.placement_strategy}) "
-                f"within {res.placement_timeout_s:.0f}s (resources.engines, resources.cpus_per_engine, "
-                f"resources.gpus_per_engine, resources.placement_strategy); cluster resources: {ray.cluster_resources()}"
-            )
+            raise
         specs = self._threaded(spec, res)
         actor_cls = ray.remote(engine_cls)
         self.actors = [
@@ -158,8 +242,10 @@ class EnginePool:
         """Free the engines' accelerator memory for the trainer (vLLM sleep mode); ``wake`` restores them."""
         ray.get([a.sleep.remote() for a in self.actors])
 
-    def wake(self) -> None:
-        ray.get([a.wake.remote() for a in self.actors])
+    def wake(self, timeout_s: float = 300.0) -> float:
+        """Wake every engine: each waits until its GPUs have its memory free, then proves its adapters again
+        (``workers.handover``); the longest proving time."""
+        return max(ray.get([a.wake.remote(timeout_s) for a in self.actors]), default=0.0)
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -24,6 +24,7 @@ from typing import Any
 from workers.engines import reaper
 from workers.engines.choices import choice_token_ids, renormalise
 from workers.engines.limits import BATCHED_TOKENS
+from workers.handover import SleepMemory, nvml_probe
 from workers.merge import merged_weights
 from workers.storage import local_copy
 from workers.tokens import prompt_token_ids, response_token_ids
@@ -108,6 +109,8 @@ class VLLMEngine:
         self._next_lora_id = 0
         self._holds: object = None  # merged serving: the AdapterRef whose weights the engine holds (None: base)
         self._proven: set[AdapterRef] = set()  # merged serving: adapters whose canaries passed on this engine
+        self._asleep = False
+        self._memory = SleepMemory(spec.tensor_parallel_size, None if on_cpu else nvml_probe())
 
     def ready(self) -> EngineInfo:
         """Where the engine runs and its threads, once it is loaded (the pool waits on this)."""
@@ -116,18 +119,39 @@ class VLLMEngine:
         return dataclasses.replace(EngineInfo.here(), threads=torch.get_num_threads())
 
     def sleep(self) -> None:
-        """Release accelerator memory (weights offloaded, KV cache dropped) while a colocated trainer runs.
+        """Release accelerator memory (weights offloaded, KV cache dropped) while a colocated trainer runs; the
+        memory released on each GPU is measured, for ``wake`` to wait for.
 
         Raises RuntimeError on CPU, where there is nothing to release: the
         pool shuts CPU engines down instead.
         """
         if self.on_cpu or not self.spec.enable_sleep_mode:
             raise RuntimeError("engine sleep needs a GPU engine built with enable_sleep_mode")
-        self.llm.sleep(level=1)
+        self._memory.sleep(lambda: self.llm.sleep(level=1))
+        self._asleep = True
 
-    def wake(self) -> None:
-        """Reload the weights after ``sleep``; adapters are re-read from their folders on next use."""
-        self.llm.wake_up()
+    def wake(self, timeout_s: float = 300.0) -> float:
+        """After ``sleep``: wait until the GPUs have free what the engine released (``workers.handover``: the
+        trainer's processes may still be exiting), reload the weights, then prove every adapter it served again
+        (a wake-up that lost LoRA weights fails here, ServedModelError). The seconds spent proving."""
+        if self._asleep:
+            self._memory.wait(timeout_s, f"node {EngineInfo.here().node_id[:12] or EngineInfo.here().host}")
+            self.llm.wake_up()
+            self._asleep = False
+        return self.reprove()
+
+    def reprove(self) -> float:
+        """Check the canaries of every adapter this engine has served again (ServedModelError when one differs);
+        the seconds it took."""
+        import time
+
+        t0 = time.monotonic()
+        for adapter, lora in self._loras.items():
+            canaries.prove(adapter, local_copy(adapter.path, adapter.digest), lambda requests: self._score(requests, lora))
+        if isinstance(self._holds, AdapterRef):
+            canaries.prove(self._holds, local_copy(self._holds.path, self._holds.digest),
+                           lambda requests: self._score(requests, None))
+        return time.monotonic() - t0
 
     def close(self) -> None:
         """Stop the engine, and its background processes where it has them (they busy-poll a core while alive)."""

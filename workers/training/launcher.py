@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
+from workers.handover import Registry, this_process
 from workers.progress import reporter
 from workers.storage import read_text
 from workers.training import canaries
@@ -34,15 +35,20 @@ def _train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     fsdp = world > 1 and spec.strategy == "fsdp"
     device = worker_device(config.get("borrowed_gpus"))
+    Registry.add(config.get("processes"), this_process(f"train rank {rank}", device.index if device.type == "cuda" else None))
     core = DPOTrainerCore(spec, device, move=not fsdp)
     examples = core.encode(pq.read_table(spec.pairs_path))
     wrapped = None
     if fsdp:
         core.shard()  # the module is sharded in place: it is its own wrapper
-    elif world > 1 and config.get("borrowed_gpus"):
-        wrapped = torch.nn.parallel.DistributedDataParallel(core.model, device_ids=[device.index])
     elif world > 1:
-        wrapped = ray.train.torch.prepare_model(core.model, move_to_device=False)
+        # No broadcast of rank 0's weights when DDP is built (init_sync): every rank loaded them; a checksum proves it.
+        core.check_replicas()
+        if config.get("borrowed_gpus"):
+            wrapped = torch.nn.parallel.DistributedDataParallel(core.model, device_ids=[device.index], init_sync=False)
+        else:
+            wrapped = ray.train.torch.prepare_model(core.model, move_to_device=False,
+                                                    parallel_strategy_kwargs={"init_sync": False})
     report = reporter(config.get("progress")) if rank == 0 else None
     checkpoints = Checkpoints(spec.checkpoint_every, rank, report) if spec.checkpoint_every else None
     result = core.fit(examples, wrapped, rank, world, report, checkpoints)
@@ -88,7 +94,8 @@ def failure_cause(e: BaseException) -> BaseException:
 def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per_worker: int, storage_path: str,
                  progress: Any = None, max_failures: int = 0,
                  borrowed_gpus: dict[str, list[int]] | None = None) -> TrainResult:
-    """Train on Ray Train (DDP over ``workers`` ranks); returns the step log written by rank 0.
+    """Train on Ray Train (DDP over ``workers`` ranks); returns the step log written by rank 0 and the workers'
+    processes (``workers.handover``: they may outlive this call).
 
     ``storage_path`` (local path or URI) holds the run's Ray Train checkpoints:
     calling again with the same path resumes from the latest one. Ray Train
@@ -106,9 +113,11 @@ def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per
     )
     from ray.train.torch import TorchTrainer
 
+    registry = Registry()
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"spec": spec, "progress": progress, "borrowed_gpus": borrowed_gpus},
+        train_loop_config={"spec": spec, "progress": progress, "borrowed_gpus": borrowed_gpus,
+                           "processes": registry.queue},
         **scaling(workers, cpus_per_worker, gpus_per_worker, borrowed_gpus),
         run_config=RunConfig(storage_path=storage_path, name="dpo", checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=max_failures)),
@@ -118,5 +127,8 @@ def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per
     except TrainingFailedError as e:
         cause = failure_cause(e)
         raise TrainingError(f"training failed: {type(cause).__name__}: {cause}") from e
+    finally:
+        processes = tuple(registry.drain())  # fit() returns before its workers' processes have exited
     log = json.loads(read_text(f"{spec.output_dir.rstrip('/')}/{TRAIN_LOG}"))
-    return TrainResult(steps=log["steps"], pairs=log["pairs"], resumed_from_step=log["resumed_from_step"])
+    return TrainResult(steps=log["steps"], pairs=log["pairs"], resumed_from_step=log["resumed_from_step"],
+                       processes=processes)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from workers.handover import GpuProcess, this_process
 from workers.progress import reporter
 from workers.storage import local_copy
 from workers.tokens import prompt_token_ids, response_token_ids
@@ -97,3 +98,12 @@ def _dropout_hook(p: float) -> Any:
         return torch.nn.functional.dropout(output, p, training=True)
 
     return hook
+
+
+def mc_dropout_task(spec: TrainSpec, requests: list[ScoreRequest], passes: int, p: float, progress: Any = None,
+                    reference: AdapterRef | None = None, device: str = "cpu",
+                    borrowed_gpu: int | None = None) -> tuple[list[list[float]], list[float], GpuProcess]:
+    """``mc_dropout_logprobs`` as the Ray task runs it: with the process that ran it, for the hand-over
+    (``workers.handover``)."""
+    passes_, ref = mc_dropout_logprobs(spec, requests, passes, p, progress, reference, device, borrowed_gpu)
+    return passes_, ref, this_process("MC-dropout", borrowed_gpu)

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from workers import faults
+from workers.handover import GpuProcess
 from workers.progress import Report
 from workers.storage import local_copy, publish
 from workers.tokens import prompt_token_ids, response_token_ids
@@ -100,6 +101,8 @@ class TrainResult:
     steps: list[dict[str, float]] = field(default_factory=list)
     pairs: int = 0
     resumed_from_step: int = 0  # the checkpoint this stage's last attempt started from (0: none)
+    # The train worker processes (``workers.handover``): the engines wake once they have exited.
+    processes: tuple[GpuProcess, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """Loss, reward accuracy and margin averaged over the last epoch (and the first epoch's loss)."""
@@ -200,8 +203,9 @@ class DPOTrainerCore:
             raise ValueError(f"{self.spec.model_path}: the model names no decoder layer class (_no_split_modules) to shard")
         from torch.distributed.device_mesh import init_device_mesh
 
-        # Built in host memory (``move=False``): fully_shard moves only this rank's shard of each parameter to
-        # the device, so no GPU ever holds the whole model.
+        # Built in host memory (``move=False``): each fully_shard call moves its module's whole parameters to the
+        # device, then keeps only this rank's shard of them, so a GPU holds the shards done so far plus one whole
+        # module at a time (a decoder layer; at the root, the embeddings and LM head), never the whole model.
         mesh = init_device_mesh(self.device.type, (torch.distributed.get_world_size(),))
         for module in self.model.modules():
             if type(module).__name__ in layer_classes:
@@ -210,6 +214,19 @@ class DPOTrainerCore:
         self.sharded = True
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                            lr=self.spec.learning_rate, weight_decay=self.spec.weight_decay)
+
+    # --- replicas -------------------------------------------------------------
+    def check_replicas(self) -> None:
+        """DDP without its start-up broadcast (every rank loads the same weights, and broadcasting an 8B model's
+        16 GB of frozen weights from rank 0 is slow across nodes): prove instead that every rank holds the same
+        weights, by comparing fingerprints of every parameter and buffer (a collective; every rank calls it).
+        RuntimeError naming the first parameter that differs and the ranks."""
+        import torch.distributed as dist
+
+        names, mine = fingerprint(self.model)
+        gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, mine)
+        compare_fingerprints(names, [g.cpu() for g in gathered])
 
     def full_trainable(self) -> dict[str, torch.Tensor]:
         """The trainable weights as whole CPU tensors (a collective when sharded: every rank calls it)."""
@@ -484,3 +501,36 @@ class TrainState:
     order: list[int] = field(default_factory=list)  # this epoch's pair order
     np_rng: dict[str, Any] = field(default_factory=dict)  # numpy bit generator state after drawing ``order``
     steps: list[dict[str, Any]] = field(default_factory=list)  # the step log so far
+
+
+FINGERPRINT_CHUNK = 1 << 24  # elements per step: 128 MB of float64 at a time on the device
+
+
+def fingerprint(model: torch.nn.Module) -> tuple[list[str], torch.Tensor]:
+    """Every parameter's and buffer's (sum, sum of squares, position-weighted sum) in float64, on its device:
+    weights that differ anywhere (another file, another initialisation, a permutation) give other numbers."""
+    names, rows = [], []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        x = t.detach().reshape(-1)
+        acc = torch.zeros(3, dtype=torch.float64, device=x.device)
+        for i in range(0, x.numel(), FINGERPRINT_CHUNK):
+            c = x[i : i + FINGERPRINT_CHUNK].double()
+            w = torch.arange(i, i + c.numel(), device=x.device, dtype=torch.float64).remainder_(9973).add_(1)
+            acc += torch.stack([c.sum(), c.square().sum(), c.mul(w).sum()])
+        names.append(name)
+        rows.append(acc)
+    return names, torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+
+
+def compare_fingerprints(names: list[str], by_rank: list[torch.Tensor], rtol: float = 1e-9) -> None:
+    """RuntimeError naming the first tensor whose fingerprint differs between rank 0 and another rank."""
+    ref = by_rank[0]
+    for rank, other in enumerate(by_rank[1:], start=1):
+        if other.shape != ref.shape:
+            raise RuntimeError(f"train rank {rank} holds {other.shape[0]} weight tensors, rank 0 {ref.shape[0]}: "
+                               "the ranks loaded different models")
+        differs = ~torch.isclose(other, ref, rtol=rtol, atol=0.0).all(dim=1)
+        if differs.any():
+            i = int(differs.nonzero()[0])
+            raise RuntimeError(f"train ranks 0 and {rank} hold different weights ({names[i]}, and "
+                               f"{int(differs.sum()) - 1} more): they must load the same model and adapter")

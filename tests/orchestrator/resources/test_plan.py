@@ -109,15 +109,33 @@ def test_more_gpus_than_the_cluster_has_are_refused():
     assert any("resources.gpus_per_engine=16: a tensor-parallel engine lives on one node" in p for p in wide.problems)
 
 
-def test_mc_dropout_beside_an_awake_engine_must_fit_what_the_engine_leaves():
+def test_mc_dropout_runs_in_the_engines_sleep_window_and_the_plan_says_so():
+    """Beside an awake 8B engine a copy of the model does not fit (9.3 GiB left of 39.4 for 20.4): on colocated GPU
+    engines MC-dropout runs while they sleep, with the room a train step has; the plan says where it runs, or that
+    it is off."""
     shape = model_shape("unused", LLAMA8B)
-    cfg = load_config(SCALED[0], ["selection.mc_dropout.passes=4"])
-    plan = make_plan(cfg, shape, A100_NODES)
-    assert any(p.startswith("selection.mc_dropout") for p in plan.problems)  # 15 GiB of weights in 0.23 of 39.4 GiB
-    roomy = make_plan(load_config(SCALED[0], ["selection.mc_dropout.passes=4",
-                                              "resources.colocate_engine_gpu_fraction=0.5"]),
-                      shape, Hardware(1, 8, 139.8, "H200", "h200"))
-    assert not roomy.problems
+    for path in SCALED:
+        off = make_plan(load_config(path), shape, A100_NODES)
+        assert "MC-dropout off (selection.mc_dropout.passes=0)" in dict((s, w) for s, _, w in off.stages)["score"]
+        on = make_plan(load_config(path, ["selection.mc_dropout.passes=4"]), shape, A100_NODES)
+        assert not on.problems, on.problems
+        assert "MC-dropout on engine 0's GPU while the engines sleep" in dict((s, w) for s, _, w in on.stages)["score"]
+        (mc,) = [b for b in on.budgets if b.title.startswith("MC-dropout")]
+        assert mc.room_gib == pytest.approx(39.4 - 2.5) and 16.5 < mc.total < mc.room_gib
+    # Too long a context for the logits of a chunk: refused naming the field.
+    long = make_plan(load_config(SCALED[0], ["selection.mc_dropout.passes=4", "dpo.micro_batch_pairs=16"]), shape,
+                     A100_NODES)
+    assert any(p.startswith("selection.mc_dropout") for p in long.problems)
+
+
+def test_plan_says_when_the_cluster_starts_with_fewer_gpu_nodes_than_the_run_needs(capsys):
+    assert cluster_hardware(CLUSTER).started_nodes == 1  # gpu_8x: min_workers 1
+    for path, says in [(SCALED[0], False), (SCALED[1], True)]:
+        assert main(["plan", str(path), "--cluster", str(CLUSTER), "--model-config", str(LLAMA8B)]) == 0
+        out = capsys.readouterr().out
+        line = "autoscaling: the cluster starts with 1 GPU node(s) (min_workers); the run needs 2: the engines wait "
+        assert (line in out) == says, out
+        assert ("resources.placement_timeout_s=3600s" in out) == says
 
 
 def test_a_cpu_kv_cache_too_small_for_one_request_is_refused():

@@ -161,3 +161,23 @@ def test_greedy_generation_does_not_depend_on_the_rest_of_the_batch(engine):
     for p, c in zip(prompts, batch):
         assert engine.complete([CompletionRequest(p, 0)], sampling, None)[0] == c
 
+
+
+def test_waking_proves_every_served_adapter_again_and_fails_on_lost_lora_weights(tiny_random_model_path, tmp_path):
+    """An engine proves its adapters' canaries after every wake-up (workers.handover): a vLLM issue lost LoRA weights
+    silently after waking. On the CPU an engine is not put to sleep; ``wake`` after none proves them all the same."""
+    from tests.workers.pairs_table import PAIRS, trained_adapter
+    from workers.types import ServedModelError
+
+    eng = HFEngine(specs.engine(tiny_random_model_path, "model.max_model_len=1024", "resources.kv_cache_gib=1"), batch_size=4)
+    trained_adapter(tiny_random_model_path, tmp_path / "a", 2e-2)
+    ref = AdapterRef("iter_001", str(tmp_path / "a"))
+    eng.score([ScoreRequest(p, c, "stop") for p, c, _ in PAIRS[:2]], ref)  # proven on first use
+    assert eng.wake(timeout_s=1) >= 0.0  # proven again: nothing lost
+    with torch.no_grad():  # the failure, by a stand-in: the served adapter's B matrices lost (zero: the base model)
+        for name, p in eng.peft.named_parameters():
+            if "lora_B" in name:
+                p.zero_()
+    with pytest.raises(ServedModelError, match=r"does not serve adapter iter_001 .* as trained"):
+        eng.wake(timeout_s=1)
+    eng.close()

@@ -49,7 +49,8 @@ def test_cpu_engines_share_their_nodes_cpus_unless_told_their_threads(local_ray,
 
 
 def test_a_pool_the_cluster_cannot_place_is_a_clear_error(local_ray):
-    with pytest.raises(PoolError, match=r"cannot place 3 engine\(s\) of \{'CPU': 1\}"):
+    with pytest.raises(PoolError, match=r"cannot place 3 engine\(s\) of \{'CPU': 1\} each \(SPREAD\): the cluster has "
+                                        r"too few and no autoscaler runs.*asked 3 CPU: 2 CPU free of 2 CPU"):
         EnginePool(None, PoolResources(3, 1, 0, placement_timeout_s=2), engine_cls=SleepEngine)
 
 

@@ -127,3 +127,36 @@ def test_ipo_per_token_as_trl_computes_it():
     assert summed.per_pair.tolist() == pytest.approx(((delta_sum - 5.0) ** 2).tolist())
     with pytest.raises(ValueError, match="per token"):
         IPO(0.1, length_normalized=True)(pc, pr, rc, rr, torch.ones(2))
+
+
+def test_replica_fingerprints_tell_any_changed_weight_apart():
+    """DDP runs without its start-up broadcast; the ranks' weights are compared by these fingerprints instead
+    (``DPOTrainerCore.check_replicas``; the DDP run on Ray Train goes through it)."""
+    from workers.training import trainer
+    from workers.training.trainer import compare_fingerprints, fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8))
+    names, ref = fingerprint(model)
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias"] and ref.dtype == torch.float64
+    compare_fingerprints(names, [ref, fingerprint(model)[1].clone()])  # the same weights: no error
+    original = trainer.FINGERPRINT_CHUNK
+    trainer.FINGERPRINT_CHUNK = 100  # chunked accumulation gives the same numbers
+    try:
+        torch.testing.assert_close(fingerprint(model)[1], ref, rtol=1e-12, atol=1e-12)
+    finally:
+        trainer.FINGERPRINT_CHUNK = original
+    changes = {
+        "one element by one bfloat16 step": lambda w: w[3, 5].copy_((w[3, 5].bfloat16().float() * (1 + 2 ** -7))),
+        "two elements swapped": lambda w: w[0, :2].copy_(w[0, :2].flip(0)),
+        "another initialisation": lambda w: torch.nn.init.normal_(w),
+    }
+    for what, change in changes.items():
+        other = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8))
+        other.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            change(other[0].weight)
+        with pytest.raises(RuntimeError, match=r"train ranks 0 and 2 hold different weights \(0\.weight, and 0 more\)"):
+            compare_fingerprints(names, [ref, ref.clone(), fingerprint(other)[1]]), what
+    with pytest.raises(RuntimeError, match="rank 1 holds 2 weight tensors, rank 0 6"):
+        compare_fingerprints(names, [ref, ref[:2]])

@@ -80,6 +80,9 @@ def _check(cfg, pool: EnginePool, ranks: list[dict]) -> None:
         assert cuda_index(k["gpu"], k["visible"]) == k["gpu"]
 
 
+CLUSTER: list[Cluster] = []  # the module's cluster, for a test that adds a node
+
+
 def _free_port() -> int:
     """Ray Train reads the dashboard's state API: a dashboard on any free loopback port."""
     with socket.socket() as s:
@@ -96,6 +99,7 @@ def two_nodes():
     nodes = [c.add_node(num_cpus=64, num_gpus=8, node_ip_address="127.0.0.1") for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address)
+    CLUSTER[:] = [c]
     yield nodes
     ray.shutdown()
     c.shutdown()
@@ -158,3 +162,86 @@ def test_the_loop_lends_engine_gpus_only_while_colocated_engines_are_up():
     assert ctx.borrowed_gpus() == {"n1": [0, 1]}
     ctx.cfg = load_config(ONE_NODE, ["resources.colocate=false", "resources.train_workers=4", "resources.engines=4"])
     assert ctx.borrowed_gpus() is None
+
+
+def test_the_hand_over_waits_for_train_processes_that_outlive_fit_each_on_its_node(two_nodes, tmp_path):
+    """Ray Train's fit() returns before its workers' processes have exited. Here a stand-in rank on each node
+    registers, as a real rank registers itself (launcher), a stand-in for its process that holds on until the test
+    lets it go (a process of the test's: Ray kills what its workers start): the hand-over waits for every one, on
+    the node the rank ran on (a Ray task pinned there), and names those still running at its limit."""
+    import subprocess
+    import sys
+    import threading
+
+    import psutil
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from workers.handover import GpuProcess, HandoverError, Registry, still_running, wait_exited
+
+    go = tmp_path / "go"
+    holders = [subprocess.Popen([sys.executable, "-c", f"import os, time\nwhile not os.path.exists({str(go)!r}): "
+                                 "time.sleep(0.05)"]) for _ in range(2)]
+    started = [psutil.Process(h.pid).create_time() for h in holders]
+
+    def rank(r: int, pid: int, start: float, queue) -> None:
+        Registry.add(queue, GpuProcess(f"train rank {r} (stand-in)", ray.get_runtime_context().get_node_id(), pid, start, r))
+
+    registry = Registry()
+    ray.get([ray.remote(num_cpus=0)(rank).options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
+             .remote(r, holders[r].pid, started[r], registry.queue) for r, n in enumerate(two_nodes)])  # one rank on each node
+    processes = registry.drain()
+    assert {p.node_id for p in processes} == {n.node_id for n in two_nodes}
+    with pytest.raises(HandoverError, match=r"2 process\(es\).*train rank [01] \(stand-in\) \(pid \d+ on node \w+, GPU [01]\)"):
+        wait_exited(processes, timeout_s=0.2)
+    threading.Timer(1.0, go.touch).start()
+    assert wait_exited(processes, timeout_s=60) > 0.5
+    assert [still_running(p) for p in processes] == [None, None]
+    for h in holders:
+        h.wait()
+
+
+def test_engines_wait_for_an_autoscaler_to_add_a_node_and_say_so(two_nodes):
+    """Placement on an autoscaling cluster: the wait shows what is asked, free and launching, and is placed once a
+    node joins (a real node added to the cluster; the autoscaler's report is a stand-in). With no autoscaler and too
+    few GPUs in the cluster, nothing can change: refused at once. With one, refused after the limit."""
+    import threading
+    import time
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from workers.engines.pool import Autoscaling, wait_placed
+    from workers.types import PoolError
+
+    launching = lambda: Autoscaling(launching=1, failed=0)  # noqa: E731 - the autoscaler's report, a stand-in
+    what, need, fields = "3 engine(s) of {'GPU': 8} each (SPREAD)", {"GPU": 24.0}, "resources.engines"
+    pg = placement_group([{"GPU": 8}] * 3, strategy="SPREAD")
+    added: list = []
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PoolError, match=r"cannot place 3 engine.*too few and no autoscaler runs.*asked 24 GPU: "
+                                            r"16 GPU free of 16 GPU, no autoscaler running"):
+            wait_placed(pg, what, need, 600, fields, poll_s=0.3)  # the cluster's own report: no autoscaler
+        assert time.monotonic() - t0 < 60
+        with pytest.raises(PoolError, match=r"not placed within 1s \(resources.placement_timeout_s\).*1 node\(s\) launching"):
+            wait_placed(pg, what, need, 1, fields, poll_s=0.3, scaling=launching)
+        lines: list[str] = []
+        waited: list = []
+
+        def wait() -> None:
+            try:
+                waited.append(wait_placed(pg, what, need, 120, fields, poll_s=0.3, scaling=launching, log=lines.append))
+            except PoolError as e:
+                waited.append(e)
+
+        waiting = threading.Thread(target=wait)
+        waiting.start()
+        time.sleep(1.0)
+        added.append(CLUSTER[0].add_node(num_cpus=8, num_gpus=8, node_ip_address="127.0.0.1"))  # the main thread's
+        waiting.join()
+        assert isinstance(waited[0], float) and waited[0] >= 1.0, waited
+        assert lines and lines[0].startswith(f"  waiting for {what}: 24 GPU asked, 16 GPU free of 16 GPU, "
+                                             "1 node(s) launching (0s of 120s)")
+    finally:
+        remove_placement_group(pg)
+        for node in added:
+            CLUSTER[0].remove_node(node)

@@ -1,6 +1,8 @@
 """The DPO trainer on Ray Train: DDP and FSDP over 2 CPU workers (gloo) equal 1 worker with accumulation (the
 trainer in process, as one Ray Train worker runs it: the main job's golden run covers that launch)."""
 
+import os
+
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -8,6 +10,7 @@ from safetensors.torch import load_file
 
 from tests import specs
 from tests.workers.pairs_table import PAIRS, pairs_table
+from workers.handover import still_running, wait_exited
 from workers.training.launcher import run_training
 from workers.training.trainer import DPOTrainerCore
 
@@ -34,6 +37,11 @@ def test_two_workers_ddp_and_fsdp_equal_one_worker_with_accumulation(local_ray, 
         else:
             res = run_training(spec, workers=workers, cpus_per_worker=1, gpus_per_worker=0,
                                storage_path=str(tmp_path / f"train-{workers}-{strategy}"))
+            # Every rank registered its process for the hand-over; they exit (fit() does not wait for that).
+            assert sorted(p.role for p in res.processes) == ["train rank 0", "train rank 1"]
+            assert len({p.pid for p in res.processes}) == 2 and os.getpid() not in {p.pid for p in res.processes}
+            wait_exited(res.processes, timeout_s=60)
+            assert [still_running(p) for p in res.processes] == [None, None]
         results[(workers, strategy)] = (res, load_file(out / "adapter_model.safetensors"))
     r1, w1 = results[(1, "ddp")]
     # 4 pairs, 2 pairs per optimizer step -> 2 steps in every layout, over the same pairs.
