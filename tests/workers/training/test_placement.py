@@ -164,6 +164,54 @@ def test_the_loop_lends_engine_gpus_only_while_colocated_engines_are_up():
     assert ctx.borrowed_gpus() is None
 
 
+def test_mc_dropout_on_colocated_gpu_engines_runs_while_they_sleep():
+    """A copy of an 8B model does not fit beside an awake engine: on colocated GPU engines MC-dropout takes the first
+    engine's GPU in their sleep window, and they wake after the hand-over (its task's process gone)."""
+    from workers.handover import this_process
+    from workers.types import AdapterRef, ScoreRequest
+
+    events: list = []
+
+    class Pool:  # a stand-in for the engine pool
+        infos = [EngineInfo("h", 1, "n1", (0,)), EngineInfo("h", 2, "n1", (1,))]
+
+        def sleep(self):
+            events.append("sleep")
+
+        def wake(self, timeout_s):
+            events.append("wake")
+            return 0.0
+
+    import subprocess
+    import sys
+
+    import psutil
+
+    from orchestrator.context import StageEngines
+    from workers.handover import GpuProcess, HandoverError
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited = GpuProcess("MC-dropout (stand-in)", "", done.pid, psutil.Process(done.pid).create_time(), 0)
+    done.wait()
+    task_process = [exited, this_process("MC-dropout (stand-in: this process, still running)")]
+
+    class Backend:  # a stand-in for the Ray backend
+        def mc_dropout(self, cfg, spec, requests, reference, borrowed):
+            events.append(("MC-dropout", borrowed))
+            return [[-1.0, -1.1]], [-1.0], (task_process.pop(0),)
+
+    ctx = Context.__new__(Context)
+    ctx.cfg = load_config(ONE_NODE, ["selection.mc_dropout.passes=2", "resources.handover_timeout_s=0.2"])
+    ctx._pool, ctx.backend, ctx.model_path = Pool(), Backend(), "m"
+    call = [ScoreRequest("q", "a", "stop")], AdapterRef("p", "x"), None, 1
+    assert StageEngines(ctx, "iter_001/score").mc_dropout(*call) == ([[-1.0, -1.1]], [-1.0])
+    assert events == ["sleep", ("MC-dropout", {"n1": [0, 1]}), "wake"]
+    events.clear()
+    with pytest.raises(HandoverError, match="MC-dropout"):  # its process still runs: the engines are not woken
+        StageEngines(ctx, "iter_001/score").mc_dropout(*call)
+    assert events == ["sleep", ("MC-dropout", {"n1": [0, 1]})]
+
+
 def test_the_hand_over_waits_for_train_processes_that_outlive_fit_each_on_its_node(two_nodes, tmp_path):
     """Ray Train's fit() returns before its workers' processes have exited. Here a stand-in rank on each node
     registers, as a real rank registers itself (launcher), a stand-in for its process that holds on until the test
