@@ -192,8 +192,7 @@ class _Remote:
 def _gpu_used_gib(probe: Any) -> float | None:
     if probe is None:
         return None
-    handle = probe._handle(0)
-    return round(probe.nvml.nvmlDeviceGetMemoryInfo(handle).used / GIB, 2)
+    return round(probe.used(0) / GIB, 2)
 
 
 def run(model: Path, tmp: Path, dtype: str, cuda: bool) -> dict[str, Any]:
@@ -293,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
         probe = nvml_probe()
         if probe is not None:
-            name_ = probe.nvml.nvmlDeviceGetName(probe._handle(0))
-            result["device"] = name_.decode() if isinstance(name_, bytes) else str(name_)
+            result["device"] = probe.name(0)
     with tempfile.TemporaryDirectory(prefix="selfreward-gpu-smoke-") as tmp:
         model = build_model_dir(name, Path(tmp), args.tokenizer, dtype)
         try:

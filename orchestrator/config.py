@@ -406,7 +406,7 @@ class ResourcesConfig(_Strict):
     colocate_engine_gpu_fraction: float = Field(
         0.5, gt=0, lt=1,
         description="With colocate on GPUs: the share of its GPUs' memory an awake engine takes (vLLM "
-        f"gpu_memory_utilization = {GPU_MEMORY_SHARE} x this); train workers run while it sleeps, MC-dropout beside it in the rest.",
+        f"gpu_memory_utilization = {GPU_MEMORY_SHARE} x this); train workers and MC-dropout run while it sleeps.",
     )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of each train worker; 0 = all cores of its machine."

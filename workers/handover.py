@@ -197,6 +197,13 @@ class NvmlProbe:
     def free(self, gpu: int) -> int:
         return int(self.nvml.nvmlDeviceGetMemoryInfo(self._handle(gpu)).free)
 
+    def used(self, gpu: int) -> int:
+        return int(self.nvml.nvmlDeviceGetMemoryInfo(self._handle(gpu)).used)
+
+    def name(self, gpu: int) -> str:
+        name = self.nvml.nvmlDeviceGetName(self._handle(gpu))
+        return name.decode() if isinstance(name, bytes) else str(name)
+
     def holders(self, gpu: int) -> list[tuple[int, int]]:
         procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self._handle(gpu))
         return [(int(p.pid), int(p.usedGpuMemory or 0)) for p in procs]
