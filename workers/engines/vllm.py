@@ -141,13 +141,17 @@ class VLLMEngine:
         return self.reprove()
 
     def reprove(self) -> float:
-        """Check the canaries of every adapter this engine has served again (ServedModelError when one differs);
-        the seconds it took."""
+        """Check the canaries of every adapter this engine holds again (ServedModelError when one differs); the
+        seconds it took."""
         import time
 
         t0 = time.monotonic()
+        # Only the adapters still loaded: those evicted are read from their folders again when next used.
+        resident = self.llm.llm_engine.list_loras() if self._loras else set()
         for adapter, lora in self._loras.items():
-            canaries.prove(adapter, local_copy(adapter.path, adapter.digest), lambda requests: self._score(requests, lora))
+            if lora.lora_int_id in resident:
+                canaries.prove(adapter, local_copy(adapter.path, adapter.digest),
+                               lambda requests: self._score(requests, lora))
         if isinstance(self._holds, AdapterRef):
             canaries.prove(self._holds, local_copy(self._holds.path, self._holds.digest),
                            lambda requests: self._score(requests, None))
