@@ -20,8 +20,8 @@ checkpointing on); ``adapter_served``; ``adapter_changes_output`` (greedy text
 with adapter 1 differs from the base model's); ``handover`` (the killed trainers
 waited for); ``reproved_after_wake`` (the canaries checked again after the
 wake-up); ``sleep_wake_identical`` (greedy text with adapter 1 the same after
-sleep and wake; ``"not applicable"`` on the CPU, where an engine is shut down
-instead of put to sleep). Memory per phase: on the GPU, the device's used
+sleep and wake; ``"not applicable"`` on the CPU, where an engine has nothing to
+release: a colocated CPU run shuts its engines down instead). Memory per phase: on the GPU, the device's used
 memory after each phase (NVML) and each trainer's peak allocation;
 ``asleep_engine_gib`` is what the sleeping engine keeps (``selfreward plan``'s
 allowance, ``orchestrator.resources.plan.ASLEEP_ENGINE_GIB``). On the CPU, each
@@ -175,11 +175,15 @@ class _Remote:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=target, args=(*args, child), daemon=True)
         self.proc.start()
+        child.close()  # the child's end lives in the child only: its death reads as the end of the pipe
 
     def answer(self, timeout_s: float = 1800) -> Any:
-        if not self.conn.poll(timeout_s):
-            raise RuntimeError(f"no answer from process {self.proc.pid} within {timeout_s:g}s")
-        status, value = self.conn.recv()
+        try:
+            if not self.conn.poll(timeout_s):
+                raise RuntimeError(f"no answer from process {self.proc.pid} within {timeout_s:g}s")
+            status, value = self.conn.recv()
+        except (EOFError, OSError) as e:
+            raise RuntimeError(f"process {self.proc.pid} died (exit code {self.proc.exitcode}): {e!r}") from None
         if status != "ok":
             raise RuntimeError(value)
         return value

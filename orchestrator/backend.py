@@ -100,20 +100,8 @@ class RayBackend:
 
         from workers.training.mc_dropout import mc_dropout_task
 
-        mc, r = cfg.selection.mc_dropout, cfg.resources
-        if borrowed_gpus:
-            # On the first engine's GPU while the engines sleep (``StageEngines.mc_dropout``); its worker process
-            # exits after the task (max_calls=1), so the memory it took is given back for the hand-over to see.
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            node, gpus = next(iter(borrowed_gpus.items()))
-            task = ray.remote(mc_dropout_task).options(
-                num_cpus=r.cpus_per_train_worker, num_gpus=0, max_calls=1,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-            device, gpu = "cuda", gpus[0]
-        else:
-            task = ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(mc_dropout_task)
-            device, gpu = ("cuda" if r.gpus_per_train_worker else "cpu"), None
+        mc = cfg.selection.mc_dropout
+        task, device, gpu = mc_dropout_remote(mc_dropout_task, cfg, borrowed_gpus)
         bar = RemoteProgress("score MC-dropout")
         try:
             passes, ref, process = run_with_progress(
@@ -121,3 +109,23 @@ class RayBackend:
         finally:
             bar.close()
         return list(passes), list(ref), (process,)
+
+
+def mc_dropout_remote(fn: Callable[..., Any], cfg: RunConfig,
+                      borrowed_gpus: dict[str, list[int]] | None) -> tuple[Any, str, int | None]:
+    """``fn`` as the MC-dropout Ray task, its device and the GPU it borrows: with colocated GPU engines, on the first
+    engine's GPU while the engines sleep (``StageEngines.mc_dropout``), in a worker process that exits after the task
+    (``max_calls=1``) so that the memory it took is given back for the hand-over to see; else on GPUs (or CPUs) of
+    its own."""
+    import ray
+
+    r = cfg.resources
+    if not borrowed_gpus:
+        return (ray.remote(num_cpus=r.cpus_per_train_worker, num_gpus=r.gpus_per_train_worker)(fn),
+                "cuda" if r.gpus_per_train_worker else "cpu", None)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node, gpus = next(iter(borrowed_gpus.items()))
+    task = ray.remote(max_calls=1)(fn).options(  # max_calls: not an option .options() takes
+        num_cpus=r.cpus_per_train_worker, num_gpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+    return task, "cuda", gpus[0]

@@ -96,7 +96,7 @@ class Engines(Protocol):
     def mc_dropout(self, requests: list[ScoreRequest], policy: AdapterRef, reference: AdapterRef | None,
                    seed: int) -> tuple[list[list[float]], list[float]]:
         """``selection.mc_dropout.passes`` log-probs of ``policy`` with dropout on, and the reference's by the same
-        code without, per request (on the trainer's model code, beside the engines)."""
+        code without, per request (on the trainer's model code; on colocated GPU engines while they sleep)."""
         ...
 
 

@@ -23,6 +23,7 @@ start; the launcher drains it after ``fit()``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 GIB = 1024**3
+LOG = logging.getLogger(__name__)
 
 
 class HandoverError(RuntimeError):
@@ -44,7 +46,7 @@ class GpuProcess:
     node_id: str  # Ray node id ("" outside Ray: this machine)
     pid: int
     started: float  # the process's start time (psutil): a pid reused later is another process
-    gpu: int | None = None  # the Ray GPU id it used; None on CPU
+    gpu: int | None = None  # the GPU it used, as its node numbers them (for the messages); None on CPU
 
     def where(self) -> str:
         gpu = f", GPU {self.gpu}" if self.gpu is not None else ""
@@ -70,7 +72,9 @@ def still_running(p: GpuProcess) -> str | None:
 
     try:
         proc = psutil.Process(p.pid)
-        if abs(proc.create_time() - p.started) > 0.05:
+        # psutil adds the boot time, which it re-reads each call (whole seconds; NTP may move it by one): a pid
+        # reused within two seconds of the process's start is implausible.
+        if abs(proc.create_time() - p.started) > 2.0:
             return None  # the pid now names another process
         state = proc.status()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -121,10 +125,15 @@ def wait_exited(processes: Iterable[GpuProcess], timeout_s: float, poll_s: float
         pending = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
                    .remote(ps, timeout_s, poll_s) for node, ps in remote.items()]
     running = _wait_here([p for node, ps in by_node.items() if node in ("", here) for p in ps], timeout_s, poll_s)
-    if pending:
+    for node, ref in zip(remote, pending):
         import ray
 
-        running += [r for part in ray.get(pending) for r in part]
+        try:
+            running += ray.get(ref)
+        except ray.exceptions.RayError as e:
+            if any(n["NodeID"] == node and n.get("Alive") for n in ray.nodes()):
+                raise HandoverError(f"the hand-over could not check the train processes on node {node[:12]}: {e}") from e
+            # the node left the cluster while waiting: its processes went with it
     if running:
         raise HandoverError(
             f"{len(running)} process(es) that used the engines' GPUs still run {timeout_s:g}s after training ended: "
@@ -234,10 +243,13 @@ def wait_free(need: dict[int, int], timeout_s: float, probe: MemoryProbe, where:
 
 
 def nvml_probe() -> NvmlProbe | None:
-    """NVML on this machine's GPUs; None where it cannot be loaded (no NVIDIA driver)."""
+    """NVML on this machine's GPUs; None, with a warning, where it cannot be loaded (no NVIDIA driver, neither
+    nvidia-ml-py nor vLLM installed): an engine then wakes without waiting for its memory."""
     try:
         return NvmlProbe()
-    except Exception:  # noqa: BLE001 - no library, no driver: nothing to measure
+    except Exception as e:  # noqa: BLE001 - no library, no driver: nothing to measure
+        LOG.warning(f"NVML not available ({type(e).__name__}: {e}): an engine waking from sleep will not wait for its "
+                    "GPU memory to be free (install nvidia-ml-py)")
         return None
 
 

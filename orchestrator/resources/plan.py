@@ -158,7 +158,7 @@ def cluster_hardware(path: str | Path) -> Hardware:
         return value
 
     top = count(spec.get("max_workers", 2**31 - 1), "max_workers")
-    found: list[tuple[str, int, int, float, str]] = []
+    found: list[tuple[str, int, int, float, str, int]] = []  # name, nodes, GPUs each, GiB, GPU, nodes at start
     for name, t in types.items():
         where = f"available_node_types.{name}"
         if not isinstance(t, dict) or not isinstance(t.get("node_config") or {}, dict) \

@@ -38,3 +38,21 @@ def test_mc_dropout_as_a_ray_task_equals_the_pass_in_process(local_ray, tiny_ran
     _, want_reference = mc_dropout_logprobs(spec, REQUESTS, 3, 0.1, reference=ref)
     assert reference == pytest.approx(want_reference, abs=1e-5)
     assert reference != pytest.approx(base, abs=1e-4)  # the adapter was loaded as the reference
+
+
+def test_mc_dropout_on_borrowed_gpus_runs_pinned_to_the_engines_node_in_a_process_that_exits(local_ray):
+    """On colocated GPU engines the MC-dropout task runs on the first engine's node, and its worker process exits
+    after it (max_calls=1), so the hand-over can wait for its GPU memory to be given back. A light function stands
+    in for the passes (they need the GPU the task borrows)."""
+    import ray
+
+    from orchestrator.backend import mc_dropout_remote
+    from workers.handover import this_process, wait_exited
+
+    cfg = load_config(None, list(OVERRIDES))
+    node = ray.get_runtime_context().get_node_id()
+    task, device, gpu = mc_dropout_remote(this_process, cfg, {node: [3, 5]})
+    assert (device, gpu) == ("cuda", 3)
+    process = ray.get(task.remote("MC-dropout (stand-in)", gpu))
+    assert process.node_id == node and process.pid != os.getpid()
+    wait_exited([process], timeout_s=60)  # the worker exited after its one task (HandoverError if not)

@@ -11,7 +11,16 @@ import time
 import psutil
 import pytest
 
-from workers.handover import GIB, GpuProcess, HandoverError, SleepMemory, still_running, this_process, wait_exited, wait_free
+from workers.handover import (
+    GIB,
+    GpuProcess,
+    HandoverError,
+    SleepMemory,
+    still_running,
+    this_process,
+    wait_exited,
+    wait_free,
+)
 
 
 def _child(seconds: float) -> tuple[subprocess.Popen, GpuProcess]:

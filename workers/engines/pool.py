@@ -48,16 +48,19 @@ class PoolResources:
 
 @dataclass(frozen=True)
 class Autoscaling:
-    """What the cluster's autoscaler reports: nodes requested or booting, and launches that failed."""
+    """What the cluster's autoscaler reports: nodes requested or booting, and launches that failed (``reported``
+    False: its status could not be read, so it may be there)."""
 
     launching: int
     failed: int
+    reported: bool = True
 
 
 def autoscaling(stale_s: float = 120.0) -> Autoscaling | None:
     """The autoscaler's report (v2 through the GCS, v1 from the status it writes to the GCS's store); None when no
     autoscaler can add nodes (a local Ray, nodes started by hand: Ray's monitor then runs over a read-only provider)
-    or its report is older than ``stale_s``."""
+    or its report is older than ``stale_s``; ``Autoscaling(0, 0, reported=False)`` when its status could not be
+    read (an RPC timing out): then the wait does not conclude that nothing can change."""
     import json
     import time
 
@@ -87,8 +90,8 @@ def autoscaling(stale_s: float = 120.0) -> Autoscaling | None:
             return None
         return Autoscaling(sum((report.get("pending_launches") or {}).values()) + len(report.get("pending_nodes") or []),
                            len(report.get("failed_nodes") or []))
-    except Exception:  # noqa: BLE001 - Ray's autoscaler interfaces are internal: no report is "no autoscaler"
-        return None
+    except Exception:  # noqa: BLE001 - Ray's autoscaler interfaces are internal
+        return Autoscaling(0, 0, reported=False)
 
 
 def _amounts(resources: dict[str, float], keys: Sequence[str]) -> str:
@@ -115,8 +118,8 @@ def wait_placed(pg: Any, what: str, need: dict[str, float], timeout_s: float, fi
         total, free, auto = ray.cluster_resources(), ray.available_resources(), scaling()
         short = [k for k in keys if total.get(k, 0) < need[k]]
         state = (f"{_amounts(free, keys)} free of {_amounts(total, keys)}, "
-                 + ("no autoscaler running" if auto is None else f"{auto.launching} node(s) launching"
-                    + (f", {auto.failed} failed" if auto.failed else "")))
+                 + ("no autoscaler running" if auto is None else "autoscaler status unknown" if not auto.reported
+                    else f"{auto.launching} node(s) launching" + (f", {auto.failed} failed" if auto.failed else "")))
         if (short and auto is None) or elapsed >= timeout_s:
             why = ("the cluster has too few and no autoscaler runs to add nodes" if short and auto is None
                    else f"not placed within {timeout_s:g}s (resources.placement_timeout_s)")

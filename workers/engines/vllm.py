@@ -132,7 +132,7 @@ class VLLMEngine:
 
     def wake(self, timeout_s: float = 300.0) -> float:
         """After ``sleep``: wait until the GPUs have free what the engine released (``workers.handover``: the
-        trainer's processes may still be exiting), reload the weights, then prove every adapter it served again
+        trainer's processes may still be exiting), reload the weights, then prove every adapter it still holds again
         (a wake-up that lost LoRA weights fails here, ServedModelError). The seconds spent proving."""
         if self._asleep:
             self._memory.wait(timeout_s, f"node {EngineInfo.here().node_id[:12] or EngineInfo.here().host}")

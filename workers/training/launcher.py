@@ -7,6 +7,7 @@ the exception a worker (or the controller) raised, read from Ray Train's own err
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -124,11 +125,14 @@ def run_training(spec: TrainSpec, workers: int, cpus_per_worker: float, gpus_per
     )
     try:
         trainer.fit()
-    except TrainingFailedError as e:
-        cause = failure_cause(e)
-        raise TrainingError(f"training failed: {type(cause).__name__}: {cause}") from e
-    finally:
-        processes = tuple(registry.drain())  # fit() returns before its workers' processes have exited
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # the queue's own failure never hides the training's
+            registry.drain()
+        if isinstance(e, TrainingFailedError):
+            cause = failure_cause(e)
+            raise TrainingError(f"training failed: {type(cause).__name__}: {cause}") from e
+        raise
+    processes = tuple(registry.drain())  # fit() returns before its workers' processes have exited
     log = json.loads(read_text(f"{spec.output_dir.rstrip('/')}/{TRAIN_LOG}"))
     return TrainResult(steps=log["steps"], pairs=log["pairs"], resumed_from_step=log["resumed_from_step"],
                        processes=processes)
