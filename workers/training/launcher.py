@@ -40,11 +40,11 @@ def _train_loop(config: dict[str, Any]) -> None:
     core = DPOTrainerCore(spec, device, move=not fsdp)
     examples = core.encode(pq.read_table(spec.pairs_path))
     wrapped = None
+    if world > 1:
+        core.check_replicas()  # FSDP shards each rank's own copy; DDP is built without broadcasting rank 0's
     if fsdp:
         core.shard()  # the module is sharded in place: it is its own wrapper
     elif world > 1:
-        # No broadcast of rank 0's weights when DDP is built (init_sync): every rank loaded them; a checksum proves it.
-        core.check_replicas()
         if config.get("borrowed_gpus"):
             wrapped = torch.nn.parallel.DistributedDataParallel(core.model, device_ids=[device.index], init_sync=False)
         else:

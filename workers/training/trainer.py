@@ -217,13 +217,14 @@ class DPOTrainerCore:
 
     # --- replicas -------------------------------------------------------------
     def check_replicas(self) -> None:
-        """DDP without its start-up broadcast (every rank loads the same weights, and broadcasting an 8B model's
-        16 GB of frozen weights from rank 0 is slow across nodes): prove instead that every rank holds the same
-        weights, by comparing fingerprints of every parameter and buffer (a collective; every rank calls it).
-        RuntimeError naming the first parameter that differs and the ranks."""
+        """Every rank holds the same weights, proven by comparing fingerprints of every parameter and buffer (a
+        collective; every rank calls it, before DDP or FSDP wraps the model): DDP is built without its start-up
+        broadcast (every rank loads the same weights, and broadcasting an 8B model's 16 GB of frozen weights from
+        rank 0 is slow across nodes), and FSDP shards each rank's own copy. RuntimeError naming the first
+        parameter that differs and the ranks."""
         import torch.distributed as dist
 
-        names, mine = fingerprint(self.model)
+        names, mine = fingerprint(self.model, self.device)
         gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, mine)
         compare_fingerprints(names, [g.cpu() for g in gathered])
@@ -506,20 +507,21 @@ class TrainState:
 FINGERPRINT_CHUNK = 1 << 24  # elements per step: 128 MB of float64 at a time on the device
 
 
-def fingerprint(model: torch.nn.Module) -> tuple[list[str], torch.Tensor]:
-    """Every parameter's and buffer's (sum, sum of squares, position-weighted sum) in float64, on its device:
-    weights that differ anywhere (another file, another initialisation, a permutation) give other numbers."""
+def fingerprint(model: torch.nn.Module, device: torch.device | str = "cpu") -> tuple[list[str], torch.Tensor]:
+    """Every parameter's and buffer's (sum, sum of squares, position-weighted sum) in float64, computed on ``device``
+    a chunk at a time (weights still in host memory are moved a chunk at a time): weights that differ anywhere
+    (another file, another initialisation, a permutation) give other numbers."""
     names, rows = [], []
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         x = t.detach().reshape(-1)
-        acc = torch.zeros(3, dtype=torch.float64, device=x.device)
+        acc = torch.zeros(3, dtype=torch.float64, device=device)
         for i in range(0, x.numel(), FINGERPRINT_CHUNK):
-            c = x[i : i + FINGERPRINT_CHUNK].double()
-            w = torch.arange(i, i + c.numel(), device=x.device, dtype=torch.float64).remainder_(9973).add_(1)
+            c = x[i : i + FINGERPRINT_CHUNK].to(device).double()
+            w = torch.arange(i, i + c.numel(), device=device, dtype=torch.float64).remainder_(9973).add_(1)
             acc += torch.stack([c.sum(), c.square().sum(), c.mul(w).sum()])
         names.append(name)
         rows.append(acc)
-    return names, torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+    return names, torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.float64, device=device)
 
 
 def compare_fingerprints(names: list[str], by_rank: list[torch.Tensor], rtol: float = 1e-9) -> None:
