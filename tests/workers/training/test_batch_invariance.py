@@ -24,13 +24,14 @@ pytestmark = pytest.mark.integration
 
 
 def approx(values: list[float]):
-    """Equal per sequence up to float32 noise: 1e-4 absolute, or 1e-5 of the summed log-prob where that is larger.
+    """Equal per sequence up to float32 noise: 1e-4 absolute, or 1e-4 of the summed log-prob where that is larger.
 
     Batching alone moves a sum by that much: plain transformers on two identical rows of the bundled model (random
-    adapter) gives -69.70836 for a 5-token response that a row of its own scores -69.70850 (2e-6 relative). An
+    adapter) gives -69.70836 for a 5-token response that a row of its own scores -69.70850 (2e-6 relative); the
+    property found -53.01711 packed against -53.01578 alone (2.5e-5 relative, in train mode with the adapter). An
     attention leak moves a sum by whole nats.
     """
-    return pytest.approx(values, abs=1e-4, rel=1e-5)
+    return pytest.approx(values, abs=1e-4, rel=1e-4)
 VOCAB_LO, VOCAB_HI = 100, 40_000  # ordinary token ids of the bundled tokenizer's vocabulary
 
 
@@ -138,6 +139,11 @@ def test_packed_pairs_equal_one_at_a_time_tiny_random_model(random_model, pairs,
                ([24896, 2508], [7504, 1282, 5621, 6701, 464])],
          pairs=[([5322], [], [2000, 459, 9025, 4193, 2067, 36082, 3852, 3150, 10477]),
                 ([448, 2519, 3937, 39999, 4547, 265, 1409, 1859], [101, 639, 338, 36141, 2490], [])])
+# Found by the property: 1.3e-3 on a sum of -53.0 (2.5e-5 relative), float32 noise (see approx).
+@example(seqs=[([100], []), ([100], [])],
+         pairs=[([100], [], [100, 100, 100, 100, 100, 100, 100]), ([18819], [208, 148, 137], [])])
+@example(seqs=[([100], []), ([100], [])],
+         pairs=[([100], [], [100, 100, 100, 100, 100, 100, 100]), ([18819], [], [208, 1186, 7266])])
 def test_packed_passes_equal_one_at_a_time_bundled_model(bundled_model, seqs, pairs, train, ckpt, adapter):
     _check_sequences(bundled_model, seqs, train, ckpt, adapter)
     _check_pairs(bundled_model, pairs, train, ckpt, adapter)
