@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from workers.types import EngineInfo
+
 GIB = 1024**3
 LOG = logging.getLogger(__name__)
 
@@ -57,13 +59,8 @@ def this_process(role: str, gpu: int | None = None) -> GpuProcess:
     """This process, as the hand-over will wait for it."""
     import psutil
 
-    try:
-        import ray
-
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    except ImportError:
-        node = ""
-    return GpuProcess(role, node, os.getpid(), psutil.Process().create_time(), gpu)
+    here = EngineInfo.here()
+    return GpuProcess(role, here.node_id, here.pid, psutil.Process().create_time(), gpu)
 
 
 def still_running(p: GpuProcess) -> str | None:
@@ -269,8 +266,10 @@ class SleepMemory:
         release()
         self.released = {g: max(0, self.probe.free(g) - before[g]) for g in range(self.gpus)}
 
-    def wait(self, timeout_s: float, where: str) -> float:
-        """Before waking: until every GPU has free what the engine released (``wait_free``); the seconds waited."""
+    def wait(self, timeout_s: float) -> float:
+        """Before waking: until every GPU has free what the engine released (``wait_free``, naming this process's
+        node); the seconds waited."""
         if self.probe is None or not self.released:
             return 0.0
-        return wait_free(self.released, timeout_s, self.probe, where)
+        here = EngineInfo.here()
+        return wait_free(self.released, timeout_s, self.probe, f"node {here.node_id[:12] or here.host}")

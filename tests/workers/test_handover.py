@@ -83,12 +83,12 @@ def test_an_engine_wakes_once_the_gpu_has_free_what_it_released_on_sleep():
 
     memory.sleep(sleep)
     assert memory.released == {0: 28 * GIB}
-    assert memory.wait(1, "node x") == pytest.approx(0.0, abs=0.05)  # nothing else holds it
+    assert memory.wait(1) == pytest.approx(0.0, abs=0.05)  # nothing else holds it
 
     proc, trainer = _child(0.5)  # the trainer's process still exits when the engine wants to wake
     probe.trainer = trainer
     try:
-        waited = memory.wait(30, "node x")
+        waited = memory.wait(30)
         assert waited >= 0.2 and still_running(trainer) is None
     finally:
         proc.kill()
@@ -107,4 +107,4 @@ def test_memory_still_held_past_the_limit_names_the_gpu_and_who_holds_it():
     finally:
         proc.kill()
         proc.wait()
-    assert SleepMemory(1, None).wait(1, "node x") == 0.0  # no NVML: nothing measured, nothing to wait for
+    assert SleepMemory(1, None).wait(1) == 0.0  # no NVML: nothing measured, nothing to wait for

@@ -94,7 +94,7 @@ class HFEngine:
         weights back, then prove every loaded adapter again (ServedModelError when one differs); the seconds spent
         proving."""
         if self._asleep:
-            self._memory.wait(timeout_s, f"node {EngineInfo.here().node_id[:12] or EngineInfo.here().host}")
+            self._memory.wait(timeout_s)
             self.model.to(self.device)
             self._asleep = False
         return self.reprove()

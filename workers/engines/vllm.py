@@ -135,7 +135,7 @@ class VLLMEngine:
         trainer's processes may still be exiting), reload the weights, then prove every adapter it still holds again
         (a wake-up that lost LoRA weights fails here, ServedModelError). The seconds spent proving."""
         if self._asleep:
-            self._memory.wait(timeout_s, f"node {EngineInfo.here().node_id[:12] or EngineInfo.here().host}")
+            self._memory.wait(timeout_s)
             self.llm.wake_up()
             self._asleep = False
         return self.reprove()
